@@ -1,0 +1,9 @@
+"""Hydra configuration: dataclass schemas and the instantiate helper.
+
+The only package module besides the ``python -m`` entry points that imports Hydra.
+"""
+
+from probneural.config.instantiate import instantiate, to_kwargs
+from probneural.config.schema import register_schemas
+
+__all__ = ["instantiate", "register_schemas", "to_kwargs"]

@@ -1,0 +1,38 @@
+"""Data splits from a ``data`` config node (train, test and the optional zero-shot split)."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from probneural.config.instantiate import to_kwargs
+from probneural.data import OperatorDataset, generate
+
+__all__ = ["build_splits", "split_label"]
+
+
+def split_label(kind: str, dataset: OperatorDataset) -> str:
+    """A readable split name such as ``"test (s=33×33)"``."""
+    return f"{kind} (s={'×'.join(str(n) for n in dataset.spatial_shape)})"
+
+
+def build_splits(data: DictConfig, *, progress: bool = True) -> dict[str, OperatorDataset]:
+    """Generate (or read from the cache) the splits described by ``data``.
+
+    Returns:
+        ``{"train": ..., "test": ..., "zero_shot": ...}`` (the last only when
+        ``data.zero_shot_resolution`` is set), drawn with seeds ``seed``, ``seed + 1``, ``seed + 2``.
+    """
+
+    def make(n: int, resolution: int, seed: int, options: DictConfig) -> OperatorDataset:
+        return generate(
+            data.problem, n=n, resolution=resolution, seed=seed,
+            cache_dir=data.cache_dir, progress=progress, **to_kwargs(options),
+        )
+
+    splits = {
+        "train": make(data.n_train, data.resolution, data.seed, data.options),
+        "test": make(data.n_test, data.resolution, data.seed + 1, data.options),
+    }
+    if data.zero_shot_resolution is not None:
+        splits["zero_shot"] = make(data.n_zero_shot, data.zero_shot_resolution, data.seed + 2, data.zero_shot_options)
+    return splits

@@ -1,0 +1,182 @@
+"""Dataclass schemas of every config, registered in Hydra's ConfigStore.
+
+Each YAML option in ``configs/<group>/`` starts its defaults list with its schema
+(``defaults: [<name>_schema, _self_]``), so a mistyped key or a value of the wrong type
+stops the run with Hydra's error before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+__all__ = ["register_schemas"]
+
+
+@dataclass
+class DarcyOptions:
+    """Generation options of :func:`probneural.data.darcy.generate` besides n, resolution, seed."""
+
+    solve_resolution: Optional[int] = None
+    contrast: List[float] = field(default_factory=lambda: [12.0, 3.0])
+    alpha: float = 2.0
+    tau: float = 3.0
+    batch_size: int = 64
+
+
+@dataclass
+class DataConfig:
+    """Train / test / zero-shot splits of one PDE problem.
+
+    The three splits use seeds ``seed``, ``seed + 1`` and ``seed + 2`` (independent
+    samples). The zero-shot split is generated at ``zero_shot_resolution`` with
+    ``zero_shot_options`` and tests the trained operator at a finer grid.
+    """
+
+    problem: str = MISSING
+    n_train: int = 1000
+    n_test: int = 200
+    resolution: int = 85
+    seed: int = 0
+    zero_shot_resolution: Optional[int] = None
+    n_zero_shot: int = 50
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class DarcyDataConfig(DataConfig):
+    problem: str = "darcy"
+    options: DarcyOptions = field(default_factory=DarcyOptions)
+    zero_shot_options: DarcyOptions = field(default_factory=DarcyOptions)
+
+
+@dataclass
+class FNOConfig:
+    """Constructor arguments of :class:`probneural.operators.FNO`."""
+
+    _target_: str = "probneural.operators.FNO"
+    in_channels: int = 1
+    out_channels: int = 1
+    modes: List[int] = field(default_factory=lambda: [12, 12])
+    width: int = 32
+    n_layers: int = 4
+    projection_channels: int = 128
+    positional_grid: Optional[str] = "nodes"
+    padding: float = 0.0
+    activation: str = "gelu"
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule of :class:`probneural.train.Trainer`."""
+
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    scheduler: str = "step"
+    step_size: int = 100
+    gamma: float = 0.5
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    batch_size: int = 16
+    loss: str = "rel_l2"
+    grad_clip: Optional[float] = None
+    checkpoint_keep: int = 2
+
+
+@dataclass
+class DeviceConfig:
+    name: str = "auto"
+
+
+@dataclass
+class PrecisionConfig:
+    name: str = "fp32"
+
+
+@dataclass
+class ReportConfig:
+    n_plot_samples: int = 4
+
+
+@dataclass
+class TrainAppConfig:
+    """``configs/train.yaml``: one training run and its report."""
+
+    data: Any = MISSING
+    model: Any = MISSING
+    optim: OptimConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    device: DeviceConfig = MISSING
+    precision: PrecisionConfig = MISSING
+    report: ReportConfig = field(default_factory=ReportConfig)
+    seed: int = 0
+    resume: bool = False
+    progress: bool = True
+
+
+@dataclass
+class ThroughputBenchmark:
+    """Options of the ``throughput`` suite (:func:`probneural.bench.suites.throughput`)."""
+
+    name: str = "throughput"
+    resolutions: List[int] = field(default_factory=lambda: [32, 64])
+    batch_sizes: List[int] = field(default_factory=lambda: [4, 16])
+    modes: List[int] = field(default_factory=lambda: [12, 12])
+    width: int = 32
+    n_layers: int = 4
+    warmup: int = 2
+    repeats: int = 5
+
+
+@dataclass
+class CompareNeuralopBenchmark:
+    """Options of the ``compare_neuralop`` suite (:func:`probneural.bench.suites.compare_neuralop`)."""
+
+    name: str = "compare_neuralop"
+    resolution: int = 64
+    solve_resolution: Optional[int] = 253
+    n_train: int = 1000
+    n_test: int = 200
+    epochs: int = 20
+    batch_size: int = 16
+    modes: int = 12
+    width: int = 32
+    n_layers: int = 4
+    lr: float = 1e-3
+    data_cache_dir: Optional[str] = None
+
+
+@dataclass
+class BenchmarkAppConfig:
+    """``configs/benchmark.yaml``: one benchmark suite on this machine."""
+
+    benchmark: Any = MISSING
+    device: DeviceConfig = MISSING
+    precision: PrecisionConfig = MISSING
+    seed: int = 0
+    progress: bool = True
+
+
+def register_schemas() -> None:
+    """Store every schema in Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainAppConfig)
+    cs.store(name="benchmark_schema", node=BenchmarkAppConfig)
+    for group, name, node in (
+        ("data", "darcy_schema", DarcyDataConfig),
+        ("model", "fno_schema", FNOConfig),
+        ("optim", "optim_schema", OptimConfig),
+        ("trainer", "trainer_schema", TrainerConfig),
+        ("device", "device_schema", DeviceConfig),
+        ("precision", "precision_schema", PrecisionConfig),
+        ("benchmark", "throughput_schema", ThroughputBenchmark),
+        ("benchmark", "compare_neuralop_schema", CompareNeuralopBenchmark),
+    ):
+        cs.store(group=group, name=name, node=node)

@@ -1,0 +1,18 @@
+"""Neural operators as ``torch.nn.Module``s: spectral layers and the FNO (1-, 2-, 3-D)."""
+
+from probneural.operators.fno import FNO, positional_grid
+from probneural.operators.pointwise import Pointwise
+from probneural.operators.registry import OPERATORS, build, name_of
+from probneural.operators.spectral import SpectralConv, kept_shape, spectral_contract
+
+__all__ = [
+    "FNO",
+    "OPERATORS",
+    "Pointwise",
+    "SpectralConv",
+    "build",
+    "kept_shape",
+    "name_of",
+    "positional_grid",
+    "spectral_contract",
+]

@@ -1,0 +1,174 @@
+"""The Fourier neural operator (Li et al., ICLR 2021) in 1, 2 and 3 spatial dimensions."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from probneural.operators.pointwise import Pointwise
+from probneural.operators.spectral import SpectralConv
+
+__all__ = ["FNO", "positional_grid"]
+
+_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "silu": F.silu,
+    "tanh": torch.tanh,
+}
+_GRIDS = ("nodes", "periodic")
+
+
+def positional_grid(x: Tensor, kind: str) -> Tensor:
+    """Coordinate channels for a field ``x`` of shape `(b, c, *spatial)`.
+
+    Args:
+        x: `(b, c, *spatial)` field; only its shape, dtype and device are used.
+        kind: ``"nodes"`` for ``x_i = i / (n - 1)`` (both ends of [0, 1], e.g. Darcy) or
+            ``"periodic"`` for ``x_j = j / n`` on the periodic unit interval.
+
+    Returns:
+        `(b, d, *spatial)` coordinates, channel ``k`` varying along spatial axis ``k``.
+    """
+    b, _, *spatial = x.shape
+    axes = []
+    for n in spatial:
+        if kind == "nodes":
+            axes.append(torch.linspace(0.0, 1.0, n, dtype=x.dtype, device=x.device))
+        else:
+            axes.append(torch.arange(n, dtype=x.dtype, device=x.device) / n)
+    mesh = torch.stack(torch.meshgrid(*axes, indexing="ij"))
+    return mesh.unsqueeze(0).expand(b, *mesh.shape)
+
+
+class FNO(nn.Module):
+    """Fourier neural operator: lifting, Fourier layers, projection.
+
+    Each Fourier layer computes ``act(K(h) + W h)`` with ``K`` a :class:`SpectralConv` and
+    ``W`` a pointwise skip path (no activation after the last layer), as in the paper.
+
+    Args:
+        in_channels: channels of the input function.
+        out_channels: channels of the output function.
+        modes: kept Fourier modes per spatial axis; ``len(modes)`` sets the dimension (1-3).
+        width: channels of the hidden representation.
+        n_layers: number of Fourier layers.
+        projection_channels: hidden channels of the two-layer pointwise projection.
+        positional_grid: append coordinate channels to the input: ``"nodes"``
+            (``x_i = i/(n-1)``), ``"periodic"`` (``x_j = j/n``) or ``None``.
+        padding: domain padding for non-periodic problems, as a fraction of each axis
+            (zeros appended after the lifting, cropped before the projection).
+        activation: ``"gelu"``, ``"relu"``, ``"silu"`` or ``"tanh"``.
+
+    Shapes:
+        input `(b, in_channels, *spatial)` with at least ``2 * modes[i]`` points on axis ``i``;
+        output `(b, out_channels, *spatial)`. The same weights run on any such grid.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        modes: Sequence[int],
+        width: int = 32,
+        n_layers: int = 4,
+        *,
+        projection_channels: int = 128,
+        positional_grid: str | None = "nodes",
+        padding: float = 0.0,
+        activation: str = "gelu",
+    ) -> None:
+        super().__init__()
+        modes = tuple(int(m) for m in modes)
+        if not 1 <= len(modes) <= 3:
+            raise ValueError(f"modes: expected 1 to 3 spatial axes; got {modes}")
+        if positional_grid not in (*_GRIDS, None):
+            raise ValueError(f"positional_grid: expected one of {_GRIDS} or None; got {positional_grid!r}")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {sorted(_ACTIVATIONS)}; got {activation!r}")
+        if not 0.0 <= padding < 1.0:
+            raise ValueError(f"padding: expected a fraction in [0, 1); got {padding}")
+        if n_layers < 1 or width < 1:
+            raise ValueError(f"n_layers and width must be positive; got {n_layers} and {width}")
+        self.config: dict[str, Any] = dict(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            modes=list(modes),
+            width=width,
+            n_layers=n_layers,
+            projection_channels=projection_channels,
+            positional_grid=positional_grid,
+            padding=padding,
+            activation=activation,
+        )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.modes = modes
+        self.grid = positional_grid
+        self.padding = padding
+        self.act = _ACTIVATIONS[activation]
+        grid_channels = len(modes) if positional_grid else 0
+        self.lifting = Pointwise(in_channels + grid_channels, width)
+        self.spectral = nn.ModuleList(SpectralConv(width, width, modes) for _ in range(n_layers))
+        self.skips = nn.ModuleList(Pointwise(width, width) for _ in range(n_layers))
+        self.projection_hidden = Pointwise(width, projection_channels)
+        self.projection_out = Pointwise(projection_channels, out_channels)
+
+    @property
+    def dim(self) -> int:
+        return len(self.modes)
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise a ``ValueError`` naming what was expected unless ``x`` fits this operator."""
+        if x.dim() != self.dim + 2:
+            raise ValueError(
+                f"x: expected shape (batch, {self.in_channels}, {self.dim} spatial axes) for a "
+                f"{self.dim}-D FNO; got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"x: expected {self.in_channels} input channels; got shape {tuple(x.shape)}")
+        spatial = tuple(x.shape[2:])
+        needed = tuple(2 * m for m in self.modes)
+        if any(n < r for n, r in zip(spatial, needed)):
+            raise ValueError(
+                f"x: grid {spatial} is too coarse for modes {self.modes}; need at least {needed} points per axis"
+            )
+
+    def pad_widths(self, spatial: Sequence[int]) -> tuple[int, ...]:
+        """Points appended to each spatial axis by the domain padding."""
+        return tuple(int(round(self.padding * n)) for n in spatial)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The last hidden representation, before the projection.
+
+        Args:
+            x: `(b, in_channels, *spatial)` input function.
+
+        Returns:
+            `(b, width, *spatial)` per-point features (posterior heads build on these).
+        """
+        self.check_input(x)
+        if self.grid is not None:
+            x = torch.cat((x, positional_grid(x, self.grid)), dim=1)
+        h = self.lifting(x)
+        pads = self.pad_widths(x.shape[2:])
+        if any(pads):
+            h = F.pad(h, [p for n in reversed(pads) for p in (0, n)])
+        last = len(self.spectral) - 1
+        for i, (spectral, skip) in enumerate(zip(self.spectral, self.skips)):
+            h = spectral(h) + skip(h)
+            if i < last:
+                h = self.act(h)
+        if any(pads):
+            h = h[(..., *(slice(0, n - p) for n, p in zip(h.shape[2:], pads)))]
+        return h
+
+    def project(self, h: Tensor) -> Tensor:
+        """Pointwise projection of features `(b, width, *spatial)` to `(b, out_channels, *spatial)`."""
+        return self.projection_out(self.act(self.projection_hidden(h)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.project(self.features(x))

@@ -1,0 +1,64 @@
+"""``python -m probneural.train``: generate data, train an operator, write checkpoints and a report.
+
+Examples::
+
+    python -m probneural.train experiment=quickstart
+    python -m probneural.train experiment=darcy_fno device=cuda precision=bf16
+    python -m probneural.train -m optim.lr=1e-3,5e-4
+    python -m probneural.train --help            # lists the config groups
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from probneural.bench.environment import capture_environment
+from probneural.config import instantiate, register_schemas, to_kwargs
+from probneural.config.data import build_splits, split_label
+from probneural.config.paths import CONFIG_DIR
+from probneural.train.report import write_training_report
+from probneural.train.trainer import Trainer, normalize
+
+register_schemas()
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> dict:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    environment = capture_environment(cfg.precision.name, cfg.device.name, list(HydraConfig.get().overrides.task))
+    (run_dir / "environment.json").write_text(json.dumps(environment, indent=1))
+
+    splits = build_splits(cfg.data, progress=cfg.progress)
+    torch.manual_seed(cfg.seed)
+    model = normalize(instantiate(cfg.model), splits["train"])
+    trainer = Trainer(
+        **to_kwargs(cfg.optim),
+        **to_kwargs(cfg.trainer),
+        precision=cfg.precision.name,
+        device=cfg.device.name,
+        seed=cfg.seed,
+        run_dir=run_dir,
+        progress=cfg.progress,
+    )
+    history = trainer.fit(model, splits["train"], splits["test"], resume=cfg.resume)
+    tests = {split_label(kind, ds): ds for kind, ds in splits.items() if kind != "train"}
+    results = write_training_report(
+        run_dir, model, tests, history,
+        device=trainer.device, precision=cfg.precision.name, n_plot_samples=cfg.report.n_plot_samples,
+        title=f"{cfg.data.problem}: {type(model.operator).__name__} ({HydraConfig.get().runtime.choices.get('experiment') or 'custom'})",
+    )
+    print(f"report: {run_dir / 'report.md'}")
+    for name, scores in results.items():
+        print(f"  {name}: relative L2 {scores['rel_l2']:.4f}, relative H1 {scores['rel_h1']:.4f}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Relative L2 and H1 losses for fields `(b, c, *spatial)`, averaged over the batch."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from probneural.registry import Registry
+
+__all__ = ["LOSSES", "relative_l2", "relative_h1", "gradients"]
+
+LOSSES: Registry = Registry("loss")
+
+
+def _per_sample_norm(x: Tensor) -> Tensor:
+    return x.flatten(1).norm(dim=1)
+
+
+@LOSSES.register("rel_l2")
+def relative_l2(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean over the batch of ``||pred - target||_2 / ||target||_2`` (all channels together).
+
+    Args:
+        pred: `(b, c, *spatial)` prediction.
+        target: `(b, c, *spatial)` truth.
+
+    Returns:
+        scalar tensor.
+    """
+    _check_pair(pred, target)
+    return (_per_sample_norm(pred - target) / _per_sample_norm(target)).mean()
+
+
+def gradients(u: Tensor) -> tuple[Tensor, ...]:
+    """First derivatives of `(b, c, *spatial)` fields along each spatial axis.
+
+    Second-order finite differences (central inside, one-sided at the ends) on the node
+    grid ``x_i = i / (n - 1)`` of the unit interval, so the H1 norm needs no periodicity.
+    Returns one `(b, c, *spatial)` tensor per spatial axis.
+    """
+    axes = tuple(range(2, u.dim()))
+    spacing = [1.0 / (u.shape[a] - 1) for a in axes]
+    return torch.gradient(u, spacing=spacing, dim=axes, edge_order=2)
+
+
+@LOSSES.register("rel_h1")
+def relative_h1(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean relative H1 error: ``sqrt(|e|^2 + |∇e|^2) / sqrt(|y|^2 + |∇y|^2)`` per sample.
+
+    Gradients come from :func:`gradients`; ``pred``/``target`` as in :func:`relative_l2`.
+    """
+    _check_pair(pred, target)
+
+    def squared_h1(u: Tensor) -> Tensor:
+        total = u.flatten(1).pow(2).sum(1)
+        for du in gradients(u):
+            total = total + du.flatten(1).pow(2).sum(1)
+        return total
+
+    return (squared_h1(pred - target) / squared_h1(target)).sqrt().mean()
+
+
+def _check_pair(pred: Tensor, target: Tensor) -> None:
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target: shapes differ, {tuple(pred.shape)} vs {tuple(target.shape)}")

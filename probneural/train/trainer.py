@@ -1,0 +1,288 @@
+"""Supervised training of operators on `(x, y)` field pairs, with checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from probneural.data.dataset import OperatorDataset
+from probneural.data.normalizer import ChannelNormalizer
+from probneural.data.seeding import sample_generator
+from probneural.operators.registry import build, name_of
+from probneural.train.checkpoint import (
+    Checkpoint,
+    atomic_write,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_optimizer,
+    restore_rng,
+    save_checkpoint,
+)
+from probneural.train.losses import LOSSES, relative_h1, relative_l2
+from probneural.train.normalized import NormalizedOperator
+from probneural.train.precision import PrecisionPolicy, resolve_device
+
+__all__ = ["NonFiniteLossError", "Trainer", "evaluate", "load_model", "normalize"]
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+SCHEDULERS = ("step", "cosine", "constant")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or Inf; the last good checkpoint is kept untouched."""
+
+
+def normalize(operator: nn.Module, train: OperatorDataset) -> NormalizedOperator:
+    """Wrap ``operator`` with channel normalisers fitted on the training split ``train``."""
+    return NormalizedOperator(operator, ChannelNormalizer.fit(train.x), ChannelNormalizer.fit(train.y))
+
+
+def _model_meta(model: nn.Module) -> dict[str, Any]:
+    operator = model.operator if isinstance(model, NormalizedOperator) else model
+    return {"operator": name_of(operator), "config": operator.config, "normalized": isinstance(model, NormalizedOperator)}
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a trained model (with its normalisers) from a checkpoint file or directory.
+
+    Raises:
+        CheckpointError: if the checkpoint is missing, corrupted or modified.
+    """
+    checkpoint = load_checkpoint(path, map_location=map_location)
+    return _model_from(checkpoint)
+
+
+def _model_from(checkpoint: Checkpoint) -> nn.Module:
+    meta = checkpoint.meta["model"]
+    operator = build(meta["operator"], **meta["config"])
+    weights = checkpoint.section("model")
+    if meta["normalized"]:
+        model: nn.Module = NormalizedOperator(
+            operator,
+            ChannelNormalizer.from_state_dict(checkpoint.section("model.x_normalizer")),
+            ChannelNormalizer.from_state_dict(checkpoint.section("model.y_normalizer")),
+        )
+    else:
+        model = operator
+    model.load_state_dict(weights)
+    return model.to(next(iter(weights.values())).dtype)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: OperatorDataset,
+    *,
+    batch_size: int = 32,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+) -> dict[str, float]:
+    """Test relative L2 and H1 errors of ``model`` on ``dataset`` (means over samples)."""
+    device = resolve_device(device)
+    policy = PrecisionPolicy.from_name(precision)
+    model.eval()
+    totals = {"rel_l2": 0.0, "rel_h1": 0.0}
+    for start in range(0, len(dataset), batch_size):
+        x = dataset.x[start : start + batch_size].to(device, policy.param_dtype)
+        y = dataset.y[start : start + batch_size].to(device, policy.param_dtype)
+        with policy.autocast(device):
+            pred = model(x)
+        pred = pred.to(y.dtype)
+        totals["rel_l2"] += relative_l2(pred, y).item() * len(x)
+        totals["rel_h1"] += relative_h1(pred, y).item() * len(x)
+    return {k: v / len(dataset) for k, v in totals.items()}
+
+
+class Trainer:
+    """Mini-batch training with a precision policy, checkpoints every epoch and exact resume.
+
+    Library code: every option is an explicit keyword argument. A run directory, when
+    given, receives ``metrics.jsonl`` (one JSON line per epoch) and ``checkpoints/``; only
+    the main process writes (``is_main_process``), so distributed data parallelism is a
+    wrapper around the model and a flag here, with no global state.
+
+    Args:
+        epochs: total number of epochs (resume continues up to this number).
+        batch_size: samples per optimisation step.
+        loss: training loss name (``"rel_l2"`` or ``"rel_h1"``).
+        optimizer: ``"adam"`` or ``"adamw"``.
+        lr: learning rate.
+        weight_decay: weight decay of the optimizer.
+        scheduler: ``"step"`` (multiply by ``gamma`` every ``step_size`` epochs), ``"cosine"``
+            (to zero over ``epochs``) or ``"constant"``.
+        step_size: epochs between learning-rate drops for ``"step"``.
+        gamma: factor of each drop for ``"step"``.
+        grad_clip: maximum gradient norm, or ``None``.
+        precision: precision policy name (``fp32``, ``fp64``, ``bf16``, ``fp16``).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        seed: fixes the batch order of every epoch (and, via the caller, initialisation).
+        run_dir: where metrics and checkpoints go; ``None`` writes nothing.
+        progress: show a progress bar.
+        checkpoint_keep: newest checkpoints kept on disk.
+        is_main_process: whether this process writes files (rank 0 under DDP).
+    """
+
+    def __init__(
+        self,
+        *,
+        epochs: int = 10,
+        batch_size: int = 16,
+        loss: str = "rel_l2",
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        scheduler: str = "step",
+        step_size: int = 100,
+        gamma: float = 0.5,
+        grad_clip: float | None = None,
+        precision: str = "fp32",
+        device: str | torch.device = "auto",
+        seed: int = 0,
+        run_dir: str | Path | None = None,
+        progress: bool = True,
+        checkpoint_keep: int = 2,
+        is_main_process: bool = True,
+    ) -> None:
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: expected one of {sorted(OPTIMIZERS)}; got {optimizer!r}")
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler: expected one of {SCHEDULERS}; got {scheduler!r}")
+        if epochs < 1 or batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be positive; got {epochs} and {batch_size}")
+        self.loss_fn: Callable[[Tensor, Tensor], Tensor] = LOSSES.get(loss)
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.optimizer_name = optimizer
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.scheduler_name = scheduler
+        self.step_size = step_size
+        self.gamma = gamma
+        self.grad_clip = grad_clip
+        self.policy = PrecisionPolicy.from_name(precision)
+        self.device = resolve_device(device)
+        self.seed = seed
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.progress = progress
+        self.checkpoint_keep = checkpoint_keep
+        self.is_main_process = is_main_process
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        return self.run_dir / "checkpoints" if self.run_dir is not None else None
+
+    def _optimizer(self, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+        optimizer = OPTIMIZERS[self.optimizer_name](model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if self.scheduler_name == "step":
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.step_size, gamma=self.gamma)
+        elif self.scheduler_name == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs)
+        else:
+            scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+        return optimizer, scheduler
+
+    def _batches(self, n: int, epoch: int) -> list[Tensor]:
+        """Index batches of ``epoch``: a permutation that depends only on (seed, epoch)."""
+        order = torch.randperm(n, generator=sample_generator(self.seed, epoch))
+        return list(order.split(self.batch_size))
+
+    def fit(
+        self,
+        model: nn.Module,
+        train: OperatorDataset,
+        val: OperatorDataset | None = None,
+        *,
+        resume: bool = False,
+    ) -> list[dict[str, float]]:
+        """Train ``model`` (in place) on ``train``; validate on ``val`` after each epoch.
+
+        Args:
+            model: maps raw `(b, c_in, *spatial)` inputs to raw outputs, usually a
+                :class:`NormalizedOperator` from :func:`normalize`.
+            train: training pairs.
+            val: validation pairs for the per-epoch relative L2.
+            resume: continue from the newest checkpoint in ``run_dir`` (if any).
+
+        Returns:
+            One record per epoch: ``epoch``, ``train_loss``, ``val_rel_l2``, ``lr``, ``seconds``.
+
+        Raises:
+            NonFiniteLossError: when a batch loss is NaN or Inf.
+        """
+        device, policy = self.device, self.policy
+        model.to(device=device, dtype=policy.param_dtype)
+        optimizer, scheduler = self._optimizer(model)
+        scaler = policy.make_grad_scaler(device)
+        history: list[dict[str, float]] = []
+        start = 0
+        if resume and self.checkpoint_dir is not None and latest_checkpoint(self.checkpoint_dir) is not None:
+            checkpoint = load_checkpoint(self.checkpoint_dir, map_location=device)
+            model.load_state_dict(checkpoint.section("model"))
+            restore_optimizer(optimizer, checkpoint)
+            scheduler.load_state_dict(checkpoint.meta["scheduler"]["state"])
+            restore_rng(checkpoint)
+            start = checkpoint.meta["epoch"]
+            history = checkpoint.meta["extra"]["history"][:start]
+        x_all = train.x.to(device, policy.param_dtype)
+        y_all = train.y.to(device, policy.param_dtype)
+        bar = tqdm(range(start, self.epochs), desc="train", unit="epoch", disable=not self.progress,
+                   initial=start, total=self.epochs)
+        for epoch in bar:
+            began = time.perf_counter()
+            model.train()
+            total, count = 0.0, 0
+            for step, index in enumerate(self._batches(len(train), epoch)):
+                x, y = x_all[index], y_all[index]
+                with policy.autocast(device):
+                    pred = model(x)
+                loss = self.loss_fn(pred.to(y.dtype), y)
+                if not torch.isfinite(loss):
+                    last = latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None
+                    raise NonFiniteLossError(
+                        f"training loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                        f"stopped without saving. Last good checkpoint: {last or 'none'}. "
+                        "Try a smaller lr, grad_clip, or precision=fp32."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if self.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                total += loss.item() * len(index)
+                count += len(index)
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            record = {"epoch": epoch + 1, "train_loss": total / count, "lr": lr}
+            if val is not None:
+                record["val_rel_l2"] = evaluate(
+                    model, val, batch_size=self.batch_size, device=device, precision=policy.name.value
+                )["rel_l2"]
+            record["seconds"] = time.perf_counter() - began
+            history.append(record)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("train_loss", "val_rel_l2")})
+            if self.run_dir is not None and self.is_main_process:
+                self._write(model, optimizer, scheduler, epoch + 1, history)
+        return history
+
+    def _write(self, model: nn.Module, optimizer: Any, scheduler: Any, epoch: int, history: list[dict]) -> None:
+        assert self.run_dir is not None and self.checkpoint_dir is not None
+        lines = "".join(json.dumps(r) + "\n" for r in history)
+        atomic_write(self.run_dir / "metrics.jsonl", lambda tmp: tmp.write_text(lines))
+        save_checkpoint(
+            self.checkpoint_dir,
+            epoch,
+            model=model,
+            model_meta=_model_meta(model),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            extra={"history": history},
+            keep=self.checkpoint_keep,
+        )

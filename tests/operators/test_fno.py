@@ -1,0 +1,84 @@
+"""FNO: shapes in 1/2/3-D, any resolution, padding, registry and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from probneural.operators import FNO, OPERATORS, build, name_of, positional_grid
+
+
+@pytest.mark.parametrize("modes, spatial", [((5,), (24,)), ((4, 3), (10, 12)), ((2, 2, 3), (6, 5, 7))])
+def test_shapes_in_one_two_three_dimensions(modes, spatial, device):
+    model = FNO(2, 3, modes, width=8, n_layers=2, projection_channels=16).to(device)
+    y = model(torch.randn(2, 2, *spatial, device=device))
+    assert y.shape == (2, 3, *spatial)
+
+
+def test_same_weights_run_on_finer_grids_and_padding_is_cropped():
+    torch.manual_seed(0)
+    model = FNO(1, 1, (4, 4), width=8, n_layers=2, padding=0.25)
+    for n in (8, 17, 33):
+        assert model(torch.randn(3, 1, n, n)).shape == (3, 1, n, n)
+    assert model.pad_widths((17, 33)) == (4, 8)
+
+
+def test_padding_extends_the_domain_seen_by_the_spectral_layers():
+    torch.manual_seed(0)
+    plain = FNO(1, 1, (3, 3), width=6, n_layers=1)
+    padded = FNO(1, 1, (3, 3), width=6, n_layers=1, padding=0.2)
+    padded.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 1, 10, 10)
+    assert not torch.allclose(plain(x), padded(x))
+
+
+def test_positional_grid_conventions():
+    x = torch.zeros(2, 1, 5, 4)
+    nodes = positional_grid(x, "nodes")
+    periodic = positional_grid(x, "periodic")
+    assert nodes.shape == (2, 2, 5, 4)
+    torch.testing.assert_close(nodes[0, 0, :, 0], torch.linspace(0, 1, 5))
+    torch.testing.assert_close(nodes[0, 1, 0, :], torch.linspace(0, 1, 4))
+    torch.testing.assert_close(periodic[0, 0, :, 0], torch.arange(5) / 5)
+
+
+def test_config_rebuilds_the_same_architecture():
+    model = FNO(1, 2, (6, 5), width=12, n_layers=3, padding=0.1, positional_grid=None)
+    clone = build("fno", **model.config)
+    clone.load_state_dict(model.state_dict())
+    x = torch.randn(2, 1, 16, 12)
+    torch.testing.assert_close(clone(x), model(x))
+    assert name_of(model) == "fno" and "fno" in OPERATORS
+
+
+@pytest.mark.parametrize(
+    "x, match",
+    [
+        (torch.randn(2, 1, 16), r"expected shape \(batch, 1, 2 spatial axes\)"),
+        (torch.randn(2, 3, 16, 16), r"expected 1 input channels"),
+        (torch.randn(2, 1, 16, 7), r"grid \(16, 7\) is too coarse for modes \(4, 4\); need at least \(8, 8\)"),
+    ],
+)
+def test_bad_input_raises_value_error_saying_what_was_expected(x, match):
+    with pytest.raises(ValueError, match=match):
+        FNO(1, 1, (4, 4), width=4, n_layers=1)(x)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"modes": (1, 2, 3, 4)}, "modes"),
+        ({"positional_grid": "cells"}, "positional_grid"),
+        ({"activation": "swish"}, "activation"),
+        ({"padding": 1.5}, "padding"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, match):
+    args = {"in_channels": 1, "out_channels": 1, "modes": (4, 4)} | kwargs
+    with pytest.raises(ValueError, match=match):
+        FNO(**args)
+
+
+def test_unknown_operator_name_lists_valid_names():
+    with pytest.raises(KeyError, match="expected one of: fno"):
+        build("fn0", in_channels=1, out_channels=1, modes=(2,))

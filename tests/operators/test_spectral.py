@@ -1,0 +1,111 @@
+"""SpectralConv against a dense-DFT reference, across grids, and under gradcheck."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from probneural.operators import SpectralConv, kept_shape
+
+
+def kept_frequencies(n: int, m: int, last: bool) -> torch.Tensor:
+    """Integer frequencies kept along an axis of n points."""
+    if last:
+        return torch.arange(m)
+    return torch.cat((torch.arange(m), torch.arange(-m, 0)))
+
+
+def dense_reference(x: torch.Tensor, weight: torch.Tensor, modes: tuple[int, int]) -> torch.Tensor:
+    """Truncated Fourier convolution from explicit DFT sums over a 2-D periodic grid.
+
+    y(p) = (1/N) Re sum_k c_k (sum_i W_io(k) x̂_i(k)) e^{2πi k·p/n}, with c_k = 1 on the
+    k2 = 0 (and Nyquist) column and 2 elsewhere (the conjugate half of the spectrum).
+    """
+    n1, n2 = x.shape[-2:]
+    k1 = kept_frequencies(n1, modes[0], last=False).double()
+    k2 = kept_frequencies(n2, modes[1], last=True).double()
+    p1 = torch.arange(n1).double()
+    p2 = torch.arange(n2).double()
+    e1 = torch.exp(-2j * math.pi * torch.outer(k1, p1) / n1)  # (K1, n1)
+    e2 = torch.exp(-2j * math.pi * torch.outer(k2, p2) / n2)  # (K2, n2)
+    x_hat = torch.einsum("kp,zcpq,lq->zckl", e1, x.to(torch.cdouble), e2)
+    y_hat = torch.einsum("zikl,iokl->zokl", x_hat, torch.view_as_complex(weight))
+    c = torch.full((len(k2),), 2.0, dtype=torch.double)
+    c[0] = 1.0
+    if n2 % 2 == 0 and modes[1] == n2 // 2 + 1:
+        c[-1] = 1.0
+    y = torch.einsum("kp,zokl,lq->zopq", e1.conj(), y_hat * c, e2.conj())
+    return y.real / (n1 * n2)
+
+
+@pytest.mark.parametrize("shape, modes", [((16, 12), (4, 5)), ((9, 10), (3, 3)), ((8, 8), (4, 4))])
+def test_matches_dense_dft_reference(shape, modes):
+    torch.manual_seed(0)
+    layer = SpectralConv(3, 2, modes).double()
+    x = torch.randn(2, 3, *shape, dtype=torch.double)
+    expected = dense_reference(x, layer.weight.detach(), modes)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_weight_shape_is_real_with_trailing_two():
+    layer = SpectralConv(4, 5, (6, 7, 3))
+    assert layer.weight.shape == (4, 5, *kept_shape((6, 7, 3)), 2) == (4, 5, 12, 14, 3, 2)
+    assert not layer.weight.is_complex()
+
+
+def band_limited(n: int, dim: int) -> torch.Tensor:
+    """A field of low Fourier modes sampled on the periodic grid j/n, shape (1, 2, n, ...)."""
+    axes = torch.meshgrid(*[torch.arange(n, dtype=torch.double) / n] * dim, indexing="ij")
+    s = sum(axes)
+    first = torch.cos(2 * math.pi * s) + 0.5 * torch.sin(2 * math.pi * 2 * axes[0])
+    second = 1.0 + torch.sin(2 * math.pi * (axes[-1] - 3 * axes[0])) if dim > 1 else torch.cos(6 * math.pi * axes[0])
+    return torch.stack((first, second))[None]
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_band_limited_input_gives_same_output_on_two_grids(dim):
+    torch.manual_seed(1)
+    layer = SpectralConv(2, 3, (4,) * dim).double()
+    coarse = layer(band_limited(12, dim))
+    fine = layer(band_limited(24, dim))
+    stride = (slice(None), slice(None)) + (slice(None, None, 2),) * dim
+    torch.testing.assert_close(fine[stride], coarse, rtol=1e-10, atol=1e-12)
+
+
+def test_gradcheck_and_gradgradcheck_float64():
+    torch.manual_seed(2)
+    layer = SpectralConv(2, 2, (2, 2)).double()
+    x = torch.randn(1, 2, 5, 4, dtype=torch.double, requires_grad=True)
+
+    def f(inp, weight):
+        return torch.func.functional_call(layer, {"weight": weight}, (inp,))
+
+    weight = layer.weight.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(f, (x, weight))
+    assert torch.autograd.gradgradcheck(f, (x, weight))
+
+
+def test_half_precision_input_runs_transforms_in_float32():
+    layer = SpectralConv(2, 2, (3, 3))
+    y = layer(torch.randn(1, 2, 8, 8, dtype=torch.bfloat16))
+    assert y.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "x, match",
+    [
+        (torch.randn(1, 2, 8), r"expected a 4-D tensor"),
+        (torch.randn(1, 3, 8, 8), r"expected 2 channels"),
+        (torch.randn(1, 2, 5, 8), r"too coarse for modes \(3, 3\); need at least \(6, 6\)"),
+    ],
+)
+def test_bad_input_raises_clear_value_error(x, match):
+    with pytest.raises(ValueError, match=match):
+        SpectralConv(2, 2, (3, 3))(x)
+
+
+def test_bad_modes_rejected():
+    with pytest.raises(ValueError, match="modes"):
+        SpectralConv(1, 1, (0, 3))

@@ -1,0 +1,125 @@
+"""Trainer: learning, exact resume, checkpoints that refuse corruption, non-finite losses, precision."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from probneural.data import OperatorDataset
+from probneural.operators import FNO
+from probneural.train import (
+    CheckpointError,
+    NonFiniteLossError,
+    Trainer,
+    evaluate,
+    latest_checkpoint,
+    load_checkpoint,
+    load_model,
+    normalize,
+)
+
+
+def make_model(train, seed=0):
+    torch.manual_seed(seed)
+    return normalize(FNO(1, 1, (4, 4), width=8, n_layers=2, projection_channels=16), train)
+
+
+def trainer(tmp_path, epochs, **kwargs):
+    options = dict(batch_size=6, lr=3e-3, step_size=2, gamma=0.7, seed=3, progress=False, device="cpu")
+    return Trainer(epochs=epochs, run_dir=tmp_path, **(options | kwargs))
+
+
+def test_training_reduces_the_test_error(darcy_small, tmp_path):
+    train, test = darcy_small
+    model = make_model(train)
+    before = evaluate(model, test)["rel_l2"]
+    history = trainer(tmp_path, 8, batch_size=3, lr=1e-2, scheduler="constant").fit(model, train, test)
+    assert history[-1]["val_rel_l2"] < 0.5 * before
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == list(range(1, 9))
+    assert {"train_loss", "val_rel_l2", "seconds", "lr"} <= set(json.loads(lines[0]))
+
+
+def test_resume_reproduces_an_uninterrupted_run_bit_for_bit(darcy_small, tmp_path):
+    train, test = darcy_small
+    straight = make_model(train)
+    history = trainer(tmp_path / "straight", 4).fit(straight, train, test)
+
+    interrupted = make_model(train)
+    trainer(tmp_path / "resumed", 2).fit(interrupted, train, test)
+    resumed = make_model(train, seed=99)  # a fresh process would start from other weights
+    resumed_history = trainer(tmp_path / "resumed", 4).fit(resumed, train, test, resume=True)
+
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [r["train_loss"] for r in resumed_history] == [r["train_loss"] for r in history]
+
+
+def test_load_model_rebuilds_the_trained_model(darcy_small, tmp_path):
+    train, test = darcy_small
+    model = make_model(train)
+    trainer(tmp_path, 2).fit(model, train)
+    loaded = load_model(tmp_path / "checkpoints")
+    torch.testing.assert_close(loaded(test.x), model(test.x), rtol=0, atol=0)
+
+
+def test_only_the_newest_checkpoints_are_kept(darcy_small, tmp_path):
+    train, _ = darcy_small
+    trainer(tmp_path, 3, checkpoint_keep=2).fit(make_model(train), train)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["epoch-0002.json", "epoch-0002.safetensors", "epoch-0003.json", "epoch-0003.safetensors"]
+
+
+def test_corrupted_or_tampered_checkpoint_raises_a_clear_error(darcy_small, tmp_path):
+    train, _ = darcy_small
+    trainer(tmp_path, 1).fit(make_model(train), train)
+    handle = latest_checkpoint(tmp_path / "checkpoints")
+    weights = handle.with_suffix(".safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupted or was modified"):
+        load_model(handle)
+    handle.write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(handle)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="no epoch-"):
+        load_checkpoint(empty)
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(darcy_small, tmp_path):
+    train, _ = darcy_small
+    model = make_model(train)
+    trainer(tmp_path, 1).fit(model, train)
+    good = latest_checkpoint(tmp_path / "checkpoints")
+    good_bytes = good.with_suffix(".safetensors").read_bytes()
+    poisoned = OperatorDataset(train.x, torch.zeros_like(train.y), train.grid, metadata={"problem": "zeros"})
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 1.*Last good checkpoint: .*epoch-0001\.json"):
+        trainer(tmp_path, 3).fit(model, poisoned, resume=True)
+    assert latest_checkpoint(tmp_path / "checkpoints") == good
+    assert good.with_suffix(".safetensors").read_bytes() == good_bytes
+    load_model(good)
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp64", torch.float64), ("bf16", torch.float32), ("fp16", torch.float32)])
+def test_precision_policies_train(darcy_small, tmp_path, precision, dtype):
+    train, test = darcy_small
+    model = make_model(train)
+    history = trainer(tmp_path, 2, precision=precision).fit(model, train, test)
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in history)
+    assert next(model.parameters()).dtype == dtype
+    assert evaluate(model, test, precision=precision)["rel_l2"] < 1.5
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"optimizer": "sgdx"}, "optimizer"), ({"scheduler": "poly"}, "scheduler"), ({"precision": "fp8"}, "precision"),
+     ({"loss": "l3"}, "loss"), ({"epochs": 0}, "epochs")],
+)
+def test_bad_trainer_options_are_rejected(kwargs, match):
+    with pytest.raises((ValueError, KeyError), match=match):
+        Trainer(**kwargs)
