@@ -23,16 +23,21 @@ def build_splits(data: DictConfig, *, progress: bool = True) -> dict[str, Operat
         ``data.zero_shot_resolution`` is set), drawn with seeds ``seed``, ``seed + 1``, ``seed + 2``.
     """
 
-    def make(n: int, resolution: int, seed: int, options: DictConfig) -> OperatorDataset:
+    options = to_kwargs(data.options)
+
+    def make(n: int, resolution: int, seed: int, **changes: object) -> OperatorDataset:
         return generate(
             data.problem, n=n, resolution=resolution, seed=seed,
-            cache_dir=data.cache_dir, progress=progress, **to_kwargs(options),
+            cache_dir=data.cache_dir, progress=progress, **(options | changes),
         )
 
     splits = {
-        "train": make(data.n_train, data.resolution, data.seed, data.options),
-        "test": make(data.n_test, data.resolution, data.seed + 1, data.options),
+        "train": make(data.n_train, data.resolution, data.seed),
+        "test": make(data.n_test, data.resolution, data.seed + 1),
     }
     if data.zero_shot_resolution is not None:
-        splits["zero_shot"] = make(data.n_zero_shot, data.zero_shot_resolution, data.seed + 2, data.zero_shot_options)
+        changes = {}
+        if data.zero_shot_solve_resolution is not None:
+            changes["solve_resolution"] = data.zero_shot_solve_resolution
+        splits["zero_shot"] = make(data.n_zero_shot, data.zero_shot_resolution, data.seed + 2, **changes)
     return splits

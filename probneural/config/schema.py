@@ -32,8 +32,9 @@ class DataConfig:
     """Train / test / zero-shot splits of one PDE problem.
 
     The three splits use seeds ``seed``, ``seed + 1`` and ``seed + 2`` (independent
-    samples). The zero-shot split is generated at ``zero_shot_resolution`` with
-    ``zero_shot_options`` and tests the trained operator at a finer grid.
+    samples). The zero-shot split is generated at ``zero_shot_resolution`` (solved at
+    ``zero_shot_solve_resolution`` when set) with the same ``options`` otherwise, and
+    tests the trained operator at a finer grid.
     """
 
     problem: str = MISSING
@@ -43,6 +44,7 @@ class DataConfig:
     seed: int = 0
     zero_shot_resolution: Optional[int] = None
     n_zero_shot: int = 50
+    zero_shot_solve_resolution: Optional[int] = None
     cache_dir: Optional[str] = None
 
 
@@ -50,7 +52,6 @@ class DataConfig:
 class DarcyDataConfig(DataConfig):
     problem: str = "darcy"
     options: DarcyOptions = field(default_factory=DarcyOptions)
-    zero_shot_options: DarcyOptions = field(default_factory=DarcyOptions)
 
 
 @dataclass

@@ -1,0 +1,121 @@
+"""Every config composes against its schema; mistakes stop before any work; the CLI runs end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ValidationError
+
+from probneural.config import instantiate, register_schemas
+from probneural.config.paths import CONFIG_DIR
+from probneural.operators import FNO
+
+register_schemas()
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+BENCHMARKS = sorted(p.stem for p in (CONFIG_DIR / "benchmark").glob("*.yaml"))
+
+
+def compose_config(name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides, return_hydra_config=False)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_builds_its_model(experiment):
+    cfg = compose_config("train", [f"experiment={experiment}"])
+    OmegaConf.resolve(cfg)
+    model = instantiate(cfg.model)
+    assert isinstance(model, FNO)
+    assert model.config["modes"] == list(cfg.model.modes)
+
+
+def test_darcy_fno_is_the_paper_setting():
+    cfg = compose_config("train", ["experiment=darcy_fno"])
+    assert (cfg.data.n_train, cfg.data.n_test, cfg.data.resolution, cfg.data.options.solve_resolution) == (1000, 200, 85, 421)
+    assert (list(cfg.model.modes), cfg.model.width, cfg.model.n_layers) == ([12, 12], 32, 4)
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.step_size, cfg.optim.gamma) == (1e-3, 1e-4, 100, 0.5)
+    assert cfg.trainer.epochs == 500
+
+
+@pytest.mark.parametrize("group", ["device", "precision", "optim"])
+def test_every_option_of_every_group_composes(group):
+    for option in sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml")):
+        cfg = compose_config("train", [f"{group}={option}"])
+        assert cfg[group] is not None
+
+
+@pytest.mark.parametrize("benchmark", BENCHMARKS)
+def test_every_benchmark_composes(benchmark):
+    cfg = compose_config("benchmark", [f"benchmark={benchmark}"])
+    assert cfg.benchmark.name == benchmark
+
+
+@pytest.mark.parametrize(
+    "override, error",
+    [
+        ("trainer.epoch=3", ConfigCompositionException),      # mistyped key
+        ("trainer.epochs=many", ConfigCompositionException),  # wrong type
+        ("model.widht=8", ConfigCompositionException),
+        ("data.options.solve_res=9", ConfigCompositionException),
+        ("precision=fp8", ConfigCompositionException),        # unknown option
+    ],
+)
+def test_mistakes_stop_at_composition(override, error):
+    with pytest.raises(error):
+        compose_config("train", [override])
+
+
+def test_schema_types_are_enforced_on_merged_values():
+    cfg = compose_config("train", [])
+    with pytest.raises(ValidationError):
+        cfg.trainer.batch_size = "large"
+    with pytest.raises(ConfigAttributeError):
+        cfg.optim.learning_rate = 1.0
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_help_lists_the_config_groups(tmp_path):
+    result = run_cli("probneural.train", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for group in ("data", "model", "optim", "trainer", "device", "precision", "experiment"):
+        assert f"{group}:" in result.stdout
+
+
+def test_bad_override_fails_before_any_work(tmp_path):
+    result = run_cli("probneural.train", "trainer.epoch=3", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "epoch" in result.stderr and not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_train_cli_writes_a_complete_run_directory_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    args = ["probneural.train", "experiment=quickstart", "data.n_train=16", "data.n_test=4", "data.n_zero_shot=2",
+            "data.resolution=17", "data.zero_shot_resolution=33", "data.options.solve_resolution=33",
+            "model.modes=[4,4]", "model.width=8", "trainer.epochs=2", "trainer.batch_size=8", "progress=false",
+            f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}"]
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in ("config.yaml", "environment.json", "metrics.jsonl", "report.md", "learning_curves.png", "samples_0.png"):
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.json")) == ["epoch-0001.json", "epoch-0002.json"]
+    report = (run / "report.md").read_text()
+    assert "test (s=17×17)" in report and "zero_shot (s=33×33)" in report and "trainable parameters" in report
+    resolved = OmegaConf.load(run / "config.yaml")
+    assert resolved.trainer.epochs == 2 and "${" not in (run / "config.yaml").read_text()
+    assert json.loads((run / "environment.json").read_text())["versions"]["torch"] == torch.__version__
+
+    result = run_cli(*args[:-3], "trainer.epochs=3", "resume=true", *args[-2:], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
