@@ -1,9 +1,10 @@
 """Neural operators as ``torch.nn.Module``s: spectral layers and the FNO (1-, 2-, 3-D)."""
 
 from probneural.operators.fno import FNO, positional_grid
+from probneural.operators.parameters import count_parameters
 from probneural.operators.pointwise import Pointwise
 from probneural.operators.registry import OPERATORS, build, name_of
-from probneural.operators.spectral import SpectralConv, kept_shape, spectral_contract
+from probneural.operators.spectral import SpectralConv, kept_frequencies, kept_shape, spectral_contract
 
 __all__ = [
     "FNO",
@@ -11,6 +12,8 @@ __all__ = [
     "Pointwise",
     "SpectralConv",
     "build",
+    "count_parameters",
+    "kept_frequencies",
     "kept_shape",
     "name_of",
     "positional_grid",

@@ -16,24 +16,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 import probneural
+from probneural.io import atomic_write
 
 __all__ = [
     "Checkpoint",
     "CheckpointError",
-    "atomic_write",
     "git_commit",
     "latest_checkpoint",
     "load_checkpoint",
@@ -62,21 +60,6 @@ class Checkpoint:
         """Tensors stored under ``prefix.``, with the prefix removed."""
         start = len(prefix) + 1
         return {k[start:]: v for k, v in self.tensors.items() if k.startswith(prefix + ".")}
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def git_commit(cwd: Path | None = None) -> str | None:

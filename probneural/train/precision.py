@@ -72,6 +72,20 @@ class PrecisionPolicy:
         """A grad scaler, enabled only for fp16."""
         return torch.amp.GradScaler(device.type, enabled=self.grad_scaler)
 
+    def cast_module(self, module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """Move ``module`` to ``device`` with real tensors in ``param_dtype`` and complex ones in
+        the complex dtype of the same precision (``Module.to(float32)`` would drop imaginary parts)."""
+        complex_dtype = torch.complex128 if self.param_dtype == torch.float64 else torch.complex64
+
+        def cast(t: torch.Tensor) -> torch.Tensor:
+            if t.is_complex():
+                return t.to(device=device, dtype=complex_dtype)
+            if t.is_floating_point():
+                return t.to(device=device, dtype=self.param_dtype)
+            return t.to(device=device)
+
+        return module._apply(cast)
+
     def as_dict(self) -> dict[str, str]:
         """Plain-string description, for records and reports."""
         return {

@@ -9,15 +9,11 @@ import torch
 from torch import nn
 
 from probneural.data.dataset import OperatorDataset
+from probneural.operators.parameters import count_parameters
 from probneural.plots import plot_field_samples, plot_learning_curves
 from probneural.train.trainer import evaluate
 
 __all__ = ["write_training_report"]
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Trainable real parameters (a complex entry counts twice)."""
-    return sum(p.numel() * (2 if p.is_complex() else 1) for p in model.parameters() if p.requires_grad)
 
 
 def write_training_report(

@@ -15,9 +15,9 @@ from probneural.data.dataset import OperatorDataset
 from probneural.data.normalizer import ChannelNormalizer
 from probneural.data.seeding import sample_generator
 from probneural.operators.registry import build, name_of
+from probneural.io import atomic_write
 from probneural.train.checkpoint import (
     Checkpoint,
-    atomic_write,
     latest_checkpoint,
     load_checkpoint,
     restore_optimizer,
@@ -216,7 +216,7 @@ class Trainer:
             NonFiniteLossError: when a batch loss is NaN or Inf.
         """
         device, policy = self.device, self.policy
-        model.to(device=device, dtype=policy.param_dtype)
+        policy.cast_module(model, device)
         optimizer, scheduler = self._optimizer(model)
         scaler = policy.make_grad_scaler(device)
         history: list[dict[str, float]] = []

@@ -31,7 +31,7 @@ def dense_reference(x: torch.Tensor, weight: torch.Tensor, modes: tuple[int, int
     e1 = torch.exp(-2j * math.pi * torch.outer(k1, p1) / n1)  # (K1, n1)
     e2 = torch.exp(-2j * math.pi * torch.outer(k2, p2) / n2)  # (K2, n2)
     x_hat = torch.einsum("kp,zcpq,lq->zckl", e1, x.to(torch.cdouble), e2)
-    y_hat = torch.einsum("zikl,iokl->zokl", x_hat, torch.view_as_complex(weight))
+    y_hat = torch.einsum("zikl,klio->zokl", x_hat, torch.view_as_complex(weight))
     c = torch.full((len(k2),), 2.0, dtype=torch.double)
     c[0] = 1.0
     if n2 % 2 == 0 and modes[1] == n2 // 2 + 1:
@@ -51,7 +51,7 @@ def test_matches_dense_dft_reference(shape, modes):
 
 def test_weight_shape_is_real_with_trailing_two():
     layer = SpectralConv(4, 5, (6, 7, 3))
-    assert layer.weight.shape == (4, 5, *kept_shape((6, 7, 3)), 2) == (4, 5, 12, 14, 3, 2)
+    assert layer.weight.shape == (*kept_shape((6, 7, 3)), 4, 5, 2) == (12, 14, 3, 4, 5, 2)
     assert not layer.weight.is_complex()
 
 

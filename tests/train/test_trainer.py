@@ -17,6 +17,7 @@ from probneural.train import (
     latest_checkpoint,
     load_checkpoint,
     load_model,
+    PrecisionPolicy,
     normalize,
 )
 
@@ -123,3 +124,12 @@ def test_precision_policies_train(darcy_small, tmp_path, precision, dtype):
 def test_bad_trainer_options_are_rejected(kwargs, match):
     with pytest.raises((ValueError, KeyError), match=match):
         Trainer(**kwargs)
+
+
+def test_precision_cast_keeps_complex_parameters_complex():
+    module = torch.nn.Module()
+    module.w = torch.nn.Parameter(torch.tensor([1 + 2j, 3 - 1j], dtype=torch.complex64))
+    module.b = torch.nn.Parameter(torch.ones(2))
+    PrecisionPolicy.from_name("fp64").cast_module(module, torch.device("cpu"))
+    assert module.w.dtype == torch.complex128 and module.b.dtype == torch.float64
+    torch.testing.assert_close(module.w.detach(), torch.tensor([1 + 2j, 3 - 1j], dtype=torch.complex128))

@@ -1,0 +1,13 @@
+"""PDE data for operator learning: random fields, solvers, data sets, normalisers and an on-disk cache.
+
+>>> from probneural.data import darcy
+>>> train = darcy.generate(n=1000, resolution=85, seed=0)   # doctest: +SKIP
+>>> u = darcy.solve(a, f)                                   # doctest: +SKIP
+"""
+
+from probneural.data import darcy, grf
+from probneural.data.dataset import OperatorDataset
+from probneural.data.normalizer import ChannelNormalizer
+from probneural.data.problems import PROBLEMS, generate
+
+__all__ = ["ChannelNormalizer", "OperatorDataset", "PROBLEMS", "darcy", "generate", "grf"]

@@ -1,0 +1,149 @@
+"""Darcy solver: manufactured-solution convergence order, agreement with a sparse direct solve, input checks."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse
+import scipy.sparse.linalg
+import torch
+
+from probneural.data import darcy
+from probneural.data.grf import grf_neumann
+
+
+def _manufactured(s: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``u = sin(πx) sin(πy)``, ``a = 1 + x² + ½ sin(2πy)`` and ``f = −∇·(a∇u)`` on the ``s × s`` nodes."""
+    t = torch.linspace(0, 1, s, dtype=torch.float64)
+    x, y = torch.meshgrid(t, t, indexing="ij")
+    pi = math.pi
+    u = torch.sin(pi * x) * torch.sin(pi * y)
+    a = 1 + x**2 + 0.5 * torch.sin(2 * pi * y)
+    ux, uy = pi * torch.cos(pi * x) * torch.sin(pi * y), pi * torch.sin(pi * x) * torch.cos(pi * y)
+    ax, ay = 2 * x, pi * torch.cos(2 * pi * y)
+    f = -(ax * ux + ay * uy - 2 * pi**2 * a * u)
+    return a, f, u
+
+
+def test_manufactured_solution_converges_at_second_order():
+    errors = []
+    for s in (17, 33, 65, 129):
+        a, f, u = _manufactured(s)
+        errors.append((darcy.solve(a, f) - u).abs().max().item())
+    orders = [math.log2(coarse / fine) for coarse, fine in zip(errors, errors[1:])]
+    assert all(1.8 <= order <= 2.2 for order in orders), (errors, orders)
+
+
+def _sparse_reference(a: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """Assemble the documented 5-point system (face coefficient = mean of the nodal values) and solve it directly."""
+    s = a.shape[0]
+    m, h2 = s - 2, 1.0 / (s - 1) ** 2
+    index = lambda i, j: (i - 1) * m + (j - 1)  # noqa: E731  interior node (i, j) -> unknown
+    rows, cols, vals = [], [], []
+    for i in range(1, s - 1):
+        for j in range(1, s - 1):
+            diagonal = 0.0
+            for ni, nj in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)):
+                face = 0.5 * (a[i, j] + a[ni, nj]) / h2
+                diagonal += face
+                if 0 < ni < s - 1 and 0 < nj < s - 1:
+                    rows.append(index(i, j)), cols.append(index(ni, nj)), vals.append(-face)
+            rows.append(index(i, j)), cols.append(index(i, j)), vals.append(diagonal)
+    matrix = scipy.sparse.csr_matrix((vals, (rows, cols)), shape=(m * m, m * m))
+    u = np.zeros_like(a)
+    u[1:-1, 1:-1] = scipy.sparse.linalg.spsolve(matrix, f[1:-1, 1:-1].reshape(-1)).reshape(m, m)
+    return u
+
+
+def test_matches_sparse_direct_solve_on_piecewise_constant_coefficient():
+    s = 33
+    a = darcy.coefficient(grf_neumann(2, s, seed=8))
+    generator = torch.Generator().manual_seed(0)
+    f = torch.rand(2, s, s, generator=generator, dtype=torch.float64) + 0.5
+    u = darcy.solve(a, f, rtol=1e-13)
+    for k in range(2):
+        reference = torch.from_numpy(_sparse_reference(a[k].numpy(), f[k].numpy()))
+        assert (u[k] - reference).norm() / reference.norm() < 1e-8
+
+
+def test_iteration_count_bounded_by_contrast_not_grid():
+    fine = darcy.coefficient(grf_neumann(2, 129, seed=9))
+    counts = [darcy.solve_with_info(fine[:, ::stride, ::stride]).iterations for stride in (4, 2, 1)]  # s = 33, 65, 129
+    assert max(counts) <= 1.3 * min(counts), counts
+    assert max(counts) < 60, counts
+
+
+def test_batched_unbatched_and_scalar_source_agree(device):
+    a = darcy.coefficient(grf_neumann(3, 17, seed=10, device=device))
+    batched = darcy.solve(a, 1.0)
+    assert batched.shape == a.shape and batched.device.type == device.type
+    torch.testing.assert_close(darcy.solve(a[1]), batched[1], rtol=1e-9, atol=0)
+    torch.testing.assert_close(darcy.solve(a, torch.ones_like(a)), batched, rtol=0, atol=0)
+    assert (
+        (batched[:, 0] == 0).all()
+        and (batched[:, -1] == 0).all()
+        and (batched[:, :, 0] == 0).all()
+        and (batched[:, :, -1] == 0).all()
+    )
+
+
+def test_float32_runs_in_float32_with_looser_default_tolerance():
+    a = darcy.coefficient(grf_neumann(2, 33, seed=11))
+    result = darcy.solve_with_info(a.float())
+    assert result.u.dtype == torch.float32
+    assert (result.residual <= 1e-5).all()
+    torch.testing.assert_close(result.u.double(), darcy.solve(a), rtol=1e-4, atol=1e-8)
+
+
+def test_zero_source_gives_zero_solution():
+    a = torch.full((5, 5), 2.0, dtype=torch.float64)
+    result = darcy.solve_with_info(a, 0.0)
+    assert result.iterations == 0 and torch.equal(result.u, torch.zeros_like(a))
+
+
+def test_not_converging_raises_naming_the_residual():
+    a = darcy.coefficient(grf_neumann(1, 33, seed=12))
+    with pytest.raises(RuntimeError, match="relative residual"):
+        darcy.solve(a, max_iter=2)
+
+
+def _valid() -> torch.Tensor:
+    return torch.ones(2, 9, 9, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    ("a", "f", "pattern"),
+    [
+        (
+            _valid().index_put_(
+                (torch.tensor(0), torch.tensor(3), torch.tensor(4)), torch.tensor(float("nan"), dtype=torch.float64)
+            ),
+            1.0,
+            "a must be finite",
+        ),
+        (
+            _valid().index_put_(
+                (torch.tensor(1), torch.tensor(0), torch.tensor(0)), torch.tensor(-1.0, dtype=torch.float64)
+            ),
+            1.0,
+            "a must be positive",
+        ),
+        (torch.zeros(2, 9, 9, dtype=torch.float64), 1.0, "a must be positive"),
+        (torch.ones(1, 2, 9, 9), 1.0, r"a must have shape \(B, s, s\)"),
+        (torch.ones(9), 1.0, r"a must have shape \(B, s, s\)"),
+        (torch.ones(2, 9, 8), 1.0, "a must be square"),
+        (torch.ones(2, 2, 2), 1.0, "a must have s >= 3"),
+        (torch.ones(2, 9, 9, dtype=torch.float16), 1.0, "a must be float32 or float64"),
+        (_valid(), torch.ones(9, 9, dtype=torch.float64), "f must be a scalar or have a's shape"),
+        (_valid(), float("inf"), "f must be finite"),
+    ],
+)
+def test_invalid_input_names_the_argument(a, f, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        darcy.solve(a, f)
+
+
+@pytest.mark.parametrize(("kwargs", "name"), [({"rtol": 0.0}, "rtol"), ({"max_iter": 0}, "max_iter")])
+def test_invalid_solver_settings(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        darcy.solve(_valid(), **kwargs)
