@@ -33,11 +33,14 @@ def plot_field_samples(x: Tensor, y: Tensor, pred: Tensor, path: str | Path, tit
     n = x.shape[0]
     fig, axes = plt.subplots(n, 4, figsize=(12, 2.9 * n), squeeze=False)
     for i in range(n):
-        panels = (x[i, 0], y[i, 0], pred[i, 0], (pred[i, 0] - y[i, 0]).abs())
-        for j, (field, name) in enumerate(zip(panels, ("input a", "truth u", "prediction", "|error|"))):
+        truth, guess = y[i, 0].detach().float().cpu(), pred[i, 0].detach().float().cpu()
+        limits = (min(truth.min(), guess.min()).item(), max(truth.max(), guess.max()).item())
+        panels = (x[i, 0], truth, guess, (guess - truth).abs())
+        for j, (field, name) in enumerate(zip(panels, ("input", "truth", "prediction", "|error|"))):
             ax = axes[i, j]
+            shared = limits if j in (1, 2) else (None, None)  # truth and prediction on one colour scale
             image = ax.imshow(field.detach().float().cpu().numpy(), origin="lower", extent=(0, 1, 0, 1),
-                              cmap="magma" if j == 3 else "viridis")
+                              cmap="magma" if j == 3 else "viridis", vmin=shared[0], vmax=shared[1])
             fig.colorbar(image, ax=ax, fraction=0.046)
             ax.set_xticks([])
             ax.set_yticks([])

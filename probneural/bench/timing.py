@@ -108,8 +108,8 @@ def measure(
     ``fn`` is called ``warmup`` times untimed, then ``repeats`` times timed one by one; on
     CUDA the device is synchronised before and after every timed call.
 
-    Peak memory covers all calls, warm-up included (a first call may allocate lasting
-    state, e.g. optimizer moments):
+    Peak memory is read during one further, untimed call, so that measuring it does not
+    disturb the times:
 
     * CUDA: ``torch.cuda.max_memory_allocated`` after resetting the peak statistics, i.e.
       the most memory held by tensors at any moment, including tensors that existed before.
@@ -153,18 +153,21 @@ def measure(
             times.append(time.perf_counter() - start)
         return times
 
+    times = timed_calls()
+    # memory comes from one further call: a sampling thread during the timed calls would
+    # compete with torch's threads for the cores and inflate the times
     peak: int | None
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        times = timed_calls()
+        fn()
+        torch.cuda.synchronize(device)
         peak, source = torch.cuda.max_memory_allocated(device), "cuda_max_memory_allocated"
     elif _ResidentSetSampler.available():
         with _ResidentSetSampler() as sampler:
-            times = timed_calls()
+            fn()
         peak, source = max(0, sampler.peak - sampler.baseline), "cpu_rss_increase_approx"
     else:
-        times = timed_calls()
         peak, source = None, "unavailable"
     t = torch.tensor(times, dtype=torch.float64)
     q25, q50, q75 = torch.quantile(t, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()

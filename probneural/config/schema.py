@@ -152,6 +152,8 @@ class CompareNeuralopBenchmark:
     n_layers: int = 4
     lr: float = 1e-3
     data_cache_dir: Optional[str] = None
+    warmup: int = 3
+    repeats: int = 10
 
 
 @dataclass

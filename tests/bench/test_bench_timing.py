@@ -33,7 +33,7 @@ def test_measure_returns_sane_statistics() -> None:
         torch.mm(a, a)
 
     timing = measure(work, device="cpu", warmup=1, repeats=3)
-    assert len(calls) == 4
+    assert len(calls) == 5  # warm-up, timed calls, and one untimed call for the memory peak
     assert len(timing["times_s"]) == 3
     assert 0 < timing["min_s"] <= timing["median_s"] < 10
     assert timing["iqr_s"] >= 0

@@ -119,3 +119,18 @@ def test_train_cli_writes_a_complete_run_directory_and_resumes(tmp_path):
     assert result.returncode == 0, result.stderr
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
+
+
+def test_benchmark_cli_writes_records_that_the_report_merges(tmp_path):
+    run = tmp_path / "bench"
+    result = run_cli("probneural.benchmark", "benchmark=throughput", "benchmark.resolutions=[16]",
+                     "benchmark.batch_sizes=[2]", "benchmark.modes=[4,4]", "benchmark.width=8", "benchmark.n_layers=1",
+                     "benchmark.warmup=1", "benchmark.repeats=1", "device=cpu", "progress=false",
+                     f"hydra.run.dir={run}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(p.read_text()) for p in run.glob("*.json")]
+    assert len(records) == 1 and records[0]["environment"]["precision"]["name"] == "fp32"
+    assert "benchmark.resolutions=[16]" in records[0]["environment"]["overrides"]
+    result = run_cli("probneural.report", str(run), "--out", str(tmp_path / "merged"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "merged" / "benchmark_report.md").is_file() and (tmp_path / "merged" / "benchmark_report.png").is_file()
