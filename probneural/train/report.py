@@ -52,6 +52,7 @@ def write_training_report(
     lines += [
         "",
         f"- trainable parameters: {count_parameters(model):,} (real; normaliser statistics excluded)",
+        f"- device: {device}; precision: {precision}",
         f"- epochs: {len(history)}; training time: {seconds:.1f} s ({seconds / max(len(history), 1):.2f} s per epoch)",
         f"- final training loss: {history[-1]['train_loss']:.4f}" if history else "- no epochs run",
         "",
