@@ -55,10 +55,10 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn
         CheckpointError: if the checkpoint is missing, corrupted or modified.
     """
     checkpoint = load_checkpoint(path, map_location=map_location)
-    return _model_from(checkpoint)
+    return _model_from(checkpoint, torch.device(map_location))
 
 
-def _model_from(checkpoint: Checkpoint) -> nn.Module:
+def _model_from(checkpoint: Checkpoint, device: torch.device) -> nn.Module:
     meta = checkpoint.meta["model"]
     operator = build(meta["operator"], **meta["config"])
     weights = checkpoint.section("model")
@@ -70,8 +70,11 @@ def _model_from(checkpoint: Checkpoint) -> nn.Module:
         )
     else:
         model = operator
+    # take the stored precision before copying the weights in, so float64 weights stay exact
+    dtype = next(v.dtype for v in weights.values() if v.is_floating_point())
+    PrecisionPolicy.from_name("fp64" if dtype == torch.float64 else "fp32").cast_module(model, device)
     model.load_state_dict(weights)
-    return model.to(next(iter(weights.values())).dtype)
+    return model
 
 
 @torch.no_grad()

@@ -133,3 +133,12 @@ def test_precision_cast_keeps_complex_parameters_complex():
     PrecisionPolicy.from_name("fp64").cast_module(module, torch.device("cpu"))
     assert module.w.dtype == torch.complex128 and module.b.dtype == torch.float64
     torch.testing.assert_close(module.w.detach(), torch.tensor([1 + 2j, 3 - 1j], dtype=torch.complex128))
+
+
+def test_load_model_keeps_float64_weights_exact(darcy_small, tmp_path):
+    train, _ = darcy_small
+    model = make_model(train)
+    trainer(tmp_path, 1, precision="fp64").fit(model, train)
+    loaded = load_model(tmp_path / "checkpoints")
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
