@@ -21,12 +21,12 @@ frequency-major storage lets the contraction use the weight without rearranging 
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch._C._functorch import is_functorch_wrapped_tensor
 
 __all__ = ["SpectralConv", "kept_frequencies", "kept_shape", "spectral_contract"]
 
@@ -45,7 +45,23 @@ def kept_frequencies(m: int, last: bool) -> Tensor:
     return torch.cat((torch.arange(m), torch.arange(-m, 0)))
 
 
-@functools.lru_cache(maxsize=128)
+_MATRICES: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def _cached(build: Callable[..., tuple[Tensor, Tensor]], *key: object) -> tuple[Tensor, Tensor]:
+    """Memoised DFT matrices. Tensors created inside a ``torch.func`` transform are wrapped for
+    that transform and must not outlive it, so such results are returned but not stored."""
+    found = _MATRICES.get((build, *key))
+    if found is not None:
+        return found
+    matrices = build(*key)
+    if not any(is_functorch_wrapped_tensor(m) for m in matrices):
+        if len(_MATRICES) >= 256:
+            _MATRICES.clear()
+        _MATRICES[(build, *key)] = matrices
+    return matrices
+
+
 def _last_axis_matrices(n: int, m: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
     """Truncated real DFT along the last axis and its inverse, in pair layout.
 
@@ -63,7 +79,6 @@ def _last_axis_matrices(n: int, m: int, dtype: torch.dtype, device: torch.device
     return forward.to(dtype=dtype, device=device), inverse.to(dtype=dtype, device=device)
 
 
-@functools.lru_cache(maxsize=128)
 def _axis_matrices(n: int, m: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
     """Truncated complex DFT along a non-last axis and its inverse, real and imaginary parts stacked.
 
@@ -186,13 +201,14 @@ class SpectralConv(nn.Module):
             x = x.to(self.weight.dtype)
         spatial = x.shape[2:]
         dtype, device = x.dtype, x.device
-        last_forward, last_inverse = _last_axis_matrices(spatial[-1], self.modes[-1], dtype, device)
+        last_forward, last_inverse = _cached(_last_axis_matrices, spatial[-1], self.modes[-1], dtype, device)
+        axes = [_cached(_axis_matrices, spatial[a], self.modes[a], dtype, device) for a in range(self.dim - 1)]
         z = torch.matmul(x, last_forward)
-        for axis in range(self.dim - 1):
-            z = _complex_matmul_along(z, _axis_matrices(spatial[axis], self.modes[axis], dtype, device)[0], 2 + axis)
+        for axis, (forward, _) in enumerate(axes):
+            z = _complex_matmul_along(z, forward, 2 + axis)
         z = spectral_contract(z, self.weight.to(dtype))
-        for axis in range(self.dim - 1):
-            z = _complex_matmul_along(z, _axis_matrices(spatial[axis], self.modes[axis], dtype, device)[1], 2 + axis)
+        for axis, (_, inverse) in enumerate(axes):
+            z = _complex_matmul_along(z, inverse, 2 + axis)
         return torch.matmul(z, last_inverse)
 
     def extra_repr(self) -> str:

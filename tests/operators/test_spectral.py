@@ -109,3 +109,17 @@ def test_bad_input_raises_clear_value_error(x, match):
 def test_bad_modes_rejected():
     with pytest.raises(ValueError, match="modes"):
         SpectralConv(1, 1, (0, 3))
+
+
+def test_dft_matrices_built_inside_torch_func_transforms_do_not_leak():
+    from probneural.operators import spectral
+
+    spectral._MATRICES.clear()
+    layer = SpectralConv(1, 1, (2, 2)).double()
+    x = torch.randn(1, 1, 7, 5, dtype=torch.double)
+    grad = torch.func.grad(lambda inp: layer(inp).pow(2).sum())(x)
+    assert not spectral._MATRICES  # built under the transform: used, not kept
+    eager = x.clone().requires_grad_(True)
+    layer(eager).pow(2).sum().backward()
+    torch.testing.assert_close(grad, eager.grad)
+    assert spectral._MATRICES  # built eagerly: kept

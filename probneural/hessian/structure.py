@@ -1,0 +1,58 @@
+"""Parameter structures: a tensor or a tuple of tensors, complex entries seen through their real view.
+
+Curvature is always taken with respect to real numbers: a complex tensor ``p`` is
+differentiated as ``torch.view_as_real(p)`` (what an optimizer updates), so it contributes
+``2 * p.numel()`` coordinates, real and imaginary parts interleaved.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence, Union
+
+import torch
+from torch import Tensor
+
+__all__ = ["Params", "as_tuple", "real_function", "to_real", "from_real", "flatten", "unflatten"]
+
+Params = Union[Tensor, Sequence[Tensor]]
+
+
+def as_tuple(params: Params, name: str = "params") -> tuple[tuple[Tensor, ...], bool]:
+    """``(tensors, was_single)``; a ``ValueError`` naming ``name`` unless tensors are given."""
+    if isinstance(params, Tensor):
+        return (params,), True
+    tensors = tuple(params)
+    if not tensors or not all(isinstance(t, Tensor) for t in tensors):
+        raise ValueError(f"{name}: expected a tensor or a non-empty tuple of tensors; got {type(params).__name__}")
+    return tensors, False
+
+
+def to_real(tensors: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Real views: complex `(…)` → `(…, 2)`, real tensors unchanged."""
+    return tuple(torch.view_as_real(t) if t.is_complex() else t for t in tensors)
+
+
+def from_real(reals: tuple[Tensor, ...], like: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Inverse of :func:`to_real`, complex where ``like`` is complex."""
+    return tuple(torch.view_as_complex(r.contiguous()) if t.is_complex() else r for r, t in zip(reals, like))
+
+
+def real_function(f: Callable, like: tuple[Tensor, ...], single: bool) -> Callable[[tuple[Tensor, ...]], Tensor]:
+    """``f`` as a function of the real views of parameters shaped like ``like``."""
+
+    def g(reals: tuple[Tensor, ...]) -> Tensor:
+        params = from_real(reals, like)
+        return f(params[0] if single else params)
+
+    return g
+
+
+def flatten(reals: tuple[Tensor, ...]) -> Tensor:
+    """Concatenate real tensors into one `(P,)` vector."""
+    return torch.cat([r.reshape(-1) for r in reals])
+
+
+def unflatten(vector: Tensor, like: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Split a `(P,)` vector into tensors shaped like the real tensors ``like``."""
+    pieces = vector.split([r.numel() for r in like])
+    return tuple(p.view(r.shape) for p, r in zip(pieces, like))
