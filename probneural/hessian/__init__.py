@@ -1,4 +1,7 @@
-"""Curvature engine: exact Hessian-vector products and dense Hessians (complex weights via their real view).
+"""Curvature engine: exact Hessian-vector products, dense Hessians, GGN products, diagonals and Lanczos.
+
+Complex parameters are differentiated through their real view. Every curvature object is a
+matrix-free :class:`LinearOperator` over the flattened real parameter vector.
 
 >>> from probneural import hessian
 >>> hv = hessian.hvp(f, params, v)    # doctest: +SKIP
@@ -6,5 +9,20 @@
 """
 
 from probneural.hessian.functional import dense, hvp
+from probneural.hessian.ggn import ggn_diagonal, ggn_operator, ggn_vp, hessian_operator, loss_hessian_sqrt
+from probneural.hessian.hutchinson import hutchinson_diagonal
+from probneural.hessian.lanczos import lanczos
+from probneural.hessian.operator import LinearOperator
 
-__all__ = ["dense", "hvp"]
+__all__ = [
+    "LinearOperator",
+    "dense",
+    "ggn_diagonal",
+    "ggn_operator",
+    "ggn_vp",
+    "hessian_operator",
+    "hutchinson_diagonal",
+    "hvp",
+    "lanczos",
+    "loss_hessian_sqrt",
+]

@@ -1,0 +1,146 @@
+"""Generalised Gauss–Newton products ``G v = Jᵀ Λ J v`` for (model, loss) pairs, and the exact Hessian operator.
+
+Supported losses, both with a diagonal loss Hessian ``Λ`` with respect to the outputs:
+
+* ``"mse"``: ``½ Σ (f − y)²``, ``Λ = I``;
+* ``"gaussian_nll"``: ``Σ (f − y)² / (2 σ_c²)`` with one noise variance per output channel
+  (axis 1 of the output), ``Λ = diag(1 / σ_c²)``.
+
+``G = Σ_o (√Λ_o J_o)ᵀ (√Λ_o J_o)`` can therefore be formed blockwise from
+:func:`loss_hessian_sqrt` and Jacobian rows.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+from torch.func import jacrev, jvp, vjp
+
+from probneural.hessian.functional import hvp
+from probneural.hessian.operator import LinearOperator
+from probneural.hessian.structure import Params, as_tuple, flatten, from_real, to_real, unflatten
+
+__all__ = ["LOSSES", "ggn_diagonal", "ggn_operator", "ggn_vp", "hessian_operator", "loss_hessian_sqrt"]
+
+LOSSES = ("mse", "gaussian_nll")
+
+
+def loss_hessian_sqrt(loss: str, output: Tensor, noise_variance: float | Sequence[float] | Tensor = 1.0) -> Tensor:
+    """Diagonal of ``√Λ``, the square root of the loss Hessian with respect to the outputs.
+
+    Args:
+        loss: ``"mse"`` or ``"gaussian_nll"``.
+        output: `(b, c, *spatial)` model output (only shape, dtype and device are used).
+        noise_variance: ``σ²``, a number or one value per output channel (``gaussian_nll``).
+
+    Returns:
+        Tensor broadcastable to ``output``.
+    """
+    if loss == "mse":
+        return torch.ones((), dtype=output.dtype, device=output.device)
+    if loss == "gaussian_nll":
+        variance = torch.as_tensor(noise_variance, dtype=output.dtype, device=output.device)
+        if variance.dim() == 1:
+            if variance.numel() != output.shape[1]:
+                raise ValueError(
+                    f"noise_variance: expected one value per output channel ({output.shape[1]}); got {variance.numel()}"
+                )
+            variance = variance.view(1, -1, *([1] * (output.dim() - 2)))
+        if (variance <= 0).any():
+            raise ValueError("noise_variance: expected positive values")
+        return variance.rsqrt()
+    raise ValueError(f"loss: expected one of {LOSSES}; got {loss!r}")
+
+
+def _real_model(model_fn: Callable[[Params], Tensor], tensors: tuple[Tensor, ...], single: bool):
+    def g(reals: tuple[Tensor, ...]) -> Tensor:
+        params = from_real(reals, tensors)
+        return model_fn(params[0] if single else params)
+
+    return g
+
+
+def ggn_vp(
+    model_fn: Callable[[Params], Tensor],
+    params: Params,
+    v: Params,
+    *,
+    loss: str = "mse",
+    noise_variance: float | Sequence[float] | Tensor = 1.0,
+) -> Params:
+    """``Jᵀ Λ J v``: one forward-mode and one reverse-mode pass through the model.
+
+    Args:
+        model_fn: called as ``model_fn(params)``; returns the `(b, c, *spatial)` output.
+        params: point of evaluation (complex tensors through their real view).
+        v: direction with the structure of ``params``.
+        loss: ``"mse"`` or ``"gaussian_nll"`` (see the module docstring).
+        noise_variance: ``σ²`` for ``gaussian_nll``.
+
+    Returns:
+        ``G v`` with the structure of ``params``.
+    """
+    tensors, single = as_tuple(params)
+    directions, _ = as_tuple(v, "v")
+    g = _real_model(model_fn, tensors, single)
+    reals = tuple(r.detach() for r in to_real(tensors))
+    output, jv = jvp(g, (reals,), (to_real(directions),))
+    sqrt_lambda = loss_hessian_sqrt(loss, output, noise_variance)
+    _, pullback = vjp(g, reals)
+    (product,) = pullback(jv * sqrt_lambda.square())
+    result = from_real(product, tensors)
+    return result[0] if single else result
+
+
+def ggn_diagonal(
+    model_fn: Callable[[Params], Tensor],
+    params: Params,
+    *,
+    loss: str = "mse",
+    noise_variance: float | Sequence[float] | Tensor = 1.0,
+) -> Tensor:
+    """Exact GGN diagonal `(P,)` from the full Jacobian (small models: memory ``O(outputs · P)``)."""
+    tensors, single = as_tuple(params)
+    reals = tuple(r.detach() for r in to_real(tensors))
+    g = _real_model(model_fn, tensors, single)
+    output = g(reals)
+    sqrt_lambda = loss_hessian_sqrt(loss, output, noise_variance).expand_as(output)
+    jacobian = jacrev(lambda vector: g(unflatten(vector, reals)))(flatten(reals))  # (*output, P)
+    rows = jacobian.reshape(output.numel(), -1) * sqrt_lambda.reshape(-1, 1)
+    return rows.square().sum(0)
+
+
+def _structured_operator(
+    apply: Callable[[Params], Params], params: Params, diagonal: Callable[[], Tensor] | None = None
+) -> LinearOperator:
+    """A :class:`LinearOperator` over the flattened real view of ``params`` from a structured product."""
+    tensors, single = as_tuple(params)
+    reals = tuple(r.detach() for r in to_real(tensors))
+    flat = flatten(reals)
+
+    def matvec(vector: Tensor) -> Tensor:
+        v = from_real(unflatten(vector, reals), tensors)
+        return flatten(to_real(as_tuple(apply(v[0] if single else v))[0]))
+
+    return LinearOperator(flat.numel(), matvec, dtype=flat.dtype, device=flat.device, diagonal=diagonal)
+
+
+def ggn_operator(
+    model_fn: Callable[[Params], Tensor],
+    params: Params,
+    *,
+    loss: str = "mse",
+    noise_variance: float | Sequence[float] | Tensor = 1.0,
+) -> LinearOperator:
+    """The GGN as a matrix-free `(P, P)` operator over the flattened real parameters (exact diagonal included)."""
+    options = {"loss": loss, "noise_variance": noise_variance}
+    return _structured_operator(
+        lambda v: ggn_vp(model_fn, params, v, **options), params, lambda: ggn_diagonal(model_fn, params, **options)
+    )
+
+
+def hessian_operator(f: Callable[[Params], Tensor], params: Params) -> LinearOperator:
+    """The exact Hessian of a scalar ``f(params)`` as a matrix-free operator (products by :func:`hvp`)."""
+    return _structured_operator(lambda v: hvp(f, params, v), params)

@@ -1,0 +1,109 @@
+"""GGN products and diagonals against explicit Jacobians; Lanczos against eigvalsh; Hutchinson within 3 SE."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import functional_call, jacrev
+
+from probneural import hessian
+from probneural.operators import FNO
+
+
+def small_fno():
+    torch.manual_seed(0)
+    model = FNO(1, 2, (2, 2), width=3, n_layers=1, projection_channels=4).double()
+    names = [name for name, _ in model.named_parameters()]
+    x = torch.randn(2, 1, 5, 4, dtype=torch.double)
+
+    def model_fn(params):
+        return functional_call(model, dict(zip(names, params)), (x,))
+
+    return model_fn, tuple(p.detach() for p in model.parameters())
+
+
+def explicit_ggn(model_fn, params, noise_variance):
+    sizes = [p.numel() for p in params]
+    flat = torch.cat([p.reshape(-1) for p in params])
+
+    def flat_fn(vector):
+        return model_fn(tuple(piece.view(p.shape) for piece, p in zip(vector.split(sizes), params)))
+
+    out = flat_fn(flat)
+    J = jacrev(flat_fn)(flat).reshape(out.numel(), -1)
+    lam = (1.0 / torch.as_tensor(noise_variance, dtype=out.dtype)).view(1, -1, 1, 1).expand_as(out).reshape(-1)
+    return J.T @ (lam[:, None] * J)
+
+
+@pytest.mark.parametrize("loss, noise", [("mse", 1.0), ("gaussian_nll", [0.5, 2.0])])
+def test_ggn_products_and_diagonal_match_explicit_jacobians(loss, noise):
+    model_fn, params = small_fno()
+    expected = explicit_ggn(model_fn, params, noise if loss == "gaussian_nll" else 1.0)
+    operator = hessian.ggn_operator(model_fn, params, loss=loss, noise_variance=noise)
+    torch.testing.assert_close(operator.to_dense(), expected, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(operator.diagonal(), torch.diagonal(expected), rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(hessian.ggn_diagonal(model_fn, params, loss=loss, noise_variance=noise),
+                               torch.diagonal(expected), rtol=1e-8, atol=1e-10)
+
+
+def test_ggn_equals_the_hessian_for_a_model_linear_in_its_parameters():
+    torch.manual_seed(3)
+    X = torch.randn(6, 4, dtype=torch.double)
+    y = torch.randn(6, 1, dtype=torch.double)
+    w = torch.randn(4, 1, dtype=torch.double)
+    ggn = hessian.ggn_operator(lambda p: (X @ p)[:, :, None], w, loss="gaussian_nll", noise_variance=0.25)
+    exact = hessian.dense(lambda p: ((X @ p - y) ** 2).sum() / (2 * 0.25), w)
+    torch.testing.assert_close(ggn.to_dense(), exact)
+    torch.testing.assert_close(exact, X.T @ X / 0.25)
+
+
+def test_hessian_operator_matches_dense():
+    model_fn, params = small_fno()
+
+    def f(p):
+        return model_fn(p).pow(2).sum()
+
+    torch.testing.assert_close(hessian.hessian_operator(f, params).to_dense(), hessian.dense(f, params),
+                               rtol=1e-8, atol=1e-10)
+
+
+def test_lanczos_top_eigenvalues_match_eigvalsh():
+    torch.manual_seed(4)
+    Q, _ = torch.linalg.qr(torch.randn(60, 60, dtype=torch.double))
+    spectrum = torch.cat((torch.tensor([50.0, 20.0, 10.0, 5.0], dtype=torch.double), torch.rand(56, dtype=torch.double)))
+    A = Q @ torch.diag(spectrum) @ Q.T
+    operator = hessian.LinearOperator(60, lambda v: A @ v, dtype=torch.double, device=torch.device("cpu"))
+    values, vectors = hessian.lanczos(operator, 4, n_iter=40)
+    torch.testing.assert_close(values, torch.linalg.eigvalsh(A).flip(0)[:4], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(A @ vectors, vectors * values, rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(vectors.T @ vectors, torch.eye(4, dtype=torch.double), rtol=0, atol=1e-10)
+
+
+def test_lanczos_on_the_ggn_of_an_fno():
+    model_fn, params = small_fno()
+    operator = hessian.ggn_operator(model_fn, params)
+    dense = operator.to_dense()
+    values, _ = hessian.lanczos(operator, 3, n_iter=operator.size)
+    torch.testing.assert_close(values, torch.linalg.eigvalsh(dense).flip(0)[:3], rtol=1e-8, atol=1e-8)
+
+
+def test_hutchinson_within_three_standard_errors():
+    model_fn, params = small_fno()
+    operator = hessian.ggn_operator(model_fn, params)
+    estimate, stderr = hessian.hutchinson_diagonal(operator, 200, seed=1)
+    exact = operator.diagonal()
+    z = ((estimate - exact).abs() / stderr.clamp_min(1e-12))[stderr > 0]
+    assert (z < 3).float().mean() > 0.95  # ~99.7 % of entries lie within 3 SE for a correct estimator
+    assert (estimate - exact).abs().max() < 10 * stderr.max()
+
+
+def test_bad_arguments():
+    operator = hessian.LinearOperator(3, lambda v: v, dtype=torch.float64, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="v: expected shape"):
+        operator.matvec(torch.zeros(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="k: expected"):
+        hessian.lanczos(operator, 5)
+    with pytest.raises(ValueError, match="no exact diagonal"):
+        operator.diagonal()
+    with pytest.raises(ValueError, match="loss: expected one of"):
+        hessian.loss_hessian_sqrt("l1", torch.zeros(1, 1, 2))
