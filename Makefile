@@ -1,5 +1,5 @@
 # The README's two commands: `make demo` and `make test`. Each installs what it needs into .venv.
-# Override TORCH to pick another build, e.g. `make demo TORCH="torch --index-url https://download.pytorch.org/whl/cu124"`.
+# Override TORCH to pick another build, e.g. `make demo TORCH="torch==2.13.0 --index-url <torch wheel index>"`.
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
@@ -14,7 +14,7 @@ $(PY):
 
 # torch first, so that nothing later resolves to a multi-GB CUDA build
 $(VENV)/.torch: | $(PY)
-	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q $(TORCH)
 	touch $@
 
 $(VENV)/.base: pyproject.toml $(VENV)/.torch

@@ -81,6 +81,6 @@ with torch.no_grad():
 fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
 for ax, field, title in zip(axes, (zero_shot.y[0, 0], pred[0, 0], (pred - zero_shot.y[:1])[0, 0].abs()),
                             ("truth", "prediction (zero-shot)", "|error|")):
-    ax.imshow(field.numpy(), origin="lower")
+    ax.imshow(field.T.numpy(), origin="lower", extent=(0, 1, 0, 1))  # axis 0 is x
     ax.set_title(title)
 plt.show()

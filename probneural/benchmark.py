@@ -36,6 +36,7 @@ def main(cfg: DictConfig) -> list[Path]:
         environment,
         device=cfg.device.name,
         precision=cfg.precision.name,
+        seed=cfg.seed,
         progress=cfg.progress,
         **to_kwargs(cfg.benchmark, drop=("name",)),
     )

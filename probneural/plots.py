@@ -39,7 +39,8 @@ def plot_field_samples(x: Tensor, y: Tensor, pred: Tensor, path: str | Path, tit
         for j, (field, name) in enumerate(zip(panels, ("input", "truth", "prediction", "|error|"))):
             ax = axes[i, j]
             shared = limits if j in (1, 2) else (None, None)  # truth and prediction on one colour scale
-            image = ax.imshow(field.detach().float().cpu().numpy(), origin="lower", extent=(0, 1, 0, 1),
+            # axis 0 is x: transpose so that x runs horizontally
+            image = ax.imshow(field.detach().float().cpu().T.numpy(), origin="lower", extent=(0, 1, 0, 1),
                               cmap="magma" if j == 3 else "viridis", vmin=shared[0], vmax=shared[1])
             fig.colorbar(image, ax=ax, fraction=0.046)
             ax.set_xticks([])

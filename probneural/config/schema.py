@@ -68,6 +68,7 @@ class FNOConfig:
     positional_grid: Optional[str] = "nodes"
     padding: float = 0.0
     activation: str = "gelu"
+    cpu_chunk_bytes: Optional[int] = 16777216
 
 
 @dataclass

@@ -36,6 +36,10 @@ from probneural.data.grf import grf_neumann
 _DEFAULT_RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 _PAPER_FINE_RESOLUTION = 421
 
+# Bump whenever a change to this module, the GRF or the seeding changes the generated numbers:
+# it is part of every cache key, so stale cache files are never reused.
+GENERATOR_VERSION = 1
+
 
 class DarcySolution(NamedTuple):
     """Result of :func:`solve_with_info`.
@@ -372,6 +376,7 @@ def generate(
             "rtol": _DEFAULT_RTOL[torch.float64],
             "max_iter": None,
         },
+        "generator_version": GENERATOR_VERSION,
         "probneural_version": probneural.__version__,
     }
 

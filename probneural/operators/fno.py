@@ -97,8 +97,12 @@ class FNO(nn.Module):
             raise ValueError(f"activation: expected one of {sorted(_ACTIVATIONS)}; got {activation!r}")
         if not 0.0 <= padding < 1.0:
             raise ValueError(f"padding: expected a fraction in [0, 1); got {padding}")
-        if n_layers < 1 or width < 1:
-            raise ValueError(f"n_layers and width must be positive; got {n_layers} and {width}")
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("width", width),
+                            ("n_layers", n_layers), ("projection_channels", projection_channels)):
+            if value < 1:
+                raise ValueError(f"{name}: expected a positive integer; got {value}")
+        if cpu_chunk_bytes is not None and cpu_chunk_bytes < 1:
+            raise ValueError(f"cpu_chunk_bytes: expected a positive number of bytes or None; got {cpu_chunk_bytes}")
         self.config: dict[str, Any] = dict(
             in_channels=in_channels,
             out_channels=out_channels,

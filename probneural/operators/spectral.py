@@ -54,7 +54,8 @@ def _cached(build: Callable[..., tuple[Tensor, Tensor]], *key: object) -> tuple[
     found = _MATRICES.get((build, *key))
     if found is not None:
         return found
-    matrices = build(*key)
+    with torch.inference_mode(False), torch.no_grad():  # never cache inference tensors
+        matrices = build(*key)
     if not any(is_functorch_wrapped_tensor(m) for m in matrices):
         if len(_MATRICES) >= 256:
             _MATRICES.clear()
@@ -71,10 +72,8 @@ def _last_axis_matrices(n: int, m: int, dtype: torch.dtype, device: torch.device
     """
     angle = 2 * math.pi * torch.outer(torch.arange(n, dtype=torch.float64), kept_frequencies(m, True).double()) / n
     forward = torch.cat((torch.cos(angle), -torch.sin(angle)), dim=1)
-    weight = torch.full((m,), 2.0, dtype=torch.float64)
-    weight[0] = 1.0
-    if n % 2 == 0 and m == n // 2 + 1:
-        weight[-1] = 1.0  # the Nyquist frequency has no conjugate partner
+    weight = torch.full((m,), 2.0, dtype=torch.float64)  # each kept k > 0 stands for k and -k
+    weight[0] = 1.0  # (n >= 2m, so the Nyquist frequency is never kept)
     inverse = torch.cat(((weight * torch.cos(angle)).T, (-weight * torch.sin(angle)).T), dim=0) / n
     return forward.to(dtype=dtype, device=device), inverse.to(dtype=dtype, device=device)
 
@@ -152,8 +151,9 @@ class SpectralConv(nn.Module):
         input `(b, in_channels, *spatial)` with ``spatial[i] >= 2 * modes[i]``;
         output `(b, out_channels, *spatial)`.
 
-    Half-precision inputs are promoted to the weights' dtype (float32 or float64) before
-    the transforms, as the precision policy prescribes for the spectral path.
+    The layer always computes in its weights' dtype (float32 or float64), also under
+    autocast: half-precision inputs are promoted and autocast is disabled inside, as the
+    precision policy prescribes for the spectral path (its ``fft_dtype``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, modes: Sequence[int]) -> None:
@@ -197,8 +197,10 @@ class SpectralConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        if x.dtype in _HALF_DTYPES:
-            x = x.to(self.weight.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            return self._transform(x.to(self.weight.dtype) if x.dtype in _HALF_DTYPES else x)
+
+    def _transform(self, x: Tensor) -> Tensor:
         spatial = x.shape[2:]
         dtype, device = x.dtype, x.device
         last_forward, last_inverse = _cached(_last_axis_matrices, spatial[-1], self.modes[-1], dtype, device)

@@ -22,6 +22,7 @@ from probneural.bench.environment import capture_environment
 from probneural.config import instantiate, register_schemas, to_kwargs
 from probneural.config.data import build_splits, split_label
 from probneural.config.paths import CONFIG_DIR
+from probneural.io import atomic_write
 from probneural.train.report import write_training_report
 from probneural.train.trainer import Trainer, normalize
 
@@ -31,13 +32,15 @@ register_schemas()
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    # a resumed run keeps the configuration it started with and records the resuming one beside it
+    config_name = "config.resumed.yaml" if cfg.resume else "config.yaml"
+    atomic_write(run_dir / config_name, lambda tmp: tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True)))
     environment = capture_environment(cfg.precision.name, cfg.device.name, list(HydraConfig.get().overrides.task))
-    (run_dir / "environment.json").write_text(json.dumps(environment, indent=1))
+    atomic_write(run_dir / "environment.json", lambda tmp: tmp.write_text(json.dumps(environment, indent=1)))
 
-    splits = build_splits(cfg.data, progress=cfg.progress)
+    # model and trainer first: a bad option fails before any data is generated
     torch.manual_seed(cfg.seed)
-    model = normalize(instantiate(cfg.model), splits["train"])
+    operator = instantiate(cfg.model)
     trainer = Trainer(
         **to_kwargs(cfg.optim),
         **to_kwargs(cfg.trainer),
@@ -47,6 +50,8 @@ def main(cfg: DictConfig) -> dict:
         run_dir=run_dir,
         progress=cfg.progress,
     )
+    splits = build_splits(cfg.data, progress=cfg.progress)
+    model = normalize(operator, splits["train"])
     history = trainer.fit(model, splits["train"], splits["test"], resume=cfg.resume)
     tests = {split_label(kind, ds): ds for kind, ds in splits.items() if kind != "train"}
     results = write_training_report(

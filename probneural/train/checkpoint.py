@@ -1,4 +1,4 @@
-"""Checkpoints that survive crashes and refuse tampering.
+"""Checkpoints that survive crashes and refuse corrupted or modified weights.
 
 Layout of a checkpoint directory::
 
@@ -33,6 +33,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "git_commit",
+    "checkpoints",
     "latest_checkpoint",
     "load_checkpoint",
     "restore_optimizer",
@@ -42,6 +43,7 @@ __all__ = [
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^epoch-(\d+)\.json$")
+_REQUIRED = ("format_version", "epoch", "model", "weights_sha256")
 
 
 class CheckpointError(ValueError):
@@ -114,6 +116,7 @@ def save_checkpoint(
     model_meta: dict[str, Any],
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
+    grad_scaler: torch.amp.GradScaler | None = None,
     extra: dict[str, Any] | None = None,
     keep: int = 2,
 ) -> Path:
@@ -126,6 +129,7 @@ def save_checkpoint(
         model_meta: how to rebuild ``model`` (e.g. operator name and constructor arguments).
         optimizer: optimizer whose state is saved under ``optimizer.``.
         scheduler: learning-rate scheduler whose (JSON-able) ``state_dict`` is saved.
+        grad_scaler: mixed-precision loss scaler whose state (scale, growth tracker) is saved.
         extra: further JSON-able metadata (metrics, configuration).
         keep: number of newest checkpoints kept on disk.
 
@@ -154,29 +158,31 @@ def save_checkpoint(
         meta["optimizer"] = {"class": type(optimizer).__name__, **opt_meta}
     if scheduler is not None:
         meta["scheduler"] = {"class": type(scheduler).__name__, "state": scheduler.state_dict()}
+    if grad_scaler is not None:
+        meta["grad_scaler"] = grad_scaler.state_dict()
     weights = directory / f"{stem}.safetensors"
     atomic_write(weights, lambda tmp: save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp)))
     meta["weights_sha256"] = _sha256(weights)
     handle = directory / f"{stem}.json"
     atomic_write(handle, lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
-    for old in _checkpoints(directory)[:-keep] if keep > 0 else []:
+    for old in checkpoints(directory)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
         old.with_suffix(".safetensors").unlink(missing_ok=True)
     return handle
 
 
-def _checkpoints(directory: Path) -> list[Path]:
-    """JSON handles in ``directory``, oldest first."""
+def checkpoints(directory: str | Path) -> list[Path]:
+    """JSON handles of the checkpoints in ``directory``, oldest first (empty if there is none)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
     found = [(int(m.group(1)), p) for p in directory.glob("epoch-*.json") if (m := _NAME.match(p.name))]
     return [p for _, p in sorted(found)]
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
     """Handle of the newest complete checkpoint in ``directory``, or ``None``."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return None
-    handles = _checkpoints(directory)
+    handles = checkpoints(directory)
     return handles[-1] if handles else None
 
 
@@ -206,7 +212,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint: metadata file {handle} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"checkpoint: metadata file {handle} is not valid JSON ({error})") from None
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+    missing = [k for k in _REQUIRED if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise CheckpointError(f"checkpoint: metadata file {handle} lacks {missing}; it is not a probneural checkpoint")
+    if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint: {handle} has format_version {meta.get('format_version') if isinstance(meta, dict) else None!r}; "
             f"expected {FORMAT_VERSION}"

@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from probneural.data.dataset import OperatorDataset
+from probneural.io import atomic_write
 from probneural.operators.parameters import count_parameters
 from probneural.plots import plot_field_samples, plot_learning_curves
+from probneural.train.precision import PrecisionPolicy
 from probneural.train.trainer import evaluate
 
 __all__ = ["write_training_report"]
@@ -63,11 +65,12 @@ def write_training_report(
         if len(ds.spatial_shape) != 2 or n_plot_samples < 1:
             continue
         k = min(n_plot_samples, len(ds))
-        with torch.no_grad():
+        parameter = next(model.parameters())
+        with torch.no_grad(), PrecisionPolicy.from_name(precision).autocast(parameter.device):
             model.eval()
-            pred = model(ds.x[:k].to(next(model.parameters()).device, next(model.parameters()).dtype)).cpu()
+            pred = model(ds.x[:k].to(parameter.device, parameter.dtype)).float().cpu()
         png = f"samples_{index}.png"
         plot_field_samples(ds.x[:k], ds.y[:k], pred, run_dir / png, title=name)
         lines += ["", f"## {name}", "", f"![{name}]({png})"]
-    (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+    atomic_write(run_dir / "report.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
     return results

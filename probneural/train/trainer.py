@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,6 +19,8 @@ from probneural.operators.registry import build, name_of
 from probneural.io import atomic_write
 from probneural.train.checkpoint import (
     Checkpoint,
+    CheckpointError,
+    checkpoints,
     latest_checkpoint,
     load_checkpoint,
     restore_optimizer,
@@ -32,6 +35,7 @@ __all__ = ["NonFiniteLossError", "Trainer", "evaluate", "load_model", "normalize
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 SCHEDULERS = ("step", "cosine", "constant")
+_SHUFFLE_STREAM = 2**40
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -83,12 +87,16 @@ def evaluate(
     dataset: OperatorDataset,
     *,
     batch_size: int = 32,
-    device: str | torch.device = "auto",
-    precision: str = "fp32",
+    device: str | torch.device | None = None,
+    precision: str | None = None,
 ) -> dict[str, float]:
-    """Test relative L2 and H1 errors of ``model`` on ``dataset`` (means over samples)."""
-    device = resolve_device(device)
-    policy = PrecisionPolicy.from_name(precision)
+    """Test relative L2 and H1 errors of ``model`` on ``dataset`` (means over samples).
+
+    ``device`` and ``precision`` default to those of the model's parameters.
+    """
+    parameter = next(model.parameters())
+    device = parameter.device if device is None else resolve_device(device)
+    policy = PrecisionPolicy.from_name(precision or ("fp64" if parameter.dtype == torch.float64 else "fp32"))
     model.eval()
     totals = {"rel_l2": 0.0, "rel_h1": 0.0}
     for start in range(0, len(dataset), batch_size):
@@ -156,9 +164,17 @@ class Trainer:
             raise ValueError(f"optimizer: expected one of {sorted(OPTIMIZERS)}; got {optimizer!r}")
         if scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler: expected one of {SCHEDULERS}; got {scheduler!r}")
-        if epochs < 1 or batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be positive; got {epochs} and {batch_size}")
+        for name, value in (("epochs", epochs), ("batch_size", batch_size), ("step_size", step_size),
+                            ("checkpoint_keep", checkpoint_keep)):
+            if value < 1:
+                raise ValueError(f"{name}: expected a positive integer; got {value}")
+        for name, value in (("lr", lr), ("gamma", gamma), ("grad_clip", grad_clip if grad_clip is not None else 1.0)):
+            if not value > 0:
+                raise ValueError(f"{name}: expected a positive number; got {value}")
+        if weight_decay < 0 or seed < 0:
+            raise ValueError(f"weight_decay and seed must be non-negative; got {weight_decay} and {seed}")
         self.loss_fn: Callable[[Tensor, Tensor], Tensor] = LOSSES.get(loss)
+        self.loss_name = loss
         self.epochs = epochs
         self.batch_size = batch_size
         self.optimizer_name = optimizer
@@ -176,6 +192,15 @@ class Trainer:
         self.checkpoint_keep = checkpoint_keep
         self.is_main_process = is_main_process
 
+    def settings(self) -> dict[str, Any]:
+        """Everything that shapes the optimisation path; a resume must match it (``epochs`` may grow)."""
+        return {
+            "loss": self.loss_name, "optimizer": self.optimizer_name, "lr": self.lr,
+            "weight_decay": self.weight_decay, "scheduler": self.scheduler_name, "step_size": self.step_size,
+            "gamma": self.gamma, "grad_clip": self.grad_clip, "batch_size": self.batch_size,
+            "precision": self.policy.name.value, "seed": self.seed,
+        }
+
     @property
     def checkpoint_dir(self) -> Path | None:
         return self.run_dir / "checkpoints" if self.run_dir is not None else None
@@ -191,8 +216,11 @@ class Trainer:
         return optimizer, scheduler
 
     def _batches(self, n: int, epoch: int) -> list[Tensor]:
-        """Index batches of ``epoch``: a permutation that depends only on (seed, epoch)."""
-        order = torch.randperm(n, generator=sample_generator(self.seed, epoch))
+        """Index batches of ``epoch``: a permutation that depends only on (seed, epoch).
+
+        Drawn from a stream of its own (index offset ``2**40``), apart from data sampling's.
+        """
+        order = torch.randperm(n, generator=sample_generator(self.seed, _SHUFFLE_STREAM + epoch))
         return list(order.split(self.batch_size))
 
     def fit(
@@ -224,14 +252,18 @@ class Trainer:
         scaler = policy.make_grad_scaler(device)
         history: list[dict[str, float]] = []
         start = 0
-        if resume and self.checkpoint_dir is not None and latest_checkpoint(self.checkpoint_dir) is not None:
-            checkpoint = load_checkpoint(self.checkpoint_dir, map_location=device)
-            model.load_state_dict(checkpoint.section("model"))
-            restore_optimizer(optimizer, checkpoint)
-            scheduler.load_state_dict(checkpoint.meta["scheduler"]["state"])
-            restore_rng(checkpoint)
-            start = checkpoint.meta["epoch"]
-            history = checkpoint.meta["extra"]["history"][:start]
+        if resume:
+            checkpoint = self._resumable_checkpoint(model)
+            if checkpoint is not None:
+                model.load_state_dict(checkpoint.section("model"))
+                restore_optimizer(optimizer, checkpoint)
+                scheduler.load_state_dict(checkpoint.meta["scheduler"]["state"])
+                if self.scheduler_name == "cosine":
+                    scheduler.T_max = self.epochs  # a longer run re-targets the cosine to its new end
+                scaler.load_state_dict(checkpoint.meta["grad_scaler"])
+                restore_rng(checkpoint)
+                start = checkpoint.meta["epoch"]
+                history = checkpoint.meta["extra"]["history"][:start]
         x_all = train.x.to(device, policy.param_dtype)
         y_all = train.y.to(device, policy.param_dtype)
         bar = tqdm(range(start, self.epochs), desc="train", unit="epoch", disable=not self.progress,
@@ -272,10 +304,39 @@ class Trainer:
             history.append(record)
             bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("train_loss", "val_rel_l2")})
             if self.run_dir is not None and self.is_main_process:
-                self._write(model, optimizer, scheduler, epoch + 1, history)
+                self._write(model, optimizer, scheduler, scaler, epoch + 1, history)
         return history
 
-    def _write(self, model: nn.Module, optimizer: Any, scheduler: Any, epoch: int, history: list[dict]) -> None:
+    def _resumable_checkpoint(self, model: nn.Module) -> Checkpoint | None:
+        """The newest checkpoint that verifies (older ones are tried, with a warning, when it does not).
+
+        Raises:
+            ValueError: no ``run_dir``, or the checkpoint was written with other settings or another model.
+        """
+        if self.checkpoint_dir is None:
+            raise ValueError("resume: needs a run_dir holding the checkpoints to resume from")
+        for handle in reversed(checkpoints(self.checkpoint_dir)):
+            try:
+                checkpoint = load_checkpoint(handle, map_location=self.device)
+            except CheckpointError as error:
+                warnings.warn(f"skipping unusable checkpoint: {error}", stacklevel=3)
+                continue
+            saved = checkpoint.meta["extra"].get("trainer", {})
+            differ = {k: (saved.get(k), v) for k, v in self.settings().items() if saved.get(k) != v}
+            if differ:
+                raise ValueError(
+                    f"resume: {handle} was written with other settings (saved, now): {differ}; "
+                    "start a new run directory to change them"
+                )
+            if checkpoint.meta["model"] != _model_meta(model):
+                raise ValueError(
+                    f"resume: {handle} holds model {checkpoint.meta['model']}, not {_model_meta(model)}"
+                )
+            return checkpoint
+        return None
+
+    def _write(self, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, epoch: int,
+               history: list[dict]) -> None:
         assert self.run_dir is not None and self.checkpoint_dir is not None
         lines = "".join(json.dumps(r) + "\n" for r in history)
         atomic_write(self.run_dir / "metrics.jsonl", lambda tmp: tmp.write_text(lines))
@@ -286,6 +347,7 @@ class Trainer:
             model_meta=_model_meta(model),
             optimizer=optimizer,
             scheduler=scheduler,
-            extra={"history": history},
+            grad_scaler=scaler,
+            extra={"history": history, "trainer": self.settings()},
             keep=self.checkpoint_keep,
         )

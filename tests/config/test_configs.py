@@ -96,6 +96,10 @@ def test_bad_override_fails_before_any_work(tmp_path):
     result = run_cli("probneural.train", "trainer.epoch=3", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert result.returncode != 0
     assert "epoch" in result.stderr and not (tmp_path / "run" / "metrics.jsonl").exists()
+    result = run_cli("probneural.train", "optim.optimizer=sgd", f"hydra.run.dir={tmp_path}/run2",
+                     f"data.cache_dir={tmp_path}/cache", cwd=tmp_path)
+    assert result.returncode != 0 and "optimizer" in result.stderr
+    assert not (tmp_path / "cache").exists()  # failed before generating data
 
 
 def test_train_cli_writes_a_complete_run_directory_and_resumes(tmp_path):
@@ -115,10 +119,14 @@ def test_train_cli_writes_a_complete_run_directory_and_resumes(tmp_path):
     assert resolved.trainer.epochs == 2 and "${" not in (run / "config.yaml").read_text()
     assert json.loads((run / "environment.json").read_text())["versions"]["torch"] == torch.__version__
 
+    first = (run / "metrics.jsonl").read_text().splitlines()
+    config = (run / "config.yaml").read_text()
     result = run_cli(*args[:-3], "trainer.epochs=3", "resume=true", *args[-2:], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == [1, 2, 3]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert lines[:2] == first  # the first two epochs were not re-run
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    assert (run / "config.yaml").read_text() == config and (run / "config.resumed.yaml").is_file()
 
 
 def test_benchmark_cli_writes_records_that_the_report_merges(tmp_path):

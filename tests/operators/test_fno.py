@@ -32,6 +32,19 @@ def test_padding_extends_the_domain_seen_by_the_spectral_layers():
     assert not torch.allclose(plain(x), padded(x))
 
 
+def test_cpu_batch_chunking_gives_the_same_result():
+    torch.manual_seed(0)
+    whole = FNO(1, 1, (3, 3), width=6, n_layers=2, cpu_chunk_bytes=None).double()
+    chunked = FNO(1, 1, (3, 3), width=6, n_layers=2, cpu_chunk_bytes=1).double()
+    chunked.load_state_dict(whole.state_dict())
+    x = torch.randn(5, 1, 8, 8, dtype=torch.double, requires_grad=True)
+    assert chunked.chunk_size(x) == 1 and whole.chunk_size(x) == 5
+    torch.testing.assert_close(chunked(x), whole(x), rtol=1e-12, atol=1e-14)
+    (g_chunked,) = torch.autograd.grad(chunked(x).square().sum(), x)
+    (g_whole,) = torch.autograd.grad(whole(x).square().sum(), x)
+    torch.testing.assert_close(g_chunked, g_whole, rtol=1e-12, atol=1e-14)
+
+
 def test_positional_grid_conventions():
     x = torch.zeros(2, 1, 5, 4)
     nodes = positional_grid(x, "nodes")
@@ -71,6 +84,9 @@ def test_bad_input_raises_value_error_saying_what_was_expected(x, match):
         ({"positional_grid": "cells"}, "positional_grid"),
         ({"activation": "swish"}, "activation"),
         ({"padding": 1.5}, "padding"),
+        ({"width": 0}, "width"),
+        ({"out_channels": 0}, "out_channels"),
+        ({"cpu_chunk_bytes": 0}, "cpu_chunk_bytes"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, match):

@@ -142,3 +142,38 @@ def test_load_model_keeps_float64_weights_exact(darcy_small, tmp_path):
     loaded = load_model(tmp_path / "checkpoints")
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert a.dtype == b.dtype and torch.equal(a, b), name
+
+
+def test_fp16_resume_is_exact_including_the_loss_scale(darcy_small, tmp_path):
+    train, _ = darcy_small
+    straight = make_model(train)
+    trainer(tmp_path / "a", 3, precision="fp16").fit(straight, train)
+    resumed = make_model(train)
+    trainer(tmp_path / "b", 1, precision="fp16").fit(resumed, train)
+    trainer(tmp_path / "b", 3, precision="fp16").fit(resumed, train, resume=True)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    saved = load_checkpoint(tmp_path / "b" / "checkpoints").meta["grad_scaler"]
+    assert saved == load_checkpoint(tmp_path / "a" / "checkpoints").meta["grad_scaler"]
+
+
+def test_resume_refuses_changed_settings_and_falls_back_past_a_corrupted_checkpoint(darcy_small, tmp_path):
+    train, _ = darcy_small
+    model = make_model(train)
+    trainer(tmp_path, 2).fit(model, train)
+    with pytest.raises(ValueError, match=r"other settings.*'lr'"):
+        trainer(tmp_path, 3, lr=1e-2).fit(make_model(train), train, resume=True)
+    newest = latest_checkpoint(tmp_path / "checkpoints")
+    newest.with_suffix(".safetensors").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="skipping unusable checkpoint"):
+        history = trainer(tmp_path, 3).fit(make_model(train), train, resume=True)
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    with pytest.raises(ValueError, match="resume: needs a run_dir"):
+        Trainer(epochs=1, progress=False).fit(make_model(train), train, resume=True)
+
+
+def test_evaluate_follows_the_model_dtype(darcy_small, tmp_path):
+    train, test = darcy_small
+    model = make_model(train)
+    trainer(tmp_path, 1, precision="fp64").fit(model, train)
+    assert 0 < evaluate(model, test)["rel_l2"] < 2
