@@ -30,7 +30,6 @@ from probneural.bench.timing import fno_forward_flops, matmul_peak_gflops, measu
 from probneural.data import darcy
 from probneural.operators import FNO, count_parameters
 from probneural.registry import Registry
-from probneural.train.losses import relative_l2
 from probneural.train.precision import PrecisionPolicy, resolve_device
 from probneural.train.trainer import Trainer, evaluate, normalize
 
@@ -76,9 +75,9 @@ def _speed(
 ) -> dict[str, Any]:
     """Training-step and inference timings of ``model`` on the batch ``(x, y)``, and its forward GFLOP/s.
 
-    The training step is the :class:`~probneural.train.Trainer`'s: forward under the
-    policy's autocast, relative L2 loss, backward (grad scaler for fp16) and an Adam step
-    (a fresh optimizer with learning rate ``lr``; the step changes ``model``'s weights).
+    The training step is :meth:`probneural.train.Trainer.train_step` with the trainer's
+    defaults (relative L2 loss, Adam with learning rate ``lr``, the policy's autocast and
+    grad scaler); it changes ``model``'s weights.
     Inference is a forward pass without gradients under the same autocast.
 
     Args:
@@ -86,17 +85,12 @@ def _speed(
         x: `(b, c_in, *spatial)` input batch.
         y: `(b, c_out, *spatial)` target batch.
     """
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    trainer = Trainer(lr=lr, precision=policy.name.value, device=device, progress=False)
+    optimizer, _ = trainer.make_optimizer(model)
     scaler = policy.make_grad_scaler(device)
 
     def train_step() -> None:
-        with policy.autocast(device):
-            pred = model(x)
-        loss = relative_l2(pred.to(y.dtype), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        trainer.train_step(model, optimizer, scaler, x, y)
 
     def inference() -> None:
         with torch.no_grad(), policy.autocast(device):

@@ -205,7 +205,29 @@ class Trainer:
     def checkpoint_dir(self) -> Path | None:
         return self.run_dir / "checkpoints" if self.run_dir is not None else None
 
-    def _optimizer(self, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+    def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   x: Tensor, y: Tensor) -> Tensor:
+        """One optimisation step on the batch ``(x, y)`` under the precision policy; returns the loss.
+
+        Raises:
+            NonFiniteLossError: the loss is NaN or Inf (checked before any weight changes).
+        """
+        with self.policy.autocast(self.device):
+            pred = model(x)
+        loss = self.loss_fn(pred.to(y.dtype), y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"training loss is {loss.item()}")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if self.grad_clip is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        return loss.detach()
+
+    def make_optimizer(self, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+        """The optimizer and learning-rate scheduler these settings describe, for ``model``'s parameters."""
         optimizer = OPTIMIZERS[self.optimizer_name](model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         if self.scheduler_name == "step":
             scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.step_size, gamma=self.gamma)
@@ -248,7 +270,7 @@ class Trainer:
         """
         device, policy = self.device, self.policy
         policy.cast_module(model, device)
-        optimizer, scheduler = self._optimizer(model)
+        optimizer, scheduler = self.make_optimizer(model)
         scaler = policy.make_grad_scaler(device)
         history: list[dict[str, float]] = []
         start = 0
@@ -273,24 +295,14 @@ class Trainer:
             model.train()
             total, count = 0.0, 0
             for step, index in enumerate(self._batches(len(train), epoch)):
-                x, y = x_all[index], y_all[index]
-                with policy.autocast(device):
-                    pred = model(x)
-                loss = self.loss_fn(pred.to(y.dtype), y)
-                if not torch.isfinite(loss):
+                try:
+                    loss = self.train_step(model, optimizer, scaler, x_all[index], y_all[index])
+                except NonFiniteLossError as error:
                     last = latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None
                     raise NonFiniteLossError(
-                        f"training loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                        f"stopped without saving. Last good checkpoint: {last or 'none'}. "
-                        "Try a smaller lr, grad_clip, or precision=fp32."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if self.grad_clip is not None:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
+                        f"{error} at epoch {epoch + 1}, step {step + 1}; stopped without saving. "
+                        f"Last good checkpoint: {last or 'none'}. Try a smaller lr, grad_clip, or precision=fp32."
+                    ) from None
                 total += loss.item() * len(index)
                 count += len(index)
             lr = optimizer.param_groups[0]["lr"]
