@@ -32,7 +32,6 @@ def test_throughput_smoke_writes_records(tmp_path: Path, cpu_environment: dict[s
 
 
 def test_compare_neuralop_smoke(tmp_path: Path, cpu_environment: dict[str, Any]) -> None:
-    pytest.importorskip("neuralop")
     paths = run_suite(
         "compare_neuralop", tmp_path, cpu_environment,
         resolution=16, solve_resolution=31, modes=4, width=8, n_train=8, n_test=4, epochs=1, batch_size=4, **SMOKE,
