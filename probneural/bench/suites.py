@@ -30,6 +30,7 @@ from probneural.bench.timing import fno_forward_flops, matmul_peak_gflops, measu
 from probneural.data import darcy
 from probneural.operators import FNO, count_parameters
 from probneural.registry import Registry
+from probneural.validation import check_int
 from probneural.train.precision import PrecisionPolicy, resolve_device
 from probneural.train.trainer import Trainer, evaluate, normalize
 
@@ -39,16 +40,11 @@ Case = tuple[dict[str, Any], dict[str, Any]]
 SUITES: Registry[Callable[..., list[Case]]] = Registry("benchmark suite")
 
 
-def _check_int(name: str, value: Any, least: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"{name}: expected an integer >= {least}; got {value!r}")
-
-
 def _check_ints(name: str, values: Any) -> tuple[int, ...]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
         raise ValueError(f"{name}: expected a non-empty sequence of positive integers; got {values!r}")
     for value in values:
-        _check_int(name, value)
+        check_int(name, value, 1)
     return tuple(values)
 
 
@@ -165,9 +161,9 @@ def throughput(
     batch_sizes = _check_ints("batch_sizes", batch_sizes)
     modes = _check_ints("modes", modes)
     for name, value in (("width", width), ("n_layers", n_layers), ("repeats", repeats), ("matmul_size", matmul_size)):
-        _check_int(name, value)
-    _check_int("warmup", warmup, 0)
-    _check_int("seed", seed, 0)
+        check_int(name, value, 1)
+    check_int("warmup", warmup, 0)
+    check_int("seed", seed, 0)
     if min(resolutions) < 2 * max(modes):
         raise ValueError(f"resolutions: {min(resolutions)} is too coarse for modes {modes}; need >= {2 * max(modes)}")
     policy = PrecisionPolicy.from_name(precision)
@@ -298,9 +294,9 @@ def compare_neuralop(
         ("repeats", repeats),
         ("matmul_size", matmul_size),
     ):
-        _check_int(name, value)
-    _check_int("warmup", warmup, 0)
-    _check_int("seed", seed, 0)
+        check_int(name, value, 1)
+    check_int("warmup", warmup, 0)
+    check_int("seed", seed, 0)
     if resolution < 2 * modes:
         raise ValueError(f"resolution: {resolution} is too coarse for modes={modes}; need >= {2 * modes}")
     if not lr > 0:

@@ -22,6 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from probneural.train.precision import resolve_device
+from probneural.validation import check_int
 
 __all__ = ["fno_forward_flops", "matmul_peak_gflops", "measure"]
 
@@ -91,11 +92,6 @@ class _ResidentSetSampler:
         os.close(self._fd)
 
 
-def _check_count(name: str, value: int, least: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"{name}: expected an integer >= {least}; got {value!r}")
-
-
 def measure(
     fn: Callable[[], Any],
     *,
@@ -134,8 +130,8 @@ def measure(
     """
     if not callable(fn):
         raise ValueError(f"fn: expected a callable; got {type(fn).__name__}")
-    _check_count("warmup", warmup, 0)
-    _check_count("repeats", repeats, 1)
+    check_int("warmup", warmup, 0)
+    check_int("repeats", repeats, 1)
     device = resolve_device(device)
     cuda = device.type == "cuda"
 
@@ -196,7 +192,7 @@ def matmul_peak_gflops(
     """
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype: expected a floating torch.dtype; got {dtype!r}")
-    _check_count("size", size, 1)
+    check_int("size", size, 1)
     device = resolve_device(device)
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=generator).to(device, dtype)

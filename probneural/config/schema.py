@@ -8,7 +8,7 @@ stops the run with Hydra's error before any work starts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -29,12 +29,15 @@ class DarcyOptions:
 
 @dataclass
 class DataConfig:
-    """Train / test / zero-shot splits of one PDE problem.
+    """Train / test / zero-shot / shifted splits of one PDE problem.
 
-    The three splits use seeds ``seed``, ``seed + 1`` and ``seed + 2`` (independent
-    samples). The zero-shot split is generated at ``zero_shot_resolution`` (solved at
-    ``zero_shot_solve_resolution`` when set) with the same ``options`` otherwise, and
-    tests the trained operator at a finer grid.
+    The train, test and zero-shot splits use seeds ``seed``, ``seed + 1`` and ``seed + 2``
+    (independent samples). The zero-shot split is generated at ``zero_shot_resolution``
+    (solved at ``zero_shot_solve_resolution`` when set) with the same ``options`` otherwise,
+    and tests the trained operator at a finer grid. Each entry of ``shifts`` names an
+    out-of-distribution test set of ``n_shift`` samples: the same generator with some
+    ``options`` (or ``resolution``) changed, drawn with seed ``seed + 3`` (all shifts share
+    the underlying random draws, so they differ only by the shifted parameters).
     """
 
     problem: str = MISSING
@@ -45,6 +48,8 @@ class DataConfig:
     zero_shot_resolution: Optional[int] = None
     n_zero_shot: int = 50
     zero_shot_solve_resolution: Optional[int] = None
+    shifts: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    n_shift: int = 50
     cache_dir: Optional[str] = None
 
 
@@ -168,11 +173,20 @@ class BenchmarkAppConfig:
     progress: bool = True
 
 
+@dataclass
+class GenerateAppConfig:
+    """``configs/generate.yaml``: pre-generate every split of one data config into the cache."""
+
+    data: Any = MISSING
+    progress: bool = True
+
+
 def register_schemas() -> None:
     """Store every schema in Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainAppConfig)
     cs.store(name="benchmark_schema", node=BenchmarkAppConfig)
+    cs.store(name="generate_schema", node=GenerateAppConfig)
     for group, name, node in (
         ("data", "darcy_schema", DarcyDataConfig),
         ("model", "fno_schema", FNOConfig),

@@ -26,12 +26,12 @@ import os
 from typing import NamedTuple
 
 import torch
-from tqdm import tqdm
 
 import probneural
-from probneural.data import cache
+from probneural.data import generation
 from probneural.data.dataset import OperatorDataset
 from probneural.data.grf import grf_neumann
+from probneural.validation import check_floating_dtype, check_int
 
 _DEFAULT_RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 _PAPER_FINE_RESOLUTION = 421
@@ -59,11 +59,6 @@ class DarcySolution(NamedTuple):
 def _check_contrast(high: float, low: float) -> None:
     if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in (high, low)):
         raise ValueError(f"contrast values (high, low) must be finite and positive, got ({high!r}, {low!r})")
-
-
-def _check_int(name: str, value: int, least: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
 
 
 def _check_coefficient(a: torch.Tensor | object) -> torch.Tensor:
@@ -188,8 +183,8 @@ def solve_with_info(
         # Four times the classical CG bound ½·√κ·ln(2/rtol) for κ = contrast (the bound is
         # for the energy-norm error; the margin covers the residual norm used here).
         max_iter = max(50, math.ceil(2 * math.sqrt(contrast) * math.log(2 / rtol)))
-    elif isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
+    else:
+        check_int("max_iter", max_iter, 1)
 
     s = a.shape[-1]
     operator = _DarcyOperator(a)
@@ -281,14 +276,14 @@ def default_solve_resolution(resolution: int) -> int:
     It has at least the paper's 421 points and a spacing that divides the output spacing
     (85 → 421, 64 → 442, 421 → 421).
     """
-    _check_int("resolution", resolution, 3)
+    check_int("resolution", resolution, 3)
     step = resolution - 1
     return step * math.ceil((_PAPER_FINE_RESOLUTION - 1) / step) + 1
 
 
 def _check_solve_resolution(resolution: int, solve_resolution: int) -> int:
     """Validate and return the subsampling stride ``(solve_resolution − 1) / (resolution − 1)``."""
-    _check_int("solve_resolution", solve_resolution, resolution)
+    check_int("solve_resolution", solve_resolution, resolution)
     step = resolution - 1
     if (solve_resolution - 1) % step:
         below = step * ((solve_resolution - 1) // step) + 1
@@ -345,15 +340,14 @@ def generate(
         ``grid`` the node coordinates ``i / (s − 1)`` per axis, and metadata holding every
         parameter above except ``batch_size``, ``device``, ``cache_dir`` and ``progress``.
     """
-    _check_int("n", n, 1)
-    _check_int("resolution", resolution, 3)
-    _check_int("batch_size", batch_size, 1)
+    check_int("n", n, 1)
+    check_int("resolution", resolution, 3)
+    check_int("batch_size", batch_size, 1)
     if solve_resolution is None:
         solve_resolution = default_solve_resolution(resolution)
     stride = _check_solve_resolution(resolution, solve_resolution)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    _check_int("seed", seed, 0)
+    check_floating_dtype("dtype", dtype)
+    check_int("seed", seed, 0)
     if len(contrast) != 2:
         raise ValueError(f"contrast must be a pair (high, low), got {contrast!r}")
     _check_contrast(*contrast)
@@ -380,25 +374,14 @@ def generate(
         "probneural_version": probneural.__version__,
     }
 
-    def build() -> OperatorDataset:
-        x = torch.empty((n, 1, resolution, resolution), dtype=dtype, device=device)
-        y = torch.empty_like(x)
-        with tqdm(
-            total=n, desc=f"darcy {resolution}² from {solve_resolution}²", unit="sample", disable=not progress
-        ) as bar:
-            for start in range(0, n, batch_size):
-                count = min(batch_size, n - start)
-                field = grf_neumann(
-                    count, solve_resolution, dim=2, alpha=alpha, tau=tau, seed=seed, start=start, device=device
-                )
-                a = coefficient(field, high, low)
-                u = solve(a, 1.0)
-                x[start : start + count, 0] = a[:, ::stride, ::stride]
-                y[start : start + count, 0] = u[:, ::stride, ::stride]
-                bar.update(count)
-        nodes = (torch.arange(resolution, dtype=torch.float64, device=device) / (resolution - 1)).to(dtype)
-        return OperatorDataset(x, y, (nodes, nodes), params)
+    def sample_batch(start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        field = grf_neumann(count, solve_resolution, dim=2, alpha=alpha, tau=tau, seed=seed, start=start, device=device)
+        a = coefficient(field, high, low)
+        u = solve(a, 1.0)
+        return a[:, None, ::stride, ::stride].to(dtype), u[:, None, ::stride, ::stride].to(dtype)
 
-    if cache_dir is None:
-        return build()
-    return cache.load_or_build(cache_dir, params, build).to(device=device)
+    nodes = (torch.arange(resolution, dtype=torch.float64, device=device) / (resolution - 1)).to(dtype)
+    return generation.build(
+        params, n, sample_batch, (nodes, nodes), batch_size=batch_size, cache_dir=cache_dir, progress=progress,
+        description=f"darcy {resolution}² from {solve_resolution}²", device=device,
+    )

@@ -22,14 +22,14 @@ import math
 import torch
 
 from probneural.data.seeding import standard_normal
+from probneural.validation import check_int
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _check_args(n: int, resolution: int, dim: int, alpha: float, tau: float, dtype: torch.dtype) -> None:
-    for name, value, least in (("n", n, 1), ("resolution", resolution, 2)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+    check_int("n", n, 1)
+    check_int("resolution", resolution, 2)
     if dim not in (1, 2, 3):
         raise ValueError(f"dim must be 1, 2 or 3, got {dim!r}")
     if not (math.isfinite(alpha) and alpha > 0):

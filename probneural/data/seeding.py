@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from probneural.validation import check_int
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -74,8 +76,7 @@ def standard_normal(
     Returns:
         ``(n, *shape)`` tensor of i.i.d. ``N(0, 1)`` values.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    check_int("n", n, 1)
     _check_uint64("start", start)
     noise = torch.empty((n, *shape), dtype=torch.float64)
     for j in range(n):

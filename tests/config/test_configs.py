@@ -142,3 +142,43 @@ def test_benchmark_cli_writes_records_that_the_report_merges(tmp_path):
     result = run_cli("probneural.report", str(run), "--out", str(tmp_path / "merged"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "merged" / "benchmark_report.md").is_file() and (tmp_path / "merged" / "benchmark_report.png").is_file()
+
+
+def test_shifts_are_out_of_distribution_splits_of_the_same_generator(tmp_path):
+    from probneural.config.data import build_splits
+
+    cfg = compose_config("train", [
+        "data.n_train=3", "data.n_test=2", "data.n_shift=2", "data.resolution=9", "data.options.solve_resolution=17",
+        f"data.cache_dir={tmp_path}", "+data.shifts.coarse={resolution: 5}",
+    ])
+    splits = build_splits(cfg.data, progress=False)
+    assert list(splits) == ["train", "test", "shift_contrast", "shift_length_scale", "shift_coarse"]
+    contrast = splits["shift_contrast"]
+    assert contrast.metadata["contrast"] == [24.0, 3.0] and contrast.metadata["seed"] == cfg.data.seed + 3
+    assert set(contrast.x.unique().tolist()) <= {24.0, 3.0}
+    assert splits["shift_length_scale"].metadata["grf"]["tau"] == 6.0
+    assert splits["shift_coarse"].spatial_shape == (5, 5)
+    # shared random draws: the contrast shift thresholds the same fields as the coarse one (strides 2 and 4 of 17²)
+    assert torch.equal(contrast.x[:, :, ::2, ::2] == 24.0, splits["shift_coarse"].x == 12.0)
+
+
+def test_unknown_shift_option_fails_before_generation(tmp_path):
+    from probneural.config.data import build_splits
+
+    cfg = compose_config("train", [f"data.cache_dir={tmp_path}/cache", "+data.shifts.bad={viscosity: 0.1}"])
+    with pytest.raises(ValueError, match=r"data.shifts.bad: unknown option\(s\) \['viscosity'\]"):
+        build_splits(cfg.data, progress=False)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_generate_cli_fills_the_cache_that_training_reads(tmp_path):
+    overrides = ["data.n_train=4", "data.n_test=2", "data.n_shift=2", "data.resolution=9",
+                 "data.options.solve_resolution=17", f"data.cache_dir={tmp_path}/cache", "progress=false"]
+    result = run_cli("probneural.generate", *overrides, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "darcy: 4 splits" in result.stdout and "shift_contrast (s=9×9): 2 samples" in result.stdout
+    files = sorted((tmp_path / "cache").iterdir())
+    assert len(files) == 4 and not list(tmp_path.glob("*.log"))
+    again = run_cli("probneural.generate", *overrides, cwd=tmp_path)
+    assert again.returncode == 0 and sorted((tmp_path / "cache").iterdir()) == files
+    assert [f.stat().st_mtime_ns for f in files] == [f.stat().st_mtime_ns for f in sorted((tmp_path / "cache").iterdir())]

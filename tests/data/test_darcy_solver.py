@@ -2,12 +2,10 @@
 
 import math
 
-import numpy as np
 import pytest
-import scipy.sparse
-import scipy.sparse.linalg
 import torch
 
+from probneural.bench.baselines.darcy import solve_scipy
 from probneural.data import darcy
 from probneural.data.grf import grf_neumann
 
@@ -34,27 +32,6 @@ def test_manufactured_solution_converges_at_second_order():
     assert all(1.8 <= order <= 2.2 for order in orders), (errors, orders)
 
 
-def _sparse_reference(a: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """Assemble the documented 5-point system (face coefficient = mean of the nodal values) and solve it directly."""
-    s = a.shape[0]
-    m, h2 = s - 2, 1.0 / (s - 1) ** 2
-    index = lambda i, j: (i - 1) * m + (j - 1)  # noqa: E731  interior node (i, j) -> unknown
-    rows, cols, vals = [], [], []
-    for i in range(1, s - 1):
-        for j in range(1, s - 1):
-            diagonal = 0.0
-            for ni, nj in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)):
-                face = 0.5 * (a[i, j] + a[ni, nj]) / h2
-                diagonal += face
-                if 0 < ni < s - 1 and 0 < nj < s - 1:
-                    rows.append(index(i, j)), cols.append(index(ni, nj)), vals.append(-face)
-            rows.append(index(i, j)), cols.append(index(i, j)), vals.append(diagonal)
-    matrix = scipy.sparse.csr_matrix((vals, (rows, cols)), shape=(m * m, m * m))
-    u = np.zeros_like(a)
-    u[1:-1, 1:-1] = scipy.sparse.linalg.spsolve(matrix, f[1:-1, 1:-1].reshape(-1)).reshape(m, m)
-    return u
-
-
 def test_matches_sparse_direct_solve_on_piecewise_constant_coefficient():
     s = 33
     a = darcy.coefficient(grf_neumann(2, s, seed=8))
@@ -62,7 +39,7 @@ def test_matches_sparse_direct_solve_on_piecewise_constant_coefficient():
     f = torch.rand(2, s, s, generator=generator, dtype=torch.float64) + 0.5
     u = darcy.solve(a, f, rtol=1e-13)
     for k in range(2):
-        reference = torch.from_numpy(_sparse_reference(a[k].numpy(), f[k].numpy()))
+        reference = torch.from_numpy(solve_scipy(a[k].numpy(), f[k].numpy()))
         assert (u[k] - reference).norm() / reference.norm() < 1e-8
 
 

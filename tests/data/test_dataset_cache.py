@@ -1,32 +1,35 @@
-"""On-disk cache: hits skip the builder, bad files are reported and regenerated, writes are atomic."""
+"""On-disk cache: streamed writes equal in-memory data, hits skip the sampler, bad files are reported and regenerated, writes are atomic."""
 
 import os
 
 import pytest
 import torch
+from safetensors import safe_open
 
-from probneural.data import OperatorDataset, cache
-from probneural.data.cache import CacheWarning, cache_key, cache_path, load_or_build
+from probneural.data import cache, generation
+from probneural.data.cache import CacheWarning, cache_key, cache_path
 
-PARAMS = {"problem": "toy", "n": 3, "seed": 0, "nested": {"alpha": 2.0, "contrast": [12.0, 3.0]}}
+PARAMS = {"problem": "toy", "n": 7, "seed": 0, "nested": {"alpha": 2.0, "contrast": [12.0, 3.0]}}
+NODES = torch.linspace(0, 1, 5)
 
 
-class Builder:
-    """Counts calls; builds a small data set with shared grid tensors."""
+class Sampler:
+    """Counts calls; sample ``i`` is a deterministic function of ``(i, version)``."""
 
-    def __init__(self) -> None:
+    def __init__(self, version: int = 0) -> None:
         self.calls = 0
+        self.version = version
 
-    def __call__(self) -> OperatorDataset:
+    def __call__(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         self.calls += 1
-        generator = torch.Generator().manual_seed(self.calls)
-        nodes = torch.linspace(0, 1, 5)
-        return OperatorDataset(
-            torch.randn(3, 1, 5, 5, generator=generator),
-            torch.randn(3, 2, 5, 5, generator=generator),
-            (nodes, nodes),
-            PARAMS,
-        )
+        index = torch.arange(start, start + count, dtype=torch.float32)[:, None, None, None] + 100 * self.version
+        x = torch.sin(index + torch.arange(25.0).reshape(1, 1, 5, 5))
+        y = torch.cat([x**2, x.cos()], dim=1)
+        return x, y
+
+
+def load_or_build(directory, params, sampler, batch_size=3):
+    return generation.build(params, 7, sampler, (NODES, NODES), batch_size=batch_size, cache_dir=directory, progress=False)
 
 
 def _only_entry(directory):
@@ -36,10 +39,10 @@ def _only_entry(directory):
 
 
 def test_second_call_reads_identical_tensors_without_building(tmp_path):
-    builder = Builder()
-    first = load_or_build(tmp_path, PARAMS, builder)
-    second = load_or_build(tmp_path, PARAMS, builder)
-    assert builder.calls == 1
+    sampler = Sampler()
+    first = load_or_build(tmp_path, PARAMS, sampler)
+    second = load_or_build(tmp_path, PARAMS, sampler)
+    assert sampler.calls == 3
     assert torch.equal(first.x, second.x) and torch.equal(first.y, second.y)
     assert all(torch.equal(a, b) for a, b in zip(first.grid, second.grid))
     assert second.metadata == first.metadata == PARAMS
@@ -48,7 +51,7 @@ def test_second_call_reads_identical_tensors_without_building(tmp_path):
 
 
 def test_key_is_canonical():
-    reordered = {"seed": 0, "nested": {"contrast": [12.0, 3.0], "alpha": 2.0}, "n": 3, "problem": "toy"}
+    reordered = {"seed": 0, "nested": {"contrast": [12.0, 3.0], "alpha": 2.0}, "n": 7, "problem": "toy"}
     assert cache_key(reordered) == cache_key(PARAMS)
     assert cache_key({**PARAMS, "seed": 1}) != cache_key(PARAMS)
     with pytest.raises(ValueError, match="params must be JSON-serialisable"):
@@ -82,32 +85,32 @@ def _empty(path):
     ("damage", "reason"),
     [
         (_flip_last_bytes, "checksum"),
-        (_truncate, "unreadable"),
+        (_truncate, "truncated"),
         (_corrupt_header, "unreadable"),
         (_empty, "unreadable"),
     ],
 )
 def test_damaged_file_is_reported_and_regenerated(tmp_path, damage, reason):
-    builder = Builder()
-    load_or_build(tmp_path, PARAMS, builder)
+    sampler = Sampler()
+    load_or_build(tmp_path, PARAMS, sampler)
     path = _only_entry(tmp_path)
     damage(path)
     with pytest.warns(CacheWarning, match=rf"{path.name}.*{reason}"):
-        rebuilt = load_or_build(tmp_path, PARAMS, builder)
-    assert builder.calls == 2
-    reread = load_or_build(tmp_path, PARAMS, builder)
-    assert builder.calls == 2 and torch.equal(reread.x, rebuilt.x)
+        rebuilt = load_or_build(tmp_path, PARAMS, sampler)
+    assert sampler.calls == 6
+    reread = load_or_build(tmp_path, PARAMS, sampler)
+    assert sampler.calls == 6 and torch.equal(reread.x, rebuilt.x)
     assert _only_entry(tmp_path) == path
 
 
 def test_file_of_other_parameters_is_not_used(tmp_path):
     other = {**PARAMS, "seed": 99}
-    load_or_build(tmp_path, other, Builder())
+    load_or_build(tmp_path, other, Sampler())
     os.replace(cache_path(tmp_path, other), cache_path(tmp_path, PARAMS))
-    builder = Builder()
+    sampler = Sampler()
     with pytest.warns(CacheWarning, match="key mismatch"):
-        load_or_build(tmp_path, PARAMS, builder)
-    assert builder.calls == 1
+        load_or_build(tmp_path, PARAMS, sampler)
+    assert sampler.calls == 3
 
 
 def test_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
@@ -116,14 +119,48 @@ def test_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cache.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
-        load_or_build(tmp_path, PARAMS, Builder())
+        load_or_build(tmp_path, PARAMS, Sampler())
     assert os.listdir(tmp_path) == []
 
 
-def test_failed_build_writes_nothing(tmp_path):
-    def failing_build():
-        raise RuntimeError("solver diverged")
+def test_failed_generation_writes_nothing(tmp_path):
+    sampler = Sampler()
+
+    def fails_in_second_batch(start, count):
+        if start > 0:
+            raise RuntimeError("solver diverged")
+        return sampler(start, count)
 
     with pytest.raises(RuntimeError, match="solver diverged"):
-        load_or_build(tmp_path / "new", PARAMS, failing_build)
+        load_or_build(tmp_path / "new", PARAMS, fails_in_second_batch)
     assert not (tmp_path / "new").exists() or os.listdir(tmp_path / "new") == []
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 7, 50])
+def test_streamed_file_equals_in_memory_generation_for_any_batch_size(tmp_path, batch_size):
+    in_memory = generation.build(PARAMS, 7, Sampler(), (NODES, NODES), batch_size=4, progress=False)
+    streamed = load_or_build(tmp_path, PARAMS, Sampler(), batch_size=batch_size)
+    assert torch.equal(streamed.x, in_memory.x) and torch.equal(streamed.y, in_memory.y)
+    assert streamed.y.shape == (7, 2, 5, 5) and streamed.metadata == in_memory.metadata == PARAMS
+
+
+def test_cache_file_is_standard_safetensors_and_reads_copy_on_write(tmp_path):
+    dataset = load_or_build(tmp_path, PARAMS, Sampler())
+    path = _only_entry(tmp_path)
+    with safe_open(path, framework="pt") as handle:
+        assert torch.equal(handle.get_tensor("x"), dataset.x) and torch.equal(handle.get_tensor("grid_1"), NODES)
+        assert handle.metadata()["key"] == cache_key(PARAMS)
+    before = path.read_bytes()
+    dataset.x.add_(1.0)  # tensors map the file copy-on-write: the cache entry is unchanged
+    assert path.read_bytes() == before
+    assert torch.equal(cache.read(path, PARAMS).x, load_or_build(tmp_path, PARAMS, Sampler()).x)
+
+
+def test_inconsistent_batches_are_refused(tmp_path):
+    def wrong_shape(start, count):
+        x, y = Sampler()(start, count)
+        return (x, y) if start == 0 else (x[..., :4], y[..., :4])
+
+    with pytest.raises(ValueError, match=r"sample shape \(1, 5, 4\).*expected"):
+        load_or_build(tmp_path, PARAMS, wrong_shape)
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,44 @@
+"""Per-sample SciPy reference for the Darcy solver: assemble the 5-point system and solve it directly.
+
+The same discretisation as :func:`probneural.data.darcy.solve` (nodes ``x_i = i/(s − 1)``,
+face coefficient = mean of the two nodal values, ``u = 0`` on the boundary), one sample at
+a time with ``scipy.sparse.linalg.spsolve``: what a user would write without batching.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
+
+__all__ = ["solve_scipy"]
+
+
+def solve_scipy(a: np.ndarray, f: np.ndarray | float = 1.0) -> np.ndarray:
+    """Solve ``−∇·(a ∇u) = f`` for one sample.
+
+    Args:
+        a: `(s, s)` nodal coefficient.
+        f: `(s, s)` nodal source or a constant.
+
+    Returns:
+        `(s, s)` solution with ``u = 0`` on the boundary.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    s = a.shape[0]
+    m = s - 2
+    f = np.broadcast_to(np.asarray(f, dtype=np.float64), (s, s))
+    face_x = 0.5 * (a[1:, 1:-1] + a[:-1, 1:-1])  # (s-1, m): between (i, j) and (i+1, j)
+    face_y = 0.5 * (a[1:-1, 1:] + a[1:-1, :-1])  # (m, s-1): between (i, j) and (i, j+1)
+    diagonal = face_x[:-1] + face_x[1:] + face_y[:, :-1] + face_y[:, 1:]
+    index = np.arange(m * m).reshape(m, m)
+    rows = [index.ravel(), index[1:].ravel(), index[:-1].ravel(), index[:, 1:].ravel(), index[:, :-1].ravel()]
+    cols = [index.ravel(), index[:-1].ravel(), index[1:].ravel(), index[:, :-1].ravel(), index[:, 1:].ravel()]
+    inner_x, inner_y = face_x[1:-1], face_y[:, 1:-1]
+    vals = [diagonal.ravel(), -inner_x.ravel(), -inner_x.ravel(), -inner_y.ravel(), -inner_y.ravel()]
+    matrix = scipy.sparse.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(m * m, m * m)
+    )
+    u = np.zeros((s, s))
+    u[1:-1, 1:-1] = scipy.sparse.linalg.spsolve(matrix, f[1:-1, 1:-1].ravel() / (s - 1) ** 2).reshape(m, m)
+    return u

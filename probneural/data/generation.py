@@ -1,0 +1,97 @@
+"""Batched generation of a data set from a per-batch sampler: progress bar, memory or streamed on-disk cache.
+
+Every problem's ``generate`` describes its data by a JSON ``params`` dict and a closure
+``sample_batch(start, count) -> (x, y)`` that returns samples ``start .. start + count − 1``
+(depending only on those indices, so the data never depend on the batch size). :func:`build`
+does the rest, identically for every problem.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from probneural.data import cache
+from probneural.data.dataset import OperatorDataset
+from probneural.validation import check_int
+
+__all__ = ["SampleBatch", "build"]
+
+SampleBatch = Callable[[int, int], "tuple[torch.Tensor, torch.Tensor]"]
+"""``(start, count) -> (x, y)``: `(count, c_in, *spatial)` inputs and `(count, c_out, *spatial)` outputs."""
+
+
+def _batches(
+    n: int, batch_size: int, sample_batch: SampleBatch, progress: bool, description: str
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    with tqdm(total=n, desc=description, unit="sample", disable=not progress) as bar:
+        for start in range(0, n, batch_size):
+            count = min(batch_size, n - start)
+            x, y = sample_batch(start, count)
+            if x.shape[0] != count or y.shape[0] != count:
+                raise RuntimeError(
+                    f"sample_batch({start}, {count}) returned {x.shape[0]} inputs and {y.shape[0]} outputs"
+                )
+            yield start, x, y
+            bar.update(count)
+
+
+def _collect(n: int, batches: Iterator[tuple[int, torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    x = y = None
+    for start, x_batch, y_batch in batches:
+        if x is None:
+            x = x_batch.new_empty((n, *x_batch.shape[1:]))
+            y = y_batch.new_empty((n, *y_batch.shape[1:]))
+        x[start : start + x_batch.shape[0]] = x_batch
+        y[start : start + y_batch.shape[0]] = y_batch
+    return x, y
+
+
+def build(
+    params: dict[str, Any],
+    n: int,
+    sample_batch: SampleBatch,
+    grid: tuple[torch.Tensor, ...],
+    *,
+    batch_size: int,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    description: str = "generating",
+    device: torch.device | str | None = None,
+) -> OperatorDataset:
+    """The data set of ``n`` samples described by ``params``, generated batch by batch or read from the cache.
+
+    Without ``cache_dir`` the samples are collected in memory. With it, a valid cache entry
+    of ``params`` is read (memory-mapped); otherwise the batches are streamed into a new
+    entry one at a time (memory stays bounded by one batch) and the entry is then read.
+
+    Args:
+        params: every generation parameter, JSON-serialisable, with a ``"problem"`` name;
+            also the data set's metadata.
+        n: number of samples, ``>= 1``.
+        sample_batch: ``(start, count) -> (x, y)``, see :data:`SampleBatch`.
+        grid: one 1-D coordinate tensor per spatial axis.
+        batch_size: samples per call of ``sample_batch``.
+        cache_dir: on-disk cache directory (:mod:`probneural.data.cache`), or ``None``.
+        progress: show a tqdm progress bar.
+        description: label of the progress bar.
+        device: device of the returned data set (``None``: as generated, or CPU from the cache).
+
+    Returns:
+        :class:`OperatorDataset` with metadata ``params``.
+    """
+    check_int("n", n, 1)
+    check_int("batch_size", batch_size, 1)
+    batches = _batches(n, batch_size, sample_batch, progress, description)
+    if cache_dir is None:
+        x, y = _collect(n, batches)
+        return OperatorDataset(x, y, grid, params).to(device=device)
+    path = cache.cache_path(cache_dir, params)
+    dataset = cache.read_if_valid(path, params)
+    if dataset is None:
+        cache.write_batches(path, params, params, n, grid, batches)
+        dataset = cache.read(path, params)
+    return dataset.to(device=device)

@@ -1,0 +1,36 @@
+"""Argument checks shared by the library: each raises ``ValueError`` naming the argument, what was expected and what came."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+__all__ = ["check_float", "check_floating_dtype", "check_int"]
+
+
+def check_int(name: str, value: Any, least: int | None = None) -> int:
+    """``value`` if it is an int (not a bool) and ``>= least`` (when given), else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or (least is not None and value < least):
+        bound = "" if least is None else f" >= {least}"
+        raise ValueError(f"{name} must be an int{bound}, got {value!r}")
+    return value
+
+
+def check_float(name: str, value: Any, *, positive: bool = False, nonnegative: bool = False) -> float:
+    """``float(value)`` if it is a finite real number (optionally ``> 0`` or ``>= 0``), else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    if nonnegative and value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return float(value)
+
+
+def check_floating_dtype(name: str, value: Any) -> torch.dtype:
+    """``value`` if it is a real floating ``torch.dtype``, else ``ValueError``."""
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ValueError(f"{name} must be a floating torch.dtype, got {value!r}")
+    return value
