@@ -9,5 +9,6 @@ from probneural.data import darcy, grf
 from probneural.data.dataset import OperatorDataset
 from probneural.data.normalizer import ChannelNormalizer
 from probneural.data.problems import PROBLEMS, generate
+from probneural.data.readers import read_neuralop_darcy, read_pdebench
 
-__all__ = ["ChannelNormalizer", "OperatorDataset", "PROBLEMS", "darcy", "generate", "grf"]
+__all__ = ["ChannelNormalizer", "OperatorDataset", "PROBLEMS", "darcy", "generate", "grf", "read_neuralop_darcy", "read_pdebench"]
