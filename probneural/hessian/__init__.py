@@ -1,4 +1,4 @@
-"""Curvature engine: exact Hessian-vector products, dense Hessians, GGN products, diagonals and Lanczos.
+"""Curvature engine: exact Hessian-vector products, dense Hessians, GGN products and diagonals, K-FAC, the closed-form last layer, Lanczos.
 
 Complex parameters are differentiated through their real view. Every curvature object is a
 matrix-free :class:`LinearOperator` over the flattened real parameter vector.
@@ -9,20 +9,35 @@ matrix-free :class:`LinearOperator` over the flattened real parameter vector.
 """
 
 from probneural.hessian.functional import dense, hvp
-from probneural.hessian.ggn import ggn_diagonal, ggn_operator, ggn_vp, hessian_operator, loss_hessian_sqrt
+from probneural.hessian.ggn import (
+    functional_model,
+    ggn_diagonal,
+    ggn_operator,
+    ggn_vp,
+    hessian_operator,
+    loss_hessian_sqrt,
+)
 from probneural.hessian.hutchinson import hutchinson_diagonal
+from probneural.hessian.kfac import KFACVariant, KroneckerBlock, KroneckerOperator, kfac_operator
+from probneural.hessian.last_layer import last_layer_ggn
 from probneural.hessian.lanczos import lanczos
 from probneural.hessian.operator import LinearOperator
 
 __all__ = [
+    "KFACVariant",
+    "KroneckerBlock",
+    "KroneckerOperator",
     "LinearOperator",
     "dense",
+    "functional_model",
     "ggn_diagonal",
     "ggn_operator",
     "ggn_vp",
     "hessian_operator",
     "hutchinson_diagonal",
     "hvp",
+    "kfac_operator",
     "lanczos",
+    "last_layer_ggn",
     "loss_hessian_sqrt",
 ]

@@ -8,6 +8,13 @@ Supported losses, both with a diagonal loss Hessian ``Λ`` with respect to the o
 
 ``G = Σ_o (√Λ_o J_o)ᵀ (√Λ_o J_o)`` can therefore be formed blockwise from
 :func:`loss_hessian_sqrt` and Jacobian rows.
+
+Precision: the operators take ``dtype=``. ``None`` computes in the dtype of the parameters;
+``torch.float64`` computes every product in float64 from a float64 copy of the parameters,
+also for a float32 model. ``model_fn`` must then run at the dtype of the parameters it is
+given; :func:`functional_model` builds such a function from an ``nn.Module`` (it casts the
+input and the floating buffers to the parameters' dtype), so the whole forward pass runs in
+float64, not only the accumulation.
 """
 
 from __future__ import annotations
@@ -15,14 +22,22 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-from torch import Tensor
-from torch.func import jacrev, jvp, vjp
+from torch import Tensor, nn
+from torch.func import functional_call, jacrev, jvp, vjp
 
 from probneural.hessian.functional import hvp
 from probneural.hessian.operator import LinearOperator
-from probneural.hessian.structure import Params, as_tuple, flatten, from_real, to_real, unflatten
+from probneural.hessian.structure import Params, as_tuple, cast, flatten, from_real, to_real, unflatten
 
-__all__ = ["LOSSES", "ggn_diagonal", "ggn_operator", "ggn_vp", "hessian_operator", "loss_hessian_sqrt"]
+__all__ = [
+    "LOSSES",
+    "functional_model",
+    "ggn_diagonal",
+    "ggn_operator",
+    "ggn_vp",
+    "hessian_operator",
+    "loss_hessian_sqrt",
+]
 
 LOSSES = ("mse", "gaussian_nll")
 
@@ -52,6 +67,36 @@ def loss_hessian_sqrt(loss: str, output: Tensor, noise_variance: float | Sequenc
             raise ValueError("noise_variance: expected positive values")
         return variance.rsqrt()
     raise ValueError(f"loss: expected one of {LOSSES}; got {loss!r}")
+
+
+def functional_model(
+    model: nn.Module, x: Tensor
+) -> tuple[Callable[[tuple[Tensor, ...]], Tensor], tuple[Tensor, ...]]:
+    """A module as a function of its trainable parameters at a fixed input.
+
+    Args:
+        model: the network; run as it is (its train/eval mode is not changed).
+        x: `(b, ...)` input batch.
+
+    Returns:
+        ``(model_fn, params)``: ``params`` are the detached trainable parameters in the order of
+        ``model.named_parameters()``; ``model_fn(params)`` runs ``model`` on ``x`` with them,
+        the input and the floating buffers cast to the dtype of the given parameters (so a
+        float64 copy of the parameters runs the whole forward pass in float64).
+    """
+    trainable = [(name, p.detach()) for name, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError(f"model: expected at least one trainable parameter; {type(model).__name__} has none")
+    names = [name for name, _ in trainable]
+    buffers = dict(model.named_buffers())
+
+    def model_fn(values: tuple[Tensor, ...]) -> Tensor:
+        dtype = to_real(values[:1])[0].dtype
+        state = {name: b.to(dtype) if b.is_floating_point() else b for name, b in buffers.items()}
+        state.update(zip(names, values))
+        return functional_call(model, state, (x.to(dtype) if x.is_floating_point() else x,))
+
+    return model_fn, tuple(p for _, p in trainable)
 
 
 def _real_model(model_fn: Callable[[Params], Tensor], tensors: tuple[Tensor, ...], single: bool):
@@ -133,14 +178,36 @@ def ggn_operator(
     *,
     loss: str = "mse",
     noise_variance: float | Sequence[float] | Tensor = 1.0,
+    dtype: torch.dtype | None = None,
 ) -> LinearOperator:
-    """The GGN as a matrix-free `(P, P)` operator over the flattened real parameters (exact diagonal included)."""
+    """The GGN as a matrix-free `(P, P)` operator over the flattened real parameters (exact diagonal included).
+
+    Args:
+        model_fn: as for :func:`ggn_vp`; with ``dtype`` set, it is called with parameters of that dtype.
+        params: point of evaluation.
+        loss: ``"mse"`` or ``"gaussian_nll"``.
+        noise_variance: ``σ²`` for ``gaussian_nll``.
+        dtype: ``None`` for the dtype of ``params``, or e.g. ``torch.float64`` to compute every
+            product with a float64 copy of the parameters (see the module docstring).
+    """
+    params = cast(params, dtype)
     options = {"loss": loss, "noise_variance": noise_variance}
     return _structured_operator(
         lambda v: ggn_vp(model_fn, params, v, **options), params, lambda: ggn_diagonal(model_fn, params, **options)
     )
 
 
-def hessian_operator(f: Callable[[Params], Tensor], params: Params) -> LinearOperator:
-    """The exact Hessian of a scalar ``f(params)`` as a matrix-free operator (products by :func:`hvp`)."""
+def hessian_operator(
+    f: Callable[[Params], Tensor], params: Params, *, dtype: torch.dtype | None = None
+) -> LinearOperator:
+    """The exact Hessian of a scalar ``f(params)`` as a matrix-free operator (products by :func:`hvp`).
+
+    Args:
+        f: called as ``f(params)``; returns a 0-d tensor.
+        params: point of evaluation.
+        dtype: ``None`` for the dtype of ``params``, or e.g. ``torch.float64`` to compute every
+            product with a float64 copy of the parameters (``f`` must then run in that dtype,
+            e.g. a loss of a :func:`functional_model`).
+    """
+    params = cast(params, dtype)
     return _structured_operator(lambda v: hvp(f, params, v), params)

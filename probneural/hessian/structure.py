@@ -12,7 +12,7 @@ from typing import Callable, Sequence, Union
 import torch
 from torch import Tensor
 
-__all__ = ["Params", "as_tuple", "real_function", "to_real", "from_real", "flatten", "unflatten"]
+__all__ = ["Params", "as_tuple", "cast", "real_function", "to_real", "from_real", "flatten", "unflatten"]
 
 Params = Union[Tensor, Sequence[Tensor]]
 
@@ -25,6 +25,25 @@ def as_tuple(params: Params, name: str = "params") -> tuple[tuple[Tensor, ...], 
     if not tensors or not all(isinstance(t, Tensor) for t in tensors):
         raise ValueError(f"{name}: expected a tensor or a non-empty tuple of tensors; got {type(params).__name__}")
     return tensors, False
+
+
+def cast(params: Params, dtype: torch.dtype | None) -> Params:
+    """``params`` detached and cast to the real floating ``dtype`` (complex entries to its complex counterpart).
+
+    This is how every curvature object honours its ``dtype=`` argument: ``None`` keeps the
+    parameters' own dtype, ``torch.float64`` promotes a float32 model's curvature to float64.
+
+    Raises:
+        ValueError: ``dtype`` is neither ``None`` nor a real floating dtype.
+    """
+    if dtype is None:
+        return params
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype: expected None or a real floating dtype such as torch.float64; got {dtype!r}")
+    tensors, single = as_tuple(params)
+    complex_dtype = torch.promote_types(dtype, torch.complex64)
+    copies = tuple(t.detach().to(complex_dtype if t.is_complex() else dtype) for t in tensors)
+    return copies[0] if single else copies
 
 
 def to_real(tensors: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
