@@ -28,6 +28,45 @@ class DarcyOptions:
 
 
 @dataclass
+class BurgersOptions:
+    """Generation options of :func:`probneural.data.burgers.generate` besides n, resolution, seed."""
+
+    viscosity: float = 0.1
+    t: float = 1.0
+    solve_resolution: int = 8192
+    alpha: float = 2.0
+    tau: float = 5.0
+    sigma: float = 25.0
+    batch_size: int = 16
+
+
+@dataclass
+class KuramotoSivashinskyOptions:
+    """Generation options of :func:`probneural.data.kuramoto_sivashinsky.generate` besides n, resolution, seed."""
+
+    length: float = 22.0
+    t: float = 10.0
+    solve_resolution: Optional[int] = None
+    alpha: float = 4.0
+    tau: float = 20.0
+    sigma: float = 1e5
+    batch_size: int = 64
+
+
+@dataclass
+class AllenCahnOptions:
+    """Generation options of :func:`probneural.data.allen_cahn.generate` besides n, resolution, seed."""
+
+    epsilon: float = 0.02
+    t: float = 2.0
+    solve_resolution: Optional[int] = None
+    alpha: float = 2.0
+    tau: float = 20.0
+    sigma: float = 100.0
+    batch_size: int = 64
+
+
+@dataclass
 class DataConfig:
     """Train / test / zero-shot / shifted splits of one PDE problem.
 
@@ -57,6 +96,24 @@ class DataConfig:
 class DarcyDataConfig(DataConfig):
     problem: str = "darcy"
     options: DarcyOptions = field(default_factory=DarcyOptions)
+
+
+@dataclass
+class BurgersDataConfig(DataConfig):
+    problem: str = "burgers"
+    options: BurgersOptions = field(default_factory=BurgersOptions)
+
+
+@dataclass
+class KuramotoSivashinskyDataConfig(DataConfig):
+    problem: str = "kuramoto_sivashinsky"
+    options: KuramotoSivashinskyOptions = field(default_factory=KuramotoSivashinskyOptions)
+
+
+@dataclass
+class AllenCahnDataConfig(DataConfig):
+    problem: str = "allen_cahn"
+    options: AllenCahnOptions = field(default_factory=AllenCahnOptions)
 
 
 @dataclass
@@ -189,6 +246,9 @@ def register_schemas() -> None:
     cs.store(name="generate_schema", node=GenerateAppConfig)
     for group, name, node in (
         ("data", "darcy_schema", DarcyDataConfig),
+        ("data", "burgers_schema", BurgersDataConfig),
+        ("data", "kuramoto_sivashinsky_schema", KuramotoSivashinskyDataConfig),
+        ("data", "allen_cahn_schema", AllenCahnDataConfig),
         ("model", "fno_schema", FNOConfig),
         ("optim", "optim_schema", OptimConfig),
         ("trainer", "trainer_schema", TrainerConfig),

@@ -5,10 +5,23 @@
 >>> u = darcy.solve(a, f)                                   # doctest: +SKIP
 """
 
-from probneural.data import darcy, grf
+from probneural.data import allen_cahn, burgers, darcy, generation, grf, kuramoto_sivashinsky
 from probneural.data.dataset import OperatorDataset
 from probneural.data.normalizer import ChannelNormalizer
 from probneural.data.problems import PROBLEMS, generate
 from probneural.data.readers import read_neuralop_darcy, read_pdebench
 
-__all__ = ["ChannelNormalizer", "OperatorDataset", "PROBLEMS", "darcy", "generate", "grf", "read_neuralop_darcy", "read_pdebench"]
+__all__ = [
+    "ChannelNormalizer",
+    "OperatorDataset",
+    "PROBLEMS",
+    "allen_cahn",
+    "burgers",
+    "darcy",
+    "generate",
+    "generation",
+    "grf",
+    "kuramoto_sivashinsky",
+    "read_neuralop_darcy",
+    "read_pdebench",
+]

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from probneural.data import darcy
+from probneural.data import allen_cahn, burgers, darcy, kuramoto_sivashinsky
 from probneural.data.dataset import OperatorDataset
 from probneural.registry import Registry
 
 PROBLEMS: Registry[Callable[..., OperatorDataset]] = Registry("PDE problem")
 PROBLEMS.register("darcy")(darcy.generate)
+PROBLEMS.register("burgers")(burgers.generate)
+PROBLEMS.register("kuramoto_sivashinsky")(kuramoto_sivashinsky.generate)
+PROBLEMS.register("allen_cahn")(allen_cahn.generate)
 
 
 def generate(problem: str, **kwargs: Any) -> OperatorDataset:

@@ -1,0 +1,186 @@
+"""ETDRK4 core: coefficients against closed forms, exact linear flow, fourth order, dealiasing, output times, checks."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from probneural.data import etdrk4
+
+
+def _closed_forms(z: np.ndarray, h: float) -> list[np.ndarray]:
+    """Kassam & Trefethen's coefficients by their formulas (accurate away from z = hL = 0)."""
+    e = np.exp(z)
+    return [
+        e,
+        np.exp(z / 2),
+        h * (np.exp(z / 2) - 1) / z,
+        h * (-4 - z + e * (4 - 3 * z + z * z)) / z**3,
+        h * (2 + z + e * (z - 2)) / z**3,
+        h * (-4 - 3 * z - z * z + e * (4 - z)) / z**3,
+    ]
+
+
+def test_coefficients_match_closed_forms_and_limits():
+    h = 0.1
+    linear = torch.tensor([-3e4, -500.0, -20.0, -3.0, 2.0, 0.0], dtype=torch.float64)
+    c = etdrk4.coefficients(linear, h, torch.float64)
+    assert all(v.dtype == torch.complex128 for v in c)
+    z = h * linear[:-1].numpy()
+    for got, want in zip(c, _closed_forms(z, h)):
+        np.testing.assert_allclose(got[:-1].real.numpy(), want, rtol=1e-12, atol=1e-300)
+        assert got.imag.abs().max() < 1e-15
+    # hL = 0: E = E₂ = 1, Q = h/2, f1 = f2 = f3 = h/6 (the φ-function limits), where the formulas cancel.
+    np.testing.assert_allclose([v[-1].real.item() for v in c], [1, 1, h / 2, h / 6, h / 6, h / 6], rtol=1e-13)
+
+
+def test_complex_linear_part_and_negligible_entries():
+    h = 0.05
+    linear = torch.tensor([2j - 1.0, -40j, -1e5 + 3j], dtype=torch.complex128)
+    c = etdrk4.coefficients(linear, h, torch.float32)
+    assert c.exp.dtype == torch.complex64
+    z = (h * linear).numpy()
+    for got, want in zip(c, _closed_forms(z[:2], h)):
+        np.testing.assert_allclose(got[:2].numpy(), want, rtol=2e-6)
+    # e^{hL} = e^{-5000} is far below sqrt(tiny): stored as an exact zero, not a subnormal.
+    assert c.exp[2] == 0 and c.exp_half[2] == 0
+
+
+def test_overflowing_linear_part_is_rejected():
+    with pytest.raises(ValueError, match="linear must keep exp"):
+        etdrk4.coefficients(torch.tensor([0.0, 1e4], dtype=torch.float64), 1.0, torch.float64)
+
+
+def _zero(v: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(v)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_linear_flow_is_exact_at_every_output_time(dtype):
+    s = 16
+    u0 = torch.randn(3, s, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(dtype)
+    k = etdrk4.wavenumbers(s)
+    linear = -0.01 * k**2 + 0.3
+    times = [0.0, 0.3, 0.35, 1.0, 2.5]
+    out = etdrk4.integrate(u0, linear, _zero, times, dt=0.1)
+    assert out.shape == (3, len(times), s) and out.dtype == dtype
+    assert torch.equal(out[:, 0], u0)
+    exact = torch.stack(
+        [torch.fft.irfft(torch.exp(linear * t) * torch.fft.rfft(u0.double()), n=s) for t in times], dim=1
+    )
+    tol = 1e-13 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(out.double(), exact, rtol=0, atol=tol * exact.abs().max().item())
+
+
+def test_fourth_order_on_a_scalar_bernoulli_equation():
+    # Uniform fields: u' = λu + u², exactly 1/u = (1/u0 + 1/λ) e^{−λt} − 1/λ.
+    s, lam, t = 8, -5.0, 1.0
+    u0 = torch.tensor([[0.5], [0.9]], dtype=torch.float64).expand(2, s)
+
+    def square(v: torch.Tensor) -> torch.Tensor:
+        return torch.fft.rfft(torch.fft.irfft(v, n=s) ** 2)
+
+    linear = torch.full((s // 2 + 1,), lam, dtype=torch.float64)
+    exact = 1 / ((1 / u0[:, 0] + 1 / lam) * math.exp(-lam * t) - 1 / lam)
+    errors = [
+        (etdrk4.integrate(u0, linear, square, [t], dt)[:, -1, 0] - exact).abs().max().item()
+        for dt in (0.2, 0.1, 0.05, 0.025)
+    ]
+    orders = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
+    assert all(3.8 < p < 4.2 for p in orders), (errors, orders)
+
+
+def test_dealias_masks():
+    assert etdrk4.dealias_mask(16).nonzero().flatten().tolist() == [0, 1, 2, 3, 4, 5]
+    assert etdrk4.dealias_mask(16, 3).nonzero().flatten().tolist() == [0, 1, 2, 3]
+    assert etdrk4.dealias_mask(4).nonzero().flatten().tolist() == [0, 1]
+    with pytest.raises(ValueError, match="degree"):
+        etdrk4.dealias_mask(16, 1)
+
+
+def test_quadratic_advection_is_the_galerkin_truncation():
+    # N(v) equals −(w²/2)_x of w = band-limited part of u, computed without aliasing on a 4x finer grid, truncated.
+    s, fine = 24, 96
+    u = torch.randn(2, s, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    v = torch.fft.rfft(u)
+    keep = etdrk4.dealias_mask(s)
+    padded = torch.zeros(2, fine // 2 + 1, dtype=v.dtype)
+    padded[:, : s // 2 + 1] = v * keep
+    w = torch.fft.irfft(padded, n=fine) * (fine / s)
+    q = etdrk4.wavenumbers(fine)
+    exact = (-0.5j * q * torch.fft.rfft(w * w))[:, : s // 2 + 1] * (s / fine) * keep
+    got = etdrk4.quadratic_advection(etdrk4.wavenumbers(s), s, torch.float64)(v)
+    torch.testing.assert_close(got, exact, rtol=0, atol=1e-12)
+
+
+def test_batch_is_per_sample():
+    s = 32
+    u0 = torch.randn(4, s, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    k = etdrk4.wavenumbers(s)
+    nonlinear = etdrk4.quadratic_advection(k, s, torch.float64)
+    batched = etdrk4.integrate(u0, -0.05 * k**2, nonlinear, [0.2, 0.5], 0.01)
+    for i in range(4):
+        single = etdrk4.integrate(u0[i : i + 1], -0.05 * k**2, nonlinear, [0.2, 0.5], 0.01)
+        torch.testing.assert_close(batched[i : i + 1], single, rtol=0, atol=1e-14)
+
+
+def test_step_count_hits_output_times():
+    assert etdrk4.step_count(1.0, 0.1) == 10
+    assert etdrk4.step_count(0.3, 0.1) == 3
+    assert etdrk4.step_count(0.35, 0.1) == 4
+    assert etdrk4.step_count(1e-9, 0.1) == 1
+
+
+def test_check_times():
+    assert etdrk4.check_times(1) == ([1.0], True)
+    assert etdrk4.check_times(torch.tensor(0.5)) == ([0.5], True)
+    assert etdrk4.check_times([0, 0.5, 2]) == ([0.0, 0.5, 2.0], False)
+    assert etdrk4.check_times(np.array([0.1, 0.2])) == ([0.1, 0.2], False)
+    for bad, match in [
+        ([0.5, 0.2], "strictly increasing"),
+        ([0.5, 0.5], "strictly increasing"),
+        (-1.0, "t must be >= 0"),
+        (float("nan"), "finite"),
+        ([], "at least one"),
+        (torch.zeros(2, 2), "1-D"),
+        ("1.0", "finite real number"),
+        (True, "finite real number"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            etdrk4.check_times(bad)
+
+
+def test_check_field():
+    field, unbatched = etdrk4.check_field(torch.arange(8))
+    assert field.shape == (1, 8) and unbatched and field.dtype == torch.get_default_dtype()
+    for bad, match in [
+        (torch.zeros(2, 3, 8), r"shape \(B, s\) or \(s,\)"),
+        (torch.zeros(2, 3), "s >= 4"),
+        (torch.zeros(0, 8), "at least one sample"),
+        (torch.tensor([0.0, float("nan"), 0.0, 0.0]), "NaN or Inf"),
+        (torch.zeros(8, dtype=torch.complex64), "real"),
+        (torch.zeros(8, dtype=torch.float16), "float32 or float64"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            etdrk4.check_field(bad)
+
+
+def test_subsampling_helpers():
+    assert etdrk4.check_subsampling(64, 256) == 4
+    with pytest.raises(ValueError, match=r"multiple of resolution=64.*nearest valid: 192, 256"):
+        etdrk4.check_subsampling(64, 200)
+    with pytest.raises(ValueError, match="solve_resolution must be an int >= 64"):
+        etdrk4.check_subsampling(64, 32)
+    assert etdrk4.smallest_multiple(64, 176.0) == 192
+    assert etdrk4.smallest_multiple(256, 176.0) == 256
+    (nodes,) = etdrk4.grid(4, torch.float32)
+    assert nodes.tolist() == [0.0, 0.25, 0.5, 0.75] and nodes.dtype == torch.float32
+
+
+def test_runs_on_the_device_of_the_data(device):
+    s = 16
+    u0 = torch.randn(2, s, dtype=torch.float64, device=device)
+    k = etdrk4.wavenumbers(s, device=device)
+    out = etdrk4.integrate(u0, -0.1 * k**2, etdrk4.quadratic_advection(k, s, torch.float64), [0.1], 0.05)
+    assert out.device.type == device.type and out.dtype == torch.float64
