@@ -7,16 +7,10 @@ import torch
 
 import probneural
 from probneural.data import allen_cahn
+from probneural.data.exact import allen_cahn_uniform
 from probneural.data.grf import grf_periodic
 
 TIMES = [0.5, 1.0, 2.0, 5.0]
-
-
-def uniform_exact(u0: torch.Tensor, times: list[float]) -> torch.Tensor:
-    """``u(t) = u0 eᵗ / sqrt(1 + u0² (e^{2t} − 1))`` solves ``u' = u − u³``; `(B,)` → `(B, len(times))`."""
-    t = torch.tensor(times, dtype=torch.float64)
-    u0 = u0[:, None]
-    return u0 * torch.exp(t) / torch.sqrt(1 + u0**2 * (torch.exp(2 * t) - 1))
 
 
 def interface_pair(s: int, epsilon: float) -> torch.Tensor:
@@ -29,14 +23,14 @@ def interface_pair(s: int, epsilon: float) -> torch.Tensor:
 def test_uniform_data_follow_the_exact_ode_solution():
     values = torch.tensor([-1.5, -0.3, 0.0, 0.2, 0.9, 1.0, 1.5], dtype=torch.float64)
     u = allen_cahn.solve(values[:, None].expand(-1, 16), TIMES)
-    exact = uniform_exact(values, TIMES)
+    exact = allen_cahn_uniform(values, TIMES)
     assert (u - u[..., :1]).abs().max() == 0  # stays exactly uniform
     assert (u[..., 0] - exact).abs().max() < 1e-7
 
 
 def test_uniform_data_fourth_order_in_time():
     values = torch.tensor([-1.5, 0.2, 0.9], dtype=torch.float64)
-    exact = uniform_exact(values, TIMES)
+    exact = allen_cahn_uniform(values, TIMES)
     errors = [
         (allen_cahn.solve(values[:, None].expand(-1, 8), TIMES, dt=dt)[..., 0] - exact).abs().max().item()
         for dt in (0.1, 0.05, 0.025)

@@ -2,34 +2,15 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
-from scipy.special import ive
 
 import probneural
 from probneural.data import burgers
+from probneural.data.exact import burgers_sine
 from probneural.data.grf import grf_periodic
 
 NU = 0.1
-
-
-def cole_hopf_sine(s: int, viscosity: float, t: float, terms: int = 60) -> torch.Tensor:
-    """Exact ``u(x, t)`` for ``u0 = sin 2πx`` on ``x_j = j / s``, in float64.
-
-    Cole–Hopf: ``u = −2ν φ_x / φ`` with ``φ_t = ν φ_xx`` and
-    ``φ(x, 0) = exp(−(1/2ν) ∫ u0) = exp(c cos 2πx)``, ``c = 1 / (4πν)``. The generating
-    function ``e^{c cos θ} = I₀(c) + 2 Σ_{n≥1} I_n(c) cos nθ`` gives
-    ``φ = I₀(c) + 2 Σ_n I_n(c) e^{−ν(2πn)²t} cos 2πnx``; the scaled ``ive = e^{−c} I_n``
-    cancels in the ratio.
-    """
-    x = np.arange(s) / s
-    c = 1 / (4 * np.pi * viscosity)
-    n = np.arange(1, terms + 1)[:, None]
-    weights = ive(n, c) * np.exp(-viscosity * (2 * np.pi * n) ** 2 * t)
-    phi = ive(0, c) + 2 * (weights * np.cos(2 * np.pi * n * x)).sum(axis=0)
-    phi_x = -2 * (weights * 2 * np.pi * n * np.sin(2 * np.pi * n * x)).sum(axis=0)
-    return torch.from_numpy(-2 * viscosity * phi_x / phi)
 
 
 def sine(s: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -41,13 +22,13 @@ def relative_error(u: torch.Tensor, exact: torch.Tensor) -> float:
 
 
 def test_cole_hopf_reference_at_t0():
-    torch.testing.assert_close(cole_hopf_sine(32, NU, 0.0), sine(32), rtol=0, atol=1e-14)
+    torch.testing.assert_close(burgers_sine(32, NU, 0.0), sine(32), rtol=0, atol=1e-14)
 
 
 def test_spectral_convergence_against_cole_hopf():
     # t = 0.1: the front is steepest around here; a small dt isolates the spatial error.
     errors = {
-        s: relative_error(burgers.solve(sine(s), NU, 0.1, dt=1e-4), cole_hopf_sine(s, NU, 0.1)) for s in (16, 32, 64)
+        s: relative_error(burgers.solve(sine(s), NU, 0.1, dt=1e-4), burgers_sine(s, NU, 0.1)) for s in (16, 32, 64)
     }
     assert errors[16] > 1e-5  # visibly under-resolved
     assert errors[32] < errors[16] / 1e3
@@ -59,7 +40,7 @@ def test_default_step_against_cole_hopf_at_256():
     times = [0.1, 0.5, 1.0]
     u = burgers.solve(sine(256), NU, times)
     for i, t in enumerate(times):
-        assert relative_error(u[i], cole_hopf_sine(256, NU, t)) < 1e-6
+        assert relative_error(u[i], burgers_sine(256, NU, t)) < 1e-6
 
 
 def test_default_step_accuracy_on_fno_data():

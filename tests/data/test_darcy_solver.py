@@ -7,26 +7,14 @@ import torch
 
 from probneural.bench.baselines.darcy import solve_scipy
 from probneural.data import darcy
+from probneural.data.exact import darcy_manufactured
 from probneural.data.grf import grf_neumann
-
-
-def _manufactured(s: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``u = sin(πx) sin(πy)``, ``a = 1 + x² + ½ sin(2πy)`` and ``f = −∇·(a∇u)`` on the ``s × s`` nodes."""
-    t = torch.linspace(0, 1, s, dtype=torch.float64)
-    x, y = torch.meshgrid(t, t, indexing="ij")
-    pi = math.pi
-    u = torch.sin(pi * x) * torch.sin(pi * y)
-    a = 1 + x**2 + 0.5 * torch.sin(2 * pi * y)
-    ux, uy = pi * torch.cos(pi * x) * torch.sin(pi * y), pi * torch.sin(pi * x) * torch.cos(pi * y)
-    ax, ay = 2 * x, pi * torch.cos(2 * pi * y)
-    f = -(ax * ux + ay * uy - 2 * pi**2 * a * u)
-    return a, f, u
 
 
 def test_manufactured_solution_converges_at_second_order():
     errors = []
     for s in (17, 33, 65, 129):
-        a, f, u = _manufactured(s)
+        a, f, u = darcy_manufactured(s)
         errors.append((darcy.solve(a, f) - u).abs().max().item())
     orders = [math.log2(coarse / fine) for coarse, fine in zip(errors, errors[1:])]
     assert all(1.8 <= order <= 2.2 for order in orders), (errors, orders)
