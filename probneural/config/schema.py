@@ -67,6 +67,25 @@ class AllenCahnOptions:
 
 
 @dataclass
+class NavierStokesOptions:
+    """Generation options of :func:`probneural.data.navier_stokes.generate` besides n, resolution, seed."""
+
+    viscosity: float = 1e-3
+    task: str = "final"
+    t: float = 1.0
+    snapshot_interval: float = 1.0
+    n_input_steps: int = 10
+    n_output_steps: int = 10
+    solve_resolution: int = 256
+    forcing_amplitude: float = 0.1
+    alpha: float = 2.5
+    tau: float = 7.0
+    sigma: float = 7**0.75
+    cfl: float = 0.5
+    batch_size: int = 1
+
+
+@dataclass
 class DataConfig:
     """Train / test / zero-shot / shifted splits of one PDE problem.
 
@@ -114,6 +133,12 @@ class KuramotoSivashinskyDataConfig(DataConfig):
 class AllenCahnDataConfig(DataConfig):
     problem: str = "allen_cahn"
     options: AllenCahnOptions = field(default_factory=AllenCahnOptions)
+
+
+@dataclass
+class NavierStokesDataConfig(DataConfig):
+    problem: str = "navier_stokes"
+    options: NavierStokesOptions = field(default_factory=NavierStokesOptions)
 
 
 @dataclass
@@ -220,6 +245,22 @@ class CompareNeuralopBenchmark:
 
 
 @dataclass
+class DataGenerationBenchmark:
+    """Options of the ``data_generation`` suite (:func:`probneural.bench.data_generation.data_generation`)."""
+
+    name: str = "data_generation"
+    problems: List[str] = field(default_factory=lambda: ["darcy", "burgers", "navier_stokes"])
+    n_samples: int = 16
+    n_reference: int = 2
+    darcy_resolution: int = 85
+    darcy_solve_resolution: int = 421
+    burgers_resolution: int = 1024
+    burgers_solve_resolution: int = 8192
+    navier_stokes_resolution: int = 256
+    navier_stokes_steps: int = 20
+
+
+@dataclass
 class BenchmarkAppConfig:
     """``configs/benchmark.yaml``: one benchmark suite on this machine."""
 
@@ -249,6 +290,7 @@ def register_schemas() -> None:
         ("data", "burgers_schema", BurgersDataConfig),
         ("data", "kuramoto_sivashinsky_schema", KuramotoSivashinskyDataConfig),
         ("data", "allen_cahn_schema", AllenCahnDataConfig),
+        ("data", "navier_stokes_schema", NavierStokesDataConfig),
         ("model", "fno_schema", FNOConfig),
         ("optim", "optim_schema", OptimConfig),
         ("trainer", "trainer_schema", TrainerConfig),
@@ -256,5 +298,6 @@ def register_schemas() -> None:
         ("precision", "precision_schema", PrecisionConfig),
         ("benchmark", "throughput_schema", ThroughputBenchmark),
         ("benchmark", "compare_neuralop_schema", CompareNeuralopBenchmark),
+        ("benchmark", "data_generation_schema", DataGenerationBenchmark),
     ):
         cs.store(group=group, name=name, node=node)

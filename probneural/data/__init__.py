@@ -5,7 +5,7 @@
 >>> u = darcy.solve(a, f)                                   # doctest: +SKIP
 """
 
-from probneural.data import allen_cahn, burgers, darcy, generation, grf, kuramoto_sivashinsky
+from probneural.data import allen_cahn, burgers, darcy, generation, grf, kuramoto_sivashinsky, navier_stokes
 from probneural.data.dataset import OperatorDataset
 from probneural.data.normalizer import ChannelNormalizer
 from probneural.data.problems import PROBLEMS, generate
@@ -22,6 +22,7 @@ __all__ = [
     "generation",
     "grf",
     "kuramoto_sivashinsky",
+    "navier_stokes",
     "read_neuralop_darcy",
     "read_pdebench",
 ]

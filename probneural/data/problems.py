@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from probneural.data import allen_cahn, burgers, darcy, kuramoto_sivashinsky
+from probneural.data import allen_cahn, burgers, darcy, kuramoto_sivashinsky, navier_stokes
 from probneural.data.dataset import OperatorDataset
 from probneural.registry import Registry
 
@@ -17,6 +17,7 @@ PROBLEMS.register("darcy")(darcy.generate)
 PROBLEMS.register("burgers")(burgers.generate)
 PROBLEMS.register("kuramoto_sivashinsky")(kuramoto_sivashinsky.generate)
 PROBLEMS.register("allen_cahn")(allen_cahn.generate)
+PROBLEMS.register("navier_stokes")(navier_stokes.generate)
 
 
 def generate(problem: str, **kwargs: Any) -> OperatorDataset:

@@ -182,3 +182,31 @@ def test_generate_cli_fills_the_cache_that_training_reads(tmp_path):
     again = run_cli("probneural.generate", *overrides, cwd=tmp_path)
     assert again.returncode == 0 and sorted((tmp_path / "cache").iterdir()) == files
     assert [f.stat().st_mtime_ns for f in files] == [f.stat().st_mtime_ns for f in sorted((tmp_path / "cache").iterdir())]
+
+
+TINY_DATA = {
+    "darcy": ["data.resolution=9", "data.options.solve_resolution=17"],
+    "burgers": ["data.resolution=32", "data.options.solve_resolution=64"],
+    "kuramoto_sivashinsky": ["data.resolution=16"],
+    "allen_cahn": ["data.resolution=16"],
+    "navier_stokes": ["data.resolution=8", "data.options.solve_resolution=16"],
+}
+
+
+def test_every_data_config_is_tested():
+    assert sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml")) == sorted(TINY_DATA)
+
+
+@pytest.mark.parametrize("problem", sorted(TINY_DATA))
+def test_every_data_config_generates_its_splits_and_shifts(problem, tmp_path):
+    from probneural.config.data import build_splits
+
+    cfg = compose_config("train", [f"data={problem}", "data.n_train=2", "data.n_test=1", "data.n_shift=1",
+                                   f"data.cache_dir={tmp_path}", *TINY_DATA[problem]])
+    splits = build_splits(cfg.data, progress=False)
+    assert set(splits) == {"train", "test", *(f"shift_{name}" for name in cfg.data.shifts)} and len(cfg.data.shifts) >= 2
+    for name, changes in cfg.data.shifts.items():
+        shifted = splits[f"shift_{name}"]
+        assert shifted.metadata["problem"] == problem
+        assert shifted.x.shape[1:] == splits["test"].x.shape[1:] or "resolution" in changes
+        assert not torch.equal(shifted.y, splits["test"].y)

@@ -1,0 +1,30 @@
+"""The data_generation suite runs at smoke size and its reference agrees with our solvers."""
+
+import pytest
+
+from probneural.bench import SUITES
+from probneural.bench.data_generation import data_generation
+
+
+@pytest.mark.parametrize("precision, agreement", [("fp64", 1e-9), ("fp32", 1e-4)])
+def test_smoke_size_cases_agree_with_the_references(precision, agreement):
+    results = data_generation(
+        n_samples=2, n_reference=1, darcy_resolution=9, darcy_solve_resolution=17, burgers_resolution=32,
+        burgers_solve_resolution=64, navier_stokes_resolution=16, navier_stokes_steps=3,
+        device="cpu", precision=precision, progress=False,
+    )
+    assert [case["problem"] for case, _ in results] == ["darcy", "burgers", "navier_stokes"]
+    for case, metrics in results:
+        assert metrics["max_relative_difference"] < agreement, (case, metrics)
+        assert metrics["speedup"] > 0
+    assert {"sample_steps_per_s", "reference_sample_steps_per_s"} <= set(results[2][1])
+    assert SUITES.get("data_generation") is data_generation
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        data_generation(precision="bf16", progress=False)
+    with pytest.raises(ValueError, match=r"problems: unknown \['heat'\]"):
+        data_generation(problems=["heat"], progress=False)
+    with pytest.raises(ValueError, match="n_reference must be <= n_samples"):
+        data_generation(n_samples=1, n_reference=2, progress=False)
