@@ -38,7 +38,7 @@ def write_training_report(
         history: per-epoch records from :meth:`Trainer.fit`.
         device: device for evaluation.
         precision: precision policy name for evaluation.
-        n_plot_samples: samples drawn per split (2-D problems).
+        n_plot_samples: samples drawn per split (1-D and 2-D problems).
         title: report heading.
 
     Returns:
@@ -62,7 +62,7 @@ def write_training_report(
     ]
     plot_learning_curves(history, run_dir / "learning_curves.png")
     for index, (name, ds) in enumerate(splits.items()):
-        if len(ds.spatial_shape) != 2 or n_plot_samples < 1:
+        if len(ds.spatial_shape) > 2 or n_plot_samples < 1:
             continue
         k = min(n_plot_samples, len(ds))
         parameter = next(model.parameters())
