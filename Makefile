@@ -6,6 +6,9 @@ TORCH  ?= torch==2.13.0
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 DEMO_ARGS ?=
+# curvature libraries we compare against; they declare torchvision (a CUDA torch), hence --no-deps
+CURVATURE_COMPARE ?= curvlinops-for-pytorch==3.0.1 backpack-for-pytorch==1.7.1 einconv==0.1.0 einops==0.8.2 \
+	unfoldNd==0.2.3 linear_operator==0.6.1
 
 .PHONY: demo test install install-dev clean
 
@@ -23,6 +26,7 @@ $(VENV)/.base: pyproject.toml $(VENV)/.torch
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.base
 	$(PIP) install -q -e ".[dev,compare]"
+	$(PIP) install -q --no-deps $(CURVATURE_COMPARE)
 	touch $@
 
 install: $(VENV)/.base
