@@ -261,6 +261,20 @@ class DataGenerationBenchmark:
 
 
 @dataclass
+class HessianBenchmark:
+    """Options of the ``hessian`` suite (:func:`probneural.bench.hessian_suite.hessian_products`)."""
+
+    name: str = "hessian"
+    resolutions: List[int] = field(default_factory=lambda: [64])
+    batch_sizes: List[int] = field(default_factory=lambda: [16])
+    modes: List[int] = field(default_factory=lambda: [12, 12])
+    width: int = 32
+    n_layers: int = 4
+    warmup: int = 2
+    repeats: int = 5
+
+
+@dataclass
 class BenchmarkAppConfig:
     """``configs/benchmark.yaml``: one benchmark suite on this machine."""
 
@@ -299,5 +313,6 @@ def register_schemas() -> None:
         ("benchmark", "throughput_schema", ThroughputBenchmark),
         ("benchmark", "compare_neuralop_schema", CompareNeuralopBenchmark),
         ("benchmark", "data_generation_schema", DataGenerationBenchmark),
+        ("benchmark", "hessian_schema", HessianBenchmark),
     ):
         cs.store(group=group, name=name, node=node)

@@ -6,12 +6,19 @@ non-negative *and* the ``modes[i]`` most negative frequencies are kept, i.e. ``2
 in all. This is the FNO paper's convention (``modes=12`` keeps a 24 × 12 block in 2-D).
 
 Only what is kept is ever computed: the truncated Fourier transform along each axis is a
-product with a small ``(n, 2m)`` DFT matrix, so the whole layer is a chain of real matrix
+product with a small DFT matrix, so the whole layer is a chain of real matrix
 products (no FFT, no zero padding, no complex tensors). The result equals
 ``irfftn(truncate(W · truncate(rfftn(x))))``; see ADR 0002 for the measurements that led here.
 
 Complex numbers are carried in *pair layout*: a real tensor whose last axis holds the real
 parts of the kept last-axis frequencies followed by their imaginary parts (``2 * modes[-1]``).
+Along the other axes the complex DFT is one real matrix acting on (index, real/imaginary)
+pairs, so no step slices or concatenates.
+
+Derivatives of every order, reverse and forward mode, go through the custom Functions of
+:mod:`probneural.operators.spectral_autograd`: the contraction and, under ``torch.func``
+transforms, the constant DFT products, each differentiated by hand into the same kind of
+matrix products (cheap Hessian-vector products through the layer).
 
 The weights are stored frequency-major as a real tensor `(*kept, in, out, 2)` whose trailing
 dimension holds (real, imaginary): distributed all-reduce and compilers handle real
@@ -27,6 +34,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 from torch._C._functorch import is_functorch_wrapped_tensor
+
+from probneural.operators.spectral_autograd import constant_matmul, spectral_contract
 
 __all__ = ["SpectralConv", "kept_frequencies", "kept_shape", "spectral_contract"]
 
@@ -78,64 +87,55 @@ def _last_axis_matrices(n: int, m: int, dtype: torch.dtype, device: torch.device
     return forward.to(dtype=dtype, device=device), inverse.to(dtype=dtype, device=device)
 
 
-def _axis_matrices(n: int, m: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Truncated complex DFT along a non-last axis and its inverse, real and imaginary parts stacked.
+def _pair_matrix(real: Tensor, imag: Tensor) -> Tensor:
+    """The real matrix applying the complex `(q, n)` matrix ``M = real + i imag`` to rows of pairs.
 
     Returns:
-        forward `(4m, n)`: ``[Re E; Im E]`` with ``E[k, j] = e^{-2πi f_k j/n}`` over the kept frequencies ``f``;
-        inverse `(2n, 2m)`: ``[Re D; Im D]`` with ``D = conj(E)^T / n``.
+        `(2n, 2q)`: for ``z`` `(r, 2n)` whose columns are (index ``j``, part) pairs, part 0
+        the real and 1 the imaginary part, ``z @ result`` holds ``M`` applied to each row,
+        its columns (index ``k``, part) pairs in the same way.
+    """
+    real_t, imag_t = real.T, imag.T
+    parts = torch.stack((torch.stack((real_t, imag_t), dim=-1), torch.stack((-imag_t, real_t), dim=-1)), dim=1)
+    return parts.reshape(2 * real.shape[1], 2 * real.shape[0])  # (n, 2, q, 2) -> (2n, 2q)
+
+
+def _axis_matrices(n: int, m: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Truncated complex DFT along a non-last axis and its inverse, as :func:`_pair_matrix` forms.
+
+    Returns:
+        forward `(2n, 4m)`: ``E[k, j] = e^{-2πi f_k j/n}`` over the kept frequencies ``f``;
+        inverse `(4m, 2n)`: ``D = conj(E)^T / n``.
     """
     angle = 2 * math.pi * torch.outer(kept_frequencies(m, False).double(), torch.arange(n, dtype=torch.float64)) / n
-    forward = torch.cat((torch.cos(angle), -torch.sin(angle)), dim=0)
-    inverse = torch.cat((torch.cos(angle).T, torch.sin(angle).T), dim=0) / n
+    forward = _pair_matrix(torch.cos(angle), -torch.sin(angle))
+    inverse = _pair_matrix(torch.cos(angle).T / n, torch.sin(angle).T / n)
     return forward.to(dtype=dtype, device=device), inverse.to(dtype=dtype, device=device)
 
 
-def _complex_matmul_along(z: Tensor, stacked: Tensor, axis: int) -> Tensor:
-    """Apply a complex matrix ``M`` (given as ``[Re M; Im M]``, `(2q, n)`) along ``axis`` of ``z``.
+def _complex_matmul_along(z: Tensor, matrix: Tensor, axis: int) -> Tensor:
+    """Apply a complex matrix ``M`` along ``axis`` of ``z``, given as its :func:`_pair_matrix`.
+
+    With the axis next to the pair axis (a view when it is the second to last), the axis
+    index and the real/imaginary half of the pair axis together index the columns of one
+    real `(p, 2n)` matrix per remaining index (a transposed view), multiplied by ``matrix``:
+    no slicing or concatenation, which would each cost a zero-filled buffer in every
+    derivative. (Multiplying the untransposed `(2n, p)` matrices from the left is twice as
+    slow on CPU for the narrow ``p`` of typical mode counts.)
 
     Args:
         z: real tensor in pair layout `(..., n (at axis), ..., 2p)`.
-        stacked: `(2q, n)` real and imaginary parts of ``M`` stacked along rows.
+        matrix: `(2n, 2q)` real form of ``M`` (:func:`_pair_matrix`), a constant.
         axis: the axis of length ``n`` (not the last).
 
     Returns:
         ``M z`` in pair layout, with ``axis`` now of length ``q``.
     """
-    q, p = stacked.shape[0] // 2, z.shape[-1] // 2
     moved = z.movedim(axis, -2)
-    product = torch.matmul(stacked, moved)  # (..., 2q, 2p): [Re M z; Im M z] per real/imag part of z
-    real_m, imag_m = product[..., :q, :], product[..., q:, :]
-    real = real_m[..., :p] - imag_m[..., p:]
-    imag = real_m[..., p:] + imag_m[..., :p]
-    return torch.cat((real, imag), dim=-1).movedim(-2, axis)
-
-
-def spectral_contract(x_ft: Tensor, weight: Tensor) -> Tensor:
-    """Per-frequency channel mixing ``y[b, o, k] = sum_i x[b, i, k] * w[k, i, o]`` in pair layout.
-
-    One real batched matmul over the frequencies: the real and imaginary parts of ``x`` are
-    stacked as rows and multiplied with ``[Re w | Im w]`` (the stored weight, viewed without a
-    copy), then ``Re y = Re x Re w - Im x Im w`` and ``Im y = Re x Im w + Im x Re w``.
-
-    Args:
-        x_ft: `(b, i, *k, 2p)` input coefficients in pair layout (``k`` the kept non-last-axis
-            frequencies, ``p`` the kept last-axis frequencies).
-        weight: `(*k, p, i, o, 2)` real view of the complex weights.
-
-    Returns:
-        `(b, o, *k, 2p)` output coefficients in pair layout.
-    """
-    b, i = x_ft.shape[:2]
-    k = x_ft.shape[2:-1]
-    p, o = weight.shape[-4], weight.shape[-2]
-    n_freq = weight.shape[:-3].numel()  # prod(k) * p
-    x = x_ft.reshape(b, i, -1, 2, p).permute(2, 4, 3, 0, 1).reshape(n_freq, 2 * b, i)  # rows [Re x; Im x]
-    products = torch.bmm(x, weight.reshape(n_freq, i, 2 * o)).view(n_freq, 2, b, o, 2)
-    real = products[:, 0, ..., 0] - products[:, 1, ..., 1]
-    imag = products[:, 0, ..., 1] + products[:, 1, ..., 0]
-    y = torch.stack((real, imag), dim=1).view(-1, p, 2, b, o)  # (prod(k), p, 2, b, o)
-    return y.permute(3, 4, 0, 2, 1).reshape(b, o, *k, 2 * p)
+    *lead, n, two_p = moved.shape
+    pairs = moved.reshape(*lead, 2 * n, two_p // 2).transpose(-1, -2)  # (..., p, 2n)
+    product = constant_matmul(pairs, matrix).transpose(-1, -2)  # (..., 2q, p)
+    return product.reshape(*lead, matrix.shape[1] // 2, two_p).movedim(-2, axis)
 
 
 class SpectralConv(nn.Module):
@@ -205,13 +205,13 @@ class SpectralConv(nn.Module):
         dtype, device = x.dtype, x.device
         last_forward, last_inverse = _cached(_last_axis_matrices, spatial[-1], self.modes[-1], dtype, device)
         axes = [_cached(_axis_matrices, spatial[a], self.modes[a], dtype, device) for a in range(self.dim - 1)]
-        z = torch.matmul(x, last_forward)
+        z = constant_matmul(x, last_forward)
         for axis, (forward, _) in enumerate(axes):
             z = _complex_matmul_along(z, forward, 2 + axis)
         z = spectral_contract(z, self.weight.to(dtype))
         for axis, (_, inverse) in enumerate(axes):
             z = _complex_matmul_along(z, inverse, 2 + axis)
-        return torch.matmul(z, last_inverse)
+        return constant_matmul(z, last_inverse)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, modes={self.modes}"
