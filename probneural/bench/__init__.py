@@ -19,7 +19,7 @@ from probneural.bench.suites import (
 from probneural.bench.timing import fno_forward_flops, matmul_peak_gflops, measure
 
 # suites defined outside suites.py register themselves on import
-from probneural.bench import data_generation, hessian_suite  # noqa: E402,F401  isort: skip
+from probneural.bench import curvature_suite, data_generation, hessian_suite  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "RECORD_FORMAT",

@@ -275,6 +275,33 @@ class HessianBenchmark:
 
 
 @dataclass
+class CurvatureCompareBenchmark:
+    """Options of the ``curvature_compare`` suite (:func:`probneural.bench.curvature_suite.curvature_compare`)."""
+
+    name: str = "curvature_compare"
+    resolution: int = 64
+    batch_size: int = 16
+    modes: int = 12
+    width: int = 32
+    n_layers: int = 4
+    projection_channels: int = 128
+    small_resolution: int = 16
+    small_batch_size: int = 2
+    small_modes: int = 4
+    small_width: int = 8
+    mc_samples: int = 1
+    hutchinson_samples: int = 64
+    reference_hutchinson: bool = True
+    reference_columns: int = 128
+    tolerance: float = 1e-5
+    cases: List[str] = field(
+        default_factory=lambda: ["kfac_mc", "kfac_type2", "ggn_diagonal_exact", "ggn_diagonal_hutchinson"]
+    )
+    warmup: int = 1
+    repeats: int = 5
+
+
+@dataclass
 class BenchmarkAppConfig:
     """``configs/benchmark.yaml``: one benchmark suite on this machine."""
 
@@ -314,5 +341,6 @@ def register_schemas() -> None:
         ("benchmark", "compare_neuralop_schema", CompareNeuralopBenchmark),
         ("benchmark", "data_generation_schema", DataGenerationBenchmark),
         ("benchmark", "hessian_schema", HessianBenchmark),
+        ("benchmark", "curvature_compare_schema", CurvatureCompareBenchmark),
     ):
         cs.store(group=group, name=name, node=node)
