@@ -33,11 +33,9 @@ from collections.abc import Sequence
 
 import torch
 
-import probneural
-from probneural.data import etdrk4, generation
+from probneural.data import etdrk4, periodic1d
 from probneural.data.dataset import OperatorDataset
-from probneural.data.grf import grf_periodic
-from probneural.validation import check_float, check_floating_dtype, check_int
+from probneural.validation import check_float
 
 __all__ = ["GENERATOR_VERSION", "default_dt", "generate", "solve", "solve_mol"]
 
@@ -230,62 +228,30 @@ def generate(
         ValueError: an argument is out of range, or ``solve_resolution`` is not a multiple
             of ``resolution``.
     """
-    check_int("n", n, 1)
-    check_int("resolution", resolution, 4)
-    check_int("seed", seed, 0)
-    check_int("batch_size", batch_size, 1)
-    stride = etdrk4.check_subsampling(resolution, solve_resolution)
     viscosity = check_float("viscosity", viscosity, positive=True)
     t = check_float("t", t, positive=True)
-    alpha = check_float("alpha", alpha, positive=True)
-    tau = check_float("tau", tau, positive=True)
-    sigma = check_float("sigma", sigma, positive=True)
-    check_floating_dtype("dtype", dtype)
+    etdrk4.check_subsampling(resolution, solve_resolution)
+    for name, value in (("alpha", alpha), ("tau", tau), ("sigma", sigma)):
+        check_float(name, value, positive=True)
     # Rounded to 6 digits: a stable cache key whatever the summation order of the rms.
     ratio = _grf_rms(alpha, tau, sigma, solve_resolution) / _grf_rms(**_REFERENCE_GRF, resolution=solve_resolution)
     scale = max(1.0, float(f"{ratio:.6g}"))
     dt = default_dt(viscosity, scale)
-    params = {
-        "problem": "burgers",
-        "n": n,
-        "resolution": resolution,
-        "solve_resolution": solve_resolution,
-        "seed": seed,
-        "viscosity": viscosity,
-        "t": t,
-        "grf": {"kind": "periodic", "alpha": alpha, "tau": tau, "sigma": sigma, "mean_mode": "dropped"},
-        "dtype": str(dtype).removeprefix("torch."),
-        "solver": {
-            "name": "etdrk4",
-            "space": "Fourier pseudo-spectral",
-            "dealiasing": "2/3 rule (Galerkin truncation of u^2)",
-            "dt_rule": _DT_RULE,
-            "dt_scale": scale,
-            "dt": dt,
-            "steps": etdrk4.step_count(t, dt),
-            "dtype": "float64",
-            "estimated_relative_error": _ESTIMATED_RELATIVE_ERROR,
-            "error_basis": _ERROR_BASIS,
-        },
-        "generator_version": GENERATOR_VERSION,
-        "probneural_version": probneural.__version__,
+    solver = {
+        "name": "etdrk4",
+        "space": "Fourier pseudo-spectral",
+        "dealiasing": "2/3 rule (Galerkin truncation of u^2)",
+        "dt_rule": _DT_RULE,
+        "dt_scale": scale,
+        "dt": dt,
+        "steps": etdrk4.step_count(t, dt),
+        "dtype": "float64",
+        "estimated_relative_error": _ESTIMATED_RELATIVE_ERROR,
+        "error_basis": _ERROR_BASIS,
     }
-
-    def sample_batch(start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        u0 = grf_periodic(
-            count, solve_resolution, alpha=alpha, tau=tau, sigma=sigma, seed=seed, start=start, device=device
-        )
-        u = solve(u0, viscosity, t, dt=dt)
-        return u0[:, None, ::stride].to(dtype), u[:, None, ::stride].to(dtype)
-
-    return generation.build(
-        params,
-        n,
-        sample_batch,
-        etdrk4.grid(resolution, dtype),
-        batch_size=batch_size,
-        cache_dir=cache_dir,
-        progress=progress,
-        description=f"burgers {resolution} from {solve_resolution}",
-        device=device,
+    return periodic1d.generate(
+        "burgers", n, resolution, solve_resolution=solve_resolution, seed=seed, t=t, alpha=alpha, tau=tau,
+        sigma=sigma, physics={"viscosity": viscosity}, solver=solver,
+        solve_to=lambda u0: solve(u0, viscosity, t, dt=dt), generator_version=GENERATOR_VERSION,
+        batch_size=batch_size, dtype=dtype, device=device, cache_dir=cache_dir, progress=progress,
     )

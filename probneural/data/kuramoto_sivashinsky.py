@@ -28,11 +28,9 @@ from collections.abc import Sequence
 
 import torch
 
-import probneural
-from probneural.data import etdrk4, generation
+from probneural.data import etdrk4, periodic1d
 from probneural.data.dataset import OperatorDataset
-from probneural.data.grf import grf_periodic
-from probneural.validation import check_float, check_floating_dtype, check_int
+from probneural.validation import check_float, check_int
 
 __all__ = ["DEFAULT_DT", "DEFAULT_LENGTH", "GENERATOR_VERSION", "default_solve_resolution", "generate", "solve"]
 
@@ -172,59 +170,24 @@ def generate(
         ValueError: an argument is out of range, or ``solve_resolution`` is not a multiple
             of ``resolution``.
     """
-    check_int("n", n, 1)
-    check_int("resolution", resolution, 4)
-    check_int("seed", seed, 0)
-    check_int("batch_size", batch_size, 1)
     length = check_float("length", length, positive=True)
+    t = check_float("t", t, positive=True)
     if solve_resolution is None:
         solve_resolution = default_solve_resolution(resolution, length)
-    stride = etdrk4.check_subsampling(resolution, solve_resolution)
-    t = check_float("t", t, positive=True)
-    alpha = check_float("alpha", alpha, positive=True)
-    tau = check_float("tau", tau, positive=True)
-    sigma = check_float("sigma", sigma, positive=True)
-    check_floating_dtype("dtype", dtype)
-    params = {
-        "problem": "kuramoto_sivashinsky",
-        "n": n,
-        "resolution": resolution,
-        "solve_resolution": solve_resolution,
-        "seed": seed,
-        "length": length,
-        "t": t,
-        "grf": {"kind": "periodic", "alpha": alpha, "tau": tau, "sigma": sigma, "mean_mode": "dropped"},
-        "dtype": str(dtype).removeprefix("torch."),
-        "solver": {
-            "name": "etdrk4",
-            "space": "Fourier pseudo-spectral",
-            "dealiasing": "2/3 rule (Galerkin truncation of u^2)",
-            "dt_rule": "fixed",
-            "dt": DEFAULT_DT,
-            "steps": etdrk4.step_count(t, DEFAULT_DT),
-            "dtype": "float64",
-            "estimated_relative_error": _ESTIMATED_RELATIVE_ERROR if t <= _CALIBRATED_TIME else None,
-            "error_basis": _ERROR_BASIS,
-        },
-        "generator_version": GENERATOR_VERSION,
-        "probneural_version": probneural.__version__,
+    solver = {
+        "name": "etdrk4",
+        "space": "Fourier pseudo-spectral",
+        "dealiasing": "2/3 rule (Galerkin truncation of u^2)",
+        "dt_rule": "fixed",
+        "dt": DEFAULT_DT,
+        "steps": etdrk4.step_count(t, DEFAULT_DT),
+        "dtype": "float64",
+        "estimated_relative_error": _ESTIMATED_RELATIVE_ERROR if t <= _CALIBRATED_TIME else None,
+        "error_basis": _ERROR_BASIS,
     }
-
-    def sample_batch(start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        u0 = grf_periodic(
-            count, solve_resolution, alpha=alpha, tau=tau, sigma=sigma, seed=seed, start=start, device=device
-        )
-        u = solve(u0, t, length=length)
-        return u0[:, None, ::stride].to(dtype), u[:, None, ::stride].to(dtype)
-
-    return generation.build(
-        params,
-        n,
-        sample_batch,
-        etdrk4.grid(resolution, dtype),
-        batch_size=batch_size,
-        cache_dir=cache_dir,
-        progress=progress,
-        description=f"kuramoto_sivashinsky {resolution} from {solve_resolution}",
-        device=device,
+    return periodic1d.generate(
+        "kuramoto_sivashinsky", n, resolution, solve_resolution=solve_resolution, seed=seed, t=t, alpha=alpha,
+        tau=tau, sigma=sigma, physics={"length": length}, solver=solver,
+        solve_to=lambda u0: solve(u0, t, length=length), generator_version=GENERATOR_VERSION,
+        batch_size=batch_size, dtype=dtype, device=device, cache_dir=cache_dir, progress=progress,
     )
