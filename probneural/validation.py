@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["check_float", "check_floating_dtype", "check_int"]
+__all__ = ["check_float", "check_floating_dtype", "check_int", "check_positive_ints"]
 
 
 def check_int(name: str, value: Any, least: int | None = None) -> int:
@@ -34,3 +35,12 @@ def check_floating_dtype(name: str, value: Any) -> torch.dtype:
     if not isinstance(value, torch.dtype) or not value.is_floating_point:
         raise ValueError(f"{name} must be a floating torch.dtype, got {value!r}")
     return value
+
+
+def check_positive_ints(name: str, values: Any) -> tuple[int, ...]:
+    """``values`` as a tuple if it is a non-empty sequence of ints ``>= 1``, else ``ValueError``."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        raise ValueError(f"{name}: expected a non-empty sequence of positive integers; got {values!r}")
+    for value in values:
+        check_int(name, value, 1)
+    return tuple(values)

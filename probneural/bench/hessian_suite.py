@@ -26,11 +26,11 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from probneural import hessian
-from probneural.bench.suites import SUITES, Case, _check_ints, _timing_metrics
+from probneural.bench.suites import SUITES, Case, timing_metrics
 from probneural.bench.timing import measure
 from probneural.operators import FNO, count_parameters
 from probneural.train.precision import PrecisionPolicy, resolve_device
-from probneural.validation import check_int
+from probneural.validation import check_int, check_positive_ints
 
 __all__ = ["hessian_products"]
 
@@ -124,9 +124,9 @@ def hessian_products(
     Raises:
         ValueError: an argument is out of range (e.g. a resolution too coarse for ``modes``).
     """
-    resolutions = _check_ints("resolutions", resolutions)
-    batch_sizes = _check_ints("batch_sizes", batch_sizes)
-    modes = _check_ints("modes", modes)
+    resolutions = check_positive_ints("resolutions", resolutions)
+    batch_sizes = check_positive_ints("batch_sizes", batch_sizes)
+    modes = check_positive_ints("modes", modes)
     for name, value in (("width", width), ("n_layers", n_layers), ("repeats", repeats)):
         check_int(name, value, 1)
     check_int("warmup", warmup, 0)
@@ -150,7 +150,7 @@ def hessian_products(
         timings = {name: measure(products[name], device=device, warmup=warmup, repeats=repeats) for name in _PRODUCTS}
         metrics: dict[str, Any] = {"parameters": count_parameters(model)}
         for name, timing in timings.items():
-            metrics.update(_timing_metrics(name, timing, batch))
+            metrics.update(timing_metrics(name, timing, batch))
         metrics["memory_source"] = timings["grad"]["memory_source"]
         metrics["hvp_over_grad"] = metrics["hvp_ms"] / metrics["grad_ms"]
         metrics["hvp_over_double_backward"] = metrics["hvp_ms"] / metrics["double_backward_ms"]

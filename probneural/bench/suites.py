@@ -30,7 +30,7 @@ from probneural.bench.timing import fno_forward_flops, matmul_peak_gflops, measu
 from probneural.data import darcy
 from probneural.operators import FNO, count_parameters
 from probneural.registry import Registry
-from probneural.validation import check_int
+from probneural.validation import check_int, check_positive_ints
 from probneural.train.precision import PrecisionPolicy, resolve_device
 from probneural.train.trainer import Trainer, evaluate, normalize
 
@@ -40,15 +40,8 @@ Case = tuple[dict[str, Any], dict[str, Any]]
 SUITES: Registry[Callable[..., list[Case]]] = Registry("benchmark suite")
 
 
-def _check_ints(name: str, values: Any) -> tuple[int, ...]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
-        raise ValueError(f"{name}: expected a non-empty sequence of positive integers; got {values!r}")
-    for value in values:
-        check_int(name, value, 1)
-    return tuple(values)
-
-
-def _timing_metrics(prefix: str, timing: dict[str, Any], batch: int) -> dict[str, Any]:
+def timing_metrics(prefix: str, timing: dict[str, Any], batch: int) -> dict[str, Any]:
+    """The metrics of one :func:`probneural.bench.measure` result under the suites' naming scheme (module docstring)."""
     return {
         f"{prefix}_ms": 1e3 * timing["median_s"],
         f"{prefix}_min_ms": 1e3 * timing["min_s"],
@@ -99,8 +92,8 @@ def _speed(
     flops = fno_forward_flops(model, x)
     batch = x.shape[0]
     return {
-        **_timing_metrics("train_step", step, batch),
-        **_timing_metrics("inference", forward, batch),
+        **timing_metrics("train_step", step, batch),
+        **timing_metrics("inference", forward, batch),
         "memory_source": step["memory_source"],
         "forward_gflop": flops / 1e9,
         "forward_gflops_per_s": flops / forward["median_s"] / 1e9,
@@ -157,9 +150,9 @@ def throughput(
     Raises:
         ValueError: an argument is out of range (e.g. a resolution too coarse for ``modes``).
     """
-    resolutions = _check_ints("resolutions", resolutions)
-    batch_sizes = _check_ints("batch_sizes", batch_sizes)
-    modes = _check_ints("modes", modes)
+    resolutions = check_positive_ints("resolutions", resolutions)
+    batch_sizes = check_positive_ints("batch_sizes", batch_sizes)
+    modes = check_positive_ints("modes", modes)
     for name, value in (("width", width), ("n_layers", n_layers), ("repeats", repeats), ("matmul_size", matmul_size)):
         check_int(name, value, 1)
     check_int("warmup", warmup, 0)
