@@ -2,7 +2,7 @@
 
 import pytest
 
-pytest.importorskip("curvlinops")
+pytest.importorskip("curvlinops", reason="comparison library; make test installs it with --no-deps (Makefile CURVATURE_COMPARE)")
 
 from probneural.bench import SUITES  # noqa: E402
 from probneural.bench.curvature_suite import curvature_compare  # noqa: E402

@@ -61,7 +61,6 @@ def test_default_dt_rule():
 
 
 def test_torchdiffeq_method_of_lines_agrees():
-    pytest.importorskip("torchdiffeq")
     s = 32
     x = torch.arange(s, dtype=torch.float64) / s
     u0 = torch.stack([torch.sin(2 * math.pi * x), torch.cos(2 * math.pi * x) + 0.3 * torch.sin(6 * math.pi * x)])

@@ -357,8 +357,8 @@ def test_neuralop_darcy_never_unpickles_objects(tmp_path):
 
 
 def test_neuralop_darcy_agrees_with_neuraloperator(tmp_path):
-    darcy = pytest.importorskip("neuralop.data.datasets.darcy")
-    embeddings = pytest.importorskip("neuralop.layers.embeddings")
+    darcy = pytest.importorskip("neuralop.data.datasets.darcy", reason="the compare extra (neuraloperator 2.0.0); make test installs it")
+    embeddings = pytest.importorskip("neuralop.layers.embeddings", reason="the compare extra (neuraloperator 2.0.0)")
     s = 16  # DarcyDataset accepts only the published resolutions 16, 32, 64, 128, 421
     train, test = _darcy_pt(n=5, s=s), _darcy_pt(n=3, s=s)
     torch.save({"x": train[0].float(), "y": train[1]}, tmp_path / f"darcy_train_{s}.pt")

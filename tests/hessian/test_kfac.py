@@ -207,7 +207,7 @@ class PartlyUsed(nn.Module):
 
 @pytest.mark.parametrize("shared", [False, True], ids=["mlp", "weight_sharing"])
 def test_agrees_with_curvlinops(shared):
-    curvlinops = pytest.importorskip("curvlinops")
+    curvlinops = pytest.importorskip("curvlinops", reason="comparison library; make test installs it with --no-deps (Makefile CURVATURE_COMPARE)")
     torch.manual_seed(7)
     model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
     X = torch.randn(6, 4, 3, **DOUBLE) if shared else torch.randn(6, 3, **DOUBLE)
