@@ -33,7 +33,7 @@ install: $(VENV)/.base
 install-dev: $(VENV)/.dev
 
 demo: install
-	$(PY) -m probneural.train experiment=quickstart $(DEMO_ARGS)
+	$(PY) -m probneural.train experiment=quickstart uq=laplace $(DEMO_ARGS)
 
 test: install-dev
 	$(PY) -m pytest -q

@@ -14,10 +14,18 @@ with :func:`probneural.bench.measure`:
 The direction ``v`` is random with the parameters' structure. The loss is written out
 rather than ``torch.nn.functional.mse_loss``, whose second derivative fails under
 forward-over-reverse (pytorch#123996: "ZeroTensors are immutable").
+
+Each product is timed on its own by :func:`~probneural.bench.measure`, one after the other.
+On a shared machine the load drifts between those phases, so the suite then also times
+``repeats`` interleaved rounds (``grad``, ``hvp``, ``double_backward`` back to back, CPU
+sync per call on CUDA) and reports the medians of the per-round ratios, which compare the
+products under the same load.
 """
 
 from __future__ import annotations
 
+import time
+from statistics import median
 from typing import Any, Callable, Sequence
 
 import torch
@@ -76,6 +84,27 @@ def _products(
     }
 
 
+def _interleaved_ratios(
+    products: dict[str, Callable[[], Any]], device: torch.device, rounds: int
+) -> dict[str, float]:
+    """Medians over ``rounds`` interleaved rounds of ``hvp`` / ``grad`` and ``hvp`` / ``double_backward``."""
+    names = ("grad", "hvp", "double_backward")
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds):
+        for name in names:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            products[name]()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {
+        f"hvp_over_{name}_interleaved": median(h / t for h, t in zip(times["hvp"], times[name]))
+        for name in ("grad", "double_backward")
+    }
+
+
 @SUITES.register("hessian")
 def hessian_products(
     *,
@@ -117,7 +146,9 @@ def hessian_products(
         for each product ``p`` in ``grad``, ``hvp``, ``double_backward``, ``ggn_vp`` the
         timings ``p_ms`` (median), ``p_min_ms``, ``p_iqr_ms``, ``p_samples_per_s`` and
         ``p_peak_memory_bytes``, then ``memory_source``, the time ratios ``hvp_over_grad``,
-        ``hvp_over_double_backward`` and ``ggn_vp_over_grad`` (medians), and
+        ``hvp_over_double_backward`` and ``ggn_vp_over_grad`` (medians),
+        ``hvp_over_grad_interleaved`` and ``hvp_over_double_backward_interleaved`` (medians
+        of per-round ratios over ``repeats`` interleaved rounds, see the module docstring), and
         ``hvp_double_backward_rel_diff``, the relative difference of the two Hessian-vector
         products (round-off only).
 
@@ -155,6 +186,7 @@ def hessian_products(
         metrics["hvp_over_grad"] = metrics["hvp_ms"] / metrics["grad_ms"]
         metrics["hvp_over_double_backward"] = metrics["hvp_ms"] / metrics["double_backward_ms"]
         metrics["ggn_vp_over_grad"] = metrics["ggn_vp_ms"] / metrics["grad_ms"]
+        metrics.update(_interleaved_ratios(products, device, repeats))
         metrics["hvp_double_backward_rel_diff"] = ((exact - naive).norm() / naive.norm()).item()
         case = {
             "resolution": resolution, "batch_size": batch, "modes": list(modes), "width": width, "n_layers": n_layers

@@ -1,13 +1,17 @@
-"""Data splits from a ``data`` config node (train, test and the optional zero-shot split)."""
+"""Data splits from a ``data`` config node (train, test, and the optional zero-shot, shifted and calibration splits)."""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
 from probneural.config.instantiate import to_kwargs
+from probneural.config.schema import register_schemas
 from probneural.data import OperatorDataset, generate
 
-__all__ = ["build_splits", "split_label"]
+__all__ = ["build_splits", "load_run_data", "split_label"]
 
 
 def split_label(kind: str, dataset: OperatorDataset) -> str:
@@ -28,14 +32,41 @@ def _shift_changes(data: DictConfig, options: dict[str, object]) -> dict[str, di
     return shifts
 
 
-def build_splits(data: DictConfig, *, progress: bool = True) -> dict[str, OperatorDataset]:
+def load_run_data(run_dir: str | Path) -> DictConfig:
+    """The ``data`` node of a run's resolved ``config.yaml``, merged onto its problem's schema.
+
+    Fields added to the schema after the run was made take their defaults (e.g. ``n_calibration``).
+
+    Raises:
+        FileNotFoundError: ``run_dir`` has no ``config.yaml``.
+        ValueError: the file has no ``data.problem`` or names a problem without a data schema.
+    """
+    register_schemas()
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"run_dir: expected a training run directory with a config.yaml; {path} does not exist")
+    data = OmegaConf.load(path).get("data")
+    problem = None if data is None else data.get("problem")
+    schemas = {name.removesuffix("_schema.yaml"): name for name in ConfigStore.instance().list("data")}
+    if problem not in schemas:
+        raise ValueError(f"{path}: expected data.problem to be one of {sorted(schemas)}; got {problem!r}")
+    return OmegaConf.merge(ConfigStore.instance().load(f"data/{schemas[problem]}").node, data)
+
+
+def build_splits(data: DictConfig, *, progress: bool = True, calibration: bool = False) -> dict[str, OperatorDataset]:
     """Generate (or read from the cache) the splits described by ``data``.
 
+    Args:
+        data: a ``data`` config node.
+        progress: show the generators' progress bars.
+        calibration: also make the calibration split (for UQ methods fitted on held-out data).
+
     Returns:
-        ``{"train": ..., "test": ..., "zero_shot": ..., "shift_<name>": ...}``: train and
-        test drawn with seeds ``seed`` and ``seed + 1``; the zero-shot split (only when
+        ``{"train": ..., "test": ..., "zero_shot": ..., "shift_<name>": ..., "calibration": ...}``:
+        train and test drawn with seeds ``seed`` and ``seed + 1``; the zero-shot split (only when
         ``data.zero_shot_resolution`` is set) with ``seed + 2``; one split per entry of
-        ``data.shifts`` with ``seed + 3``.
+        ``data.shifts`` with ``seed + 3``; the calibration split (only with ``calibration``) of
+        ``data.n_calibration`` samples at ``data.resolution`` with ``seed + 4``.
 
     Raises:
         ValueError: a shift changes an option the generator does not have (raised before
@@ -63,4 +94,6 @@ def build_splits(data: DictConfig, *, progress: bool = True) -> dict[str, Operat
     for name, changes in shifts.items():
         resolution = changes.pop("resolution", data.resolution)
         splits[f"shift_{name}"] = make(data.n_shift, resolution, data.seed + 3, **changes)
+    if calibration:
+        splits["calibration"] = make(data.n_calibration, data.resolution, data.seed + 4)
     return splits

@@ -95,7 +95,9 @@ class DataConfig:
     and tests the trained operator at a finer grid. Each entry of ``shifts`` names an
     out-of-distribution test set of ``n_shift`` samples: the same generator with some
     ``options`` (or ``resolution``) changed, drawn with seed ``seed + 3`` (all shifts share
-    the underlying random draws, so they differ only by the shifted parameters).
+    the underlying random draws, so they differ only by the shifted parameters). The
+    calibration split (``n_calibration`` samples at ``resolution``, seed ``seed + 4``) is
+    generated only for UQ methods fitted on held-out data (split conformal prediction).
     """
 
     problem: str = MISSING
@@ -108,6 +110,7 @@ class DataConfig:
     zero_shot_solve_resolution: Optional[int] = None
     shifts: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     n_shift: int = 50
+    n_calibration: int = 200
     cache_dir: Optional[str] = None
 
 
@@ -156,6 +159,7 @@ class FNOConfig:
     padding: float = 0.0
     activation: str = "gelu"
     cpu_chunk_bytes: Optional[int] = 16777216
+    dropout: float = 0.0
 
 
 @dataclass
@@ -191,7 +195,31 @@ class PrecisionConfig:
 
 @dataclass
 class ReportConfig:
+    """What a run's report draws and, for its UQ evaluation, which level and how many draws it scores with."""
+
     n_plot_samples: int = 4
+    alpha: float = 0.1
+    n_samples: int = 100
+
+
+@dataclass
+class UQConfig:
+    """``configs/uq/``: a UQ method fitted to a trained operator (:func:`probneural.uq.report.fit_posterior`).
+
+    ``method`` names a registered method (``probneural.uq.METHODS``) and ``options`` its keyword
+    options (the method's defaults otherwise). ``fit_split`` is the split it is fitted on:
+    ``"train"``, or ``"calibration"`` for methods that need data disjoint from the training set
+    (split conformal). With ``base``, the method ``base`` (options ``base_options``) is first
+    fitted on the training split and the resulting posterior is what ``method`` is fitted to
+    (conformal bands on a Laplace posterior). ``name`` names the output directory ``uq/<name>``.
+    """
+
+    name: str = MISSING
+    method: str = MISSING
+    options: Dict[str, Any] = field(default_factory=dict)
+    fit_split: str = "train"
+    base: Optional[str] = None
+    base_options: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -205,8 +233,34 @@ class TrainAppConfig:
     device: DeviceConfig = MISSING
     precision: PrecisionConfig = MISSING
     report: ReportConfig = field(default_factory=ReportConfig)
+    uq: Optional[UQConfig] = None
     seed: int = 0
     resume: bool = False
+    progress: bool = True
+
+
+@dataclass
+class EvaluateAppConfig:
+    """``configs/evaluate.yaml``: fit a UQ method to a trained run and report its predictive quality.
+
+    ``run_dir`` is a training run directory (its ``config.yaml`` gives the data, its
+    ``checkpoints/`` the model; ``checkpoint`` picks a file there, the newest by default).
+    ``n_calibration`` overrides the run's ``data.n_calibration``. ``alpha`` is the miscoverage
+    level of the scored intervals, ``batch_size`` the samples per fitting batch and per
+    prediction, ``n_samples`` the predictive draws behind sampled scores and simultaneous bands,
+    ``n_plot_samples`` the samples drawn per split.
+    """
+
+    run_dir: str = MISSING
+    checkpoint: Optional[str] = None
+    uq: UQConfig = MISSING
+    device: DeviceConfig = MISSING
+    n_calibration: Optional[int] = None
+    alpha: float = 0.1
+    batch_size: int = 32
+    n_samples: int = 100
+    n_plot_samples: int = 4
+    seed: int = 0
     progress: bool = True
 
 
@@ -326,6 +380,7 @@ def register_schemas() -> None:
     cs.store(name="train_schema", node=TrainAppConfig)
     cs.store(name="benchmark_schema", node=BenchmarkAppConfig)
     cs.store(name="generate_schema", node=GenerateAppConfig)
+    cs.store(name="evaluate_schema", node=EvaluateAppConfig)
     for group, name, node in (
         ("data", "darcy_schema", DarcyDataConfig),
         ("data", "burgers_schema", BurgersDataConfig),
@@ -337,6 +392,7 @@ def register_schemas() -> None:
         ("trainer", "trainer_schema", TrainerConfig),
         ("device", "device_schema", DeviceConfig),
         ("precision", "precision_schema", PrecisionConfig),
+        ("uq", "uq_schema", UQConfig),
         ("benchmark", "throughput_schema", ThroughputBenchmark),
         ("benchmark", "compare_neuralop_schema", CompareNeuralopBenchmark),
         ("benchmark", "data_generation_schema", DataGenerationBenchmark),

@@ -4,15 +4,17 @@ Equations: ``w_t + u·∇w = ν Δw + f`` with velocity ``u = ∇^⊥ψ = (∂_y
 stream function ``−Δψ = w``, on ``[0, 1)²`` with periodic boundaries. ``w[..., i, j]`` is the
 vorticity at ``(x_i, y_j) = (i, j) / s`` (first spatial axis = ``x``).
 
-Space: Fourier pseudo-spectral on the ``s × s`` grid (``torch.fft.rfft2``); the state is the
-spectrum of ``w``. The advection term ``u·∇w`` is evaluated by the 2/3 rule: ``u`` and ``∇w``
-are formed from the modes ``|k_x|, |k_y| <= K = ⌊(s − 1) / 3⌋`` only, multiplied on the
-grid and the product truncated to the same modes, which makes it the exact Galerkin
-truncation (no aliasing) and conserves energy and enstrophy of the truncated inviscid
-system. Modes above ``K`` do not interact; they only decay viscously (and follow the
-forcing). The mean mode of the advection term is set to zero (it is a divergence), and
-``ψ`` has zero mean, so the mean of ``w`` changes only through the forcing's mean: zero-mean
-vorticity stays exactly zero-mean under zero-mean forcing.
+Space: Fourier pseudo-spectral on the ``s × s`` grid; the state is the spectrum of ``w``
+(``torch.fft.rfft2``, halved along ``x``). The advection term is evaluated by the 2/3 rule in the
+form of Basdevant (1983), ``u·∇w = (∂_xx − ∂_yy)(u v) + ∂_x∂_y(v² − u²)`` (an identity for
+divergence-free ``u``): ``u`` and ``v`` are formed from the modes
+``|k_x|, |k_y| <= K = ⌊(s − 1) / 3⌋`` only, the products ``u v`` and ``v² − u²`` on the grid,
+and their derivatives truncated to the same modes. This is the exact Galerkin truncation of
+``u·∇w`` (no aliasing) and conserves energy and enstrophy of the truncated inviscid system.
+Modes above ``K`` do not interact; they only decay viscously (and follow the forcing). The
+mean mode of the advection term is set to zero (it is a divergence), and ``ψ`` has zero mean,
+so the mean of ``w`` changes only through the forcing's mean: zero-mean vorticity stays
+exactly zero-mean under zero-mean forcing.
 
 Time: the low-storage IMEX Runge–Kutta scheme of Spalart, Moser & Rogers (1991),
 "RK3–CN": three stages, explicit third-order Runge–Kutta on ``E(w) = f − u·∇w``
@@ -22,14 +24,14 @@ Time: the low-storage IMEX Runge–Kutta scheme of Spalart, Moser & Rogers (1991
     ``w_k = [(1 − α_k hD) w_{k−1} + h (γ_k E(w_{k−1}) + ζ_k E(w_{k−2}))] / (1 + α_k hD)``, ``k = 1, 2, 3``
 
 with ``γ = (8/15, 5/12, 3/4)``, ``ζ = (0, −17/60, −5/12)``, ``α_k = (γ_k + ζ_k) / 2`` and
-``wⁿ⁺¹ = w₃``: three advection evaluations (15 two-dimensional FFTs) per step. The scheme is
-second order (the Crank–Nicolson part limits it; the advection part alone is third order).
-Unlike any two-stage second-order Runge–Kutta method (Heun) or AB2, its explicit part is
-stable on the imaginary axis up to ``|θ| <= √3`` for an advective phase ``θ`` per step, so it
-damps rather than amplifies the fastest resolved modes even at vanishing viscosity: at
-``ν = 1e-5`` (128², ``T = 10``) Heun–CN blew up at the CFL number 0.5 while RK3–CN was stable
-up to 1.0 and 2.7× cheaper at equal accuracy. A steady state of the scheme satisfies
-``D w = E(w)`` exactly, as the PDE does (``2 α_k = γ_k + ζ_k``).
+``wⁿ⁺¹ = w₃``: three advection evaluations (one inverse and one forward complex 2-D FFT each)
+per step. The scheme is second order (the Crank–Nicolson part limits it; the advection part
+alone is third order). Unlike any two-stage second-order Runge–Kutta method (Heun) or AB2,
+its explicit part is stable on the imaginary axis up to ``|θ| <= √3`` for an advective phase
+``θ`` per step, so it damps rather than amplifies the fastest resolved modes even at
+vanishing viscosity: at ``ν = 1e-5`` (128², ``T = 10``) Heun–CN blew up at the CFL number 0.5
+while RK3–CN was stable up to 1.0 and 2.7× cheaper at equal accuracy. A steady state of the
+scheme satisfies ``D w = E(w)`` exactly, as the PDE does (``2 α_k = γ_k + ζ_k``).
 
 Step size: either ``dt`` (each output interval is cut into the fewest equal steps
 ``<= dt``) or a CFL rule recomputed at every step and for every sample separately from the
@@ -61,7 +63,7 @@ __all__ = ["DEFAULT_CFL", "GENERATOR_VERSION", "TASKS", "dealiasing_cutoff", "fn
 
 # Bump whenever a change to this module, the GRF or the seeding changes the generated numbers:
 # it is part of every cache key, so stale cache files are never reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 TASKS = ("final", "rollout")
 
@@ -83,6 +85,9 @@ _ESTIMATED_TIME_ERROR = (
     "1.6e-6 (nu 1e-5, 256², T 20)"
 )
 
+# Extra elements per row of the buffers that are read column-wise (see _Spectral).
+_ROW_PADDING = 8
+
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 Forcing = Union[torch.Tensor, Callable[[torch.Tensor, torch.Tensor], torch.Tensor], None]
@@ -98,75 +103,119 @@ def dealiasing_cutoff(resolution: int) -> int:
 
 
 class _Spectral:
-    """Wavenumber tables and work buffers of one grid, viscosity and batch, in the state's dtype and device.
+    """Wavenumber tables, work buffers and the advection term of one grid and viscosity.
 
-    The advection term lives on the 2/3 modes, so its transforms touch only the first
-    ``K + 1`` columns of the half spectrum (the column FFTs run on ``K + 1`` instead of
-    ``s // 2 + 1`` columns). The large intermediates of every advection evaluation are
-    written into buffers allocated once: fresh multi-megabyte allocations cost page faults
-    on every call (glibc returns them to the OS), which made batched float64 steps 1.2–1.3×
-    slower (batches of 4–16 at 256², CPU).
-    Hence the solver is not differentiable.
+    Layout: the state is the half spectrum ``ŵ[b, k_x, k_y]`` of shape `(B, s // 2 + 1, s)`
+    (``torch.fft.rfft2(w, dim=(-1, -2))``, halved along ``x``), so that every transform of the
+    advection term runs along the last, contiguous axis.
+
+    Advection in the form of Basdevant (1983): for divergence-free ``u = (u, v)``,
+    ``u·∇w = (∂_xx − ∂_yy)(u v) + ∂_x∂_y(v² − u²)``: two fields in and two products out instead
+    of four fields in (``u``, ``v``, ``∂_x w``, ``∂_y w``) and one out. Each pair of real fields
+    travels as one complex field: ``z = u + i v`` in, ``z² = (u² − v²) + 2i u v`` out. Both
+    complex 2-D transforms skip what the 2/3 rule discards: the inverse one transforms along
+    ``y`` only the ``2K + 1`` lines ``|k_x| <= K`` (a line ``k_x < 0`` is the conjugate of the
+    transform of a line built from the stored ``−k_x``), the forward one only the ``2K + 2``
+    lines that the modes ``0 <= k_x <= K`` and their mirror images ``−k`` need. The products
+    are formed from the 2/3 modes and truncated to them, so the term is the same Galerkin
+    truncation as ``u·∇w`` evaluated directly. Per evaluation: ``2K + 1 + s`` inverse and
+    ``s + 2K + 2`` forward complex 1-D transforms of length ``s``.
+
+    Between the two passes of each 2-D transform the lines are transposed. The transposes read
+    from buffers whose rows are padded by :data:`_ROW_PADDING` elements: a power-of-two row
+    stride maps a column onto a few cache sets, which made these copies 3–4 times slower (256²,
+    CPU). The buffers are allocated once, for up to ``batch`` samples (fresh multi-megabyte
+    allocations cost page faults on every call: glibc returns them to the OS); hence the solver
+    is not differentiable.
 
     Args:
         resolution: points per axis ``s``.
         viscosity: ``ν > 0``.
-        batch: samples per step ``B``.
+        batch: most samples per call ``B``.
         dtype: real dtype (float32 or float64).
         device: device of the tables and buffers.
 
     Attributes:
-        columns: ``K + 1``, the half-spectrum columns that hold 2/3 modes.
-        decay: `(s, s // 2 + 1)` real viscous decay rate ``ν (2π|k|)²``.
-        operators: `(4, 1, s, K + 1)` complex multipliers taking ``ŵ`` to the spectra of
-            ``u = ∂_y ψ``, ``v = −∂_x ψ``, ``∂_x w``, ``∂_y w``, zero outside the 2/3 modes.
-        keep: `(s, K + 1)` real 0/1 mask of the 2/3 modes without the mean mode.
+        rows: ``K + 1``, the half-spectrum rows ``0 <= k_x <= K`` that hold 2/3 modes.
+        decay: `(s // 2 + 1, s)` real viscous decay rate ``ν (2π|k|)²``.
     """
 
     def __init__(self, resolution: int, viscosity: float, batch: int, dtype: torch.dtype, device: torch.device) -> None:
-        kx = torch.fft.fftfreq(resolution, d=1.0 / resolution, dtype=dtype, device=device)[:, None]
-        ky = torch.fft.rfftfreq(resolution, d=1.0 / resolution, dtype=dtype, device=device)[None, :]
-        cutoff = dealiasing_cutoff(resolution)
-        self.resolution = resolution
-        self.columns = cutoff + 1
+        s, cutoff = resolution, dealiasing_cutoff(resolution)
+        kx = torch.fft.rfftfreq(s, d=1.0 / s, dtype=dtype, device=device)[:, None]
+        ky = torch.fft.fftfreq(s, d=1.0 / s, dtype=dtype, device=device)[None, :]
+        self.resolution, self.cutoff, self.rows = s, cutoff, cutoff + 1
         self.decay = viscosity * (2 * math.pi) ** 2 * (kx**2 + ky**2)
-        ky = ky[:, : self.columns]
-        keep = (kx.abs() <= cutoff).expand(-1, self.columns).clone()
+        kx = kx[: self.rows]
+        keep = (ky.abs() <= cutoff).expand(self.rows, -1).clone()
         keep[0, 0] = False
-        laplacian = (2 * math.pi) ** 2 * (kx**2 + ky**2)  # symbol of −Δ
-        inverse_laplacian = torch.where(keep, 1 / torch.where(keep, laplacian, 1.0), 0.0)
-        dx, dy = 2j * math.pi * kx, 2j * math.pi * ky
-        self.keep = keep.to(dtype)
-        self.operators = torch.stack(
-            torch.broadcast_tensors(dy * inverse_laplacian, -dx * inverse_laplacian, dx * self.keep, dy * self.keep)
-        ).unsqueeze(1)
+        keep = keep.to(dtype)
+        squared = torch.where(keep > 0, kx**2 + ky**2, 1.0)
+        # ẑ = (k_x + i k_y) ŵ / (2π|k|²) on the lines k_x = 0..K. The line −k_x is the conjugate of the
+        # transform of (−k_x + i k_y) ŵ(k_x, ·) / (2π|k|²), built for k_x = K down to 1. The factor
+        # 1 / s² makes the unscaled inverse transforms those of rfft2's spectrum.
+        scale = keep / (2 * math.pi * s**2 * squared)
+        self._to_velocity = torch.complex(kx, ky) * scale
+        self._to_velocity_mirrored = (torch.complex(-kx, ky) * scale)[1:].flip(0)
+        self._mirrored_rows = torch.arange(cutoff, 0, -1, device=device)
+        # u·∇w = c Q + conj(c) Q̃ with Q the spectrum of z², Q̃(k) = conj(Q(−k)) and
+        # c = (2π)² (k_x k_y / 2 + i (k_x² − k_y²) / 4) on the 2/3 modes.
+        c = torch.complex(kx * ky / 2, (kx**2 - ky**2) / 4) * (2 * math.pi) ** 2 * keep
+        self._from_square, self._from_square_mirrored = c, c.conj().resolve_conj()
+        # The forward lines hold Q̃ for k_x = 0, K, K − 1, ..., 1 after those of Q for k_x = 0..K.
+        self._mirrored_lines = torch.tensor([self.rows, *range(2 * self.rows - 1, self.rows, -1)], device=device)
         complex_dtype = _COMPLEX[dtype]
-        self._spectra = torch.empty((4, batch, resolution, self.columns), dtype=complex_dtype, device=device)
-        # Columns above K stay zero: the inverse real transform reads the full half spectrum.
-        self._padded = torch.zeros((4, batch, resolution, resolution // 2 + 1), dtype=complex_dtype, device=device)
-        self._fields = torch.empty((4, batch, resolution, resolution), dtype=dtype, device=device)
-        self._product = torch.empty((batch, resolution, resolution), dtype=dtype, device=device)
-        self._product_hat = torch.empty((batch, resolution, resolution // 2 + 1), dtype=complex_dtype, device=device)
+        lines = 2 * cutoff + 1
+        self._lines = torch.empty((batch, lines, s), dtype=complex_dtype, device=device)
+        self._mirrored = torch.empty((batch, cutoff, s), dtype=complex_dtype, device=device)
+        self._line_values = _padded((batch, lines, s), complex_dtype, device)
+        # Columns K < k_x < s − K stay zero: the lines the 2/3 rule discards.
+        self._spectrum_rows = torch.zeros((batch, s, s), dtype=complex_dtype, device=device)
+        self._square = _padded((batch, s, s), complex_dtype, device)
+        self._square_lines = torch.empty((batch, 2 * self.rows, s), dtype=complex_dtype, device=device)
+
+    def velocity(self, w_hat: torch.Tensor) -> torch.Tensor:
+        """``z = u + i v`` on the grid from the 2/3 modes of ``ŵ``.
+
+        Args:
+            w_hat: `(B, s // 2 + 1, s)` vorticity half spectrum.
+
+        Returns:
+            `(B, s, s)` complex ``z[b, j, i] = (u + i v)(x_i, y_j)`` (transposed grid; a new tensor).
+        """
+        batch, rows, cutoff = w_hat.shape[0], self.rows, self.cutoff
+        lines, mirrored = self._lines[:batch], self._mirrored[:batch]
+        line_values, spectrum_rows = self._line_values[:batch], self._spectrum_rows[:batch]
+        torch.mul(self._to_velocity, w_hat[:, :rows], out=lines[:, :rows])
+        torch.index_select(w_hat, 1, self._mirrored_rows, out=mirrored)
+        torch.mul(self._to_velocity_mirrored, mirrored, out=lines[:, rows:])
+        torch.fft.ifft(lines, dim=-1, norm="forward", out=line_values)
+        spectrum_rows[..., :rows] = line_values[:, :rows].mT
+        torch.conj_physical(line_values[:, rows:].mT, out=spectrum_rows[..., -cutoff:])
+        return torch.fft.ifft(spectrum_rows, dim=-1, norm="forward")
 
     def advection(self, w_hat: torch.Tensor, *, with_speed: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The dealiased advection term ``u·∇w`` and, if asked, the CFL speed ``max_x(|u| + |v|)``.
 
         Args:
-            w_hat: `(B, s, s // 2 + 1)` vorticity spectrum.
+            w_hat: `(B, s // 2 + 1, s)` vorticity half spectrum.
             with_speed: also return the speed (else ``None``).
 
         Returns:
-            `(B, s, K + 1)` spectrum of ``u·∇w`` on the first ``K + 1`` columns (a new
-            tensor), and `(B,)` speed or ``None``.
+            `(B, K + 1, s)` spectrum of ``u·∇w`` on the rows ``0 <= k_x <= K`` (a new tensor), and
+            `(B,)` speed or ``None``.
         """
-        s, columns = self.resolution, self.columns
-        torch.mul(self.operators, w_hat[..., :columns], out=self._spectra)
-        torch.fft.ifft(self._spectra, dim=-2, out=self._padded[..., :columns])
-        u, v, w_x, w_y = torch.fft.irfft(self._padded, n=s, dim=-1, out=self._fields)
-        torch.mul(u, w_x, out=self._product).addcmul_(v, w_y)
-        speed = (u.abs() + v.abs()).amax(dim=(-2, -1)) if with_speed else None
-        torch.fft.rfft(self._product, dim=-1, out=self._product_hat)
-        return torch.fft.fft(self._product_hat[..., :columns], dim=-2).mul_(self.keep), speed
+        batch, rows, cutoff = w_hat.shape[0], self.rows, self.cutoff
+        square, lines = self._square[:batch], self._square_lines[:batch]
+        z = self.velocity(w_hat)
+        speed = (z.real.abs() + z.imag.abs()).amax(dim=(-2, -1)) if with_speed else None
+        torch.fft.fft(z.mul_(z), dim=-1, out=square)
+        lines[:, :rows] = square[..., :rows].mT
+        torch.conj_physical(square[..., 0], out=lines[:, rows])
+        torch.conj_physical(square[..., -cutoff:].mT, out=lines[:, rows + 1 :])
+        lines = torch.fft.fft(lines, dim=-1)
+        mirrored = lines.index_select(1, self._mirrored_lines)
+        return torch.mul(self._from_square, lines[:, :rows]).addcmul_(self._from_square_mirrored, mirrored), speed
 
     def step(
         self,
@@ -178,28 +227,41 @@ class _Spectral:
         """One RK3–Crank–Nicolson step of length ``h`` per sample (see the module docstring).
 
         Args:
-            w_hat: `(B, s, s // 2 + 1)` vorticity spectrum ``ŵⁿ`` (not modified).
-            advection: `(B, s, K + 1)` advection term of ``wⁿ`` from :meth:`advection`.
+            w_hat: `(B, s // 2 + 1, s)` vorticity half spectrum ``ŵⁿ`` (not modified).
+            advection: `(B, K + 1, s)` advection term of ``wⁿ`` from :meth:`advection`.
             h: `(B,)` step lengths in the state's real dtype; ``h = 0`` leaves a sample unchanged.
-            forcing_hat: `(B or 1, s, s // 2 + 1)` forcing spectrum, or ``None``.
+            forcing_hat: `(B or 1, s // 2 + 1, s)` forcing half spectrum, or ``None``.
 
         Returns:
-            `(B, s, s // 2 + 1)` spectrum ``ŵⁿ⁺¹``.
+            `(B, s // 2 + 1, s)` half spectrum ``ŵⁿ⁺¹``.
         """
         h = h[:, None, None]
         previous = None
         for stage, (gamma, zeta) in enumerate(_RK3_WEIGHTS):
             if stage:
                 previous, (advection, _) = advection, self.advection(w_hat)
-            half_decay = self.decay * ((0.5 * (gamma + zeta)) * h)
-            update = torch.addcmul(w_hat, w_hat, half_decay, value=-1)  # (1 − α h D) ŵ
+            alpha_h = (0.5 * (gamma + zeta)) * h
+            inverse = torch.addcmul(torch.ones_like(alpha_h), self.decay, alpha_h).reciprocal_()  # 1 / (1 + αhD)
+            w_next = w_hat * inverse.mul(2).sub_(1)  # (1 − αhD) / (1 + αhD) ŵ
             if forcing_hat is not None:
-                update.addcmul_(forcing_hat, (gamma + zeta) * h)
-            update[..., : self.columns].addcmul_(advection, gamma * h, value=-1)
+                w_next.add_(forcing_hat * inverse.mul(2 * alpha_h))
+            explicit = advection * (-gamma * h)
             if previous is not None:
-                update[..., : self.columns].addcmul_(previous, zeta * h, value=-1)
-            w_hat = update.div_(half_decay.add_(1))
+                explicit.add_(previous * (-zeta * h))
+            w_next[:, : self.rows].add_(explicit.mul_(inverse[:, : self.rows]))
+            w_hat = w_next
         return w_hat
+
+
+def _padded(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised tensor of ``shape`` whose rows are :data:`_ROW_PADDING` elements longer than its last axis."""
+    *leading, last = shape
+    return torch.empty((*leading, last + _ROW_PADDING), dtype=dtype, device=device)[..., :last]
+
+
+def _half_spectrum(w: torch.Tensor) -> torch.Tensor:
+    """`(..., s, s)` real field to its contiguous `(..., s // 2 + 1, s)` spectrum, halved along ``x``."""
+    return torch.fft.rfft2(w, dim=(-1, -2)).contiguous()
 
 
 def _check_vorticity(w0: torch.Tensor | object) -> torch.Tensor:
@@ -281,7 +343,9 @@ def solve(
     See the module docstring for the discretisation, the RK3–Crank–Nicolson scheme and the
     step-size rule. Runs on ``w0``'s device in ``w0``'s dtype (float32 or float64; integer
     input is converted to the default dtype); the samples of a batch are independent. The
-    solve reuses work buffers and is not differentiable.
+    solve reuses work buffers and is not differentiable. On a CPU the batch is integrated in
+    chunks of one sample per thread (see :func:`_chunk_size`); other devices integrate the
+    whole batch at once.
 
     Args:
         w0: `(B, s, s)` or `(s, s)` initial vorticity on ``(x_i, y_j) = (i, j) / s``, ``s >= 4``.
@@ -321,10 +385,62 @@ def solve(
     w = w0.unsqueeze(0) if unbatched else w0
     forcing = _check_forcing(forcing, w)
 
+    forcing_hat = None if forcing is None else _half_spectrum(forcing.reshape(-1, *forcing.shape[-2:]))
+    batch, s = w.shape[0], w.shape[-1]
+    chunk = _chunk_size(batch, w.device)
+    spectral = _Spectral(s, viscosity, chunk, w.dtype, w.device)
+    snapshots = []
+    for start in range(0, batch, chunk):
+        part = slice(start, start + chunk)
+        part_forcing = forcing_hat if forcing_hat is None or forcing_hat.shape[0] == 1 else forcing_hat[part]
+        snapshots.append(_integrate(spectral, w[part], times, part_forcing, dt=dt, cfl=cfl, max_dt=max_dt))
+    out = torch.cat(snapshots)
+    if single:
+        out = out[:, 0]
+    return out[0] if unbatched else out
+
+
+def _chunk_size(batch: int, device: torch.device) -> int:
+    """Samples integrated together: on a CPU one per intra-op thread, elsewhere the whole batch.
+
+    One 256² sample's work arrays (1 MB each in float64) already exceed a core's L2 cache: with
+    one thread, chunks of 4 and 8 samples were 1.4× slower per sample than single samples
+    (float64). With several threads, one sample per thread keeps the per-thread working set the
+    same while the element-wise operations on the 2/3 rows (``(K + 1) s`` elements per sample,
+    22k at 256², below PyTorch's parallel grain of 32768) become large enough to be split.
+    """
+    return min(batch, torch.get_num_threads()) if device.type == "cpu" else batch
+
+
+def _integrate(
+    spectral: _Spectral,
+    w: torch.Tensor,
+    times: list[float],
+    forcing_hat: torch.Tensor | None,
+    *,
+    dt: float | None,
+    cfl: float,
+    max_dt: float | None,
+) -> torch.Tensor:
+    """Advance the validated vorticity ``w`` through the output ``times`` (see :func:`solve`).
+
+    Args:
+        spectral: tables and buffers of the grid and viscosity, for at least ``B`` samples.
+        w: `(B, s, s)` initial vorticity.
+        times: increasing output times ``>= 0``.
+        forcing_hat: `(B or 1, s // 2 + 1, s)` forcing half spectrum, or ``None``.
+        dt: fixed step, or ``None`` for the CFL rule.
+        cfl: CFL number of the adaptive rule.
+        max_dt: upper bound on the adaptive step, or ``None``.
+
+    Returns:
+        `(B, len(times), s, s)` snapshots.
+
+    Raises:
+        RuntimeError: the solution became non-finite.
+    """
     batch, s, dtype, device = w.shape[0], w.shape[-1], w.dtype, w.device
-    spectral = _Spectral(s, viscosity, batch, dtype, device)
-    w_hat = torch.fft.rfft2(w)
-    forcing_hat = None if forcing is None else torch.fft.rfft2(forcing)
+    w_hat = _half_spectrum(w)
     clock = torch.zeros(batch, dtype=torch.float64, device=device)
     snapshots = []
     previous = 0.0
@@ -342,7 +458,7 @@ def solve(
             h = _step_lengths(remaining, limit)
             w_hat = spectral.step(w_hat, advection, h.to(dtype), forcing_hat)
             clock = torch.where(h == remaining, target, clock + h)
-        snapshot = torch.fft.irfft2(w_hat, s=(s, s))
+        snapshot = torch.fft.irfft2(w_hat, s=(s, s), dim=(-1, -2))
         if not bool(torch.isfinite(snapshot).all()):
             raise RuntimeError(
                 f"Navier–Stokes solution became non-finite before t = {target:g}; "
@@ -350,8 +466,7 @@ def solve(
             )
         snapshots.append(snapshot)
         previous = target
-    out = snapshots[0] if single else torch.stack(snapshots, dim=1)
-    return out[0] if unbatched else out
+    return torch.stack(snapshots, dim=1)
 
 
 def fno_forcing(x: torch.Tensor, y: torch.Tensor, amplitude: float = 0.1) -> torch.Tensor:
@@ -448,9 +563,8 @@ def generate(
         cfl: CFL number of the time step (:data:`DEFAULT_CFL`).
         solve_dtype: dtype of the solve, float64 or float32 (about twice as fast on CPU,
             rounding ~1e-6 relative).
-        batch_size: samples solved at once. On a CPU batches of 1–4 are fastest (the 256²
-            FFTs of larger batches fall out of cache: 1.6× slower per sample at 16 in
-            float64); on a GPU raise it to fill the device.
+        batch_size: samples generated per call of :func:`solve` (on a CPU it integrates them
+            one at a time anyway, see :func:`solve`); on a GPU raise it to fill the device.
         dtype: dtype of the returned tensors.
         device: device of the computation and of the result (default: CPU).
         cache_dir: if set, load from / store to this on-disk cache (:mod:`probneural.data.cache`).

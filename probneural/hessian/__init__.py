@@ -1,4 +1,4 @@
-"""Curvature engine: exact Hessian-vector products, dense Hessians, GGN products and diagonals, K-FAC, the closed-form last layer, Lanczos.
+"""Curvature engine: exact Hessian-vector products, dense Hessians, GGN products and diagonals (exact and Monte Carlo), K-FAC, the closed-form last layer, Lanczos.
 
 Complex parameters are differentiated through their real view. Every curvature object is a
 matrix-free :class:`LinearOperator` over the flattened real parameter vector.
@@ -8,6 +8,7 @@ matrix-free :class:`LinearOperator` over the flattened real parameter vector.
 >>> H = hessian.dense(f, params)      # doctest: +SKIP
 """
 
+from probneural.hessian.diagonal_mc import ggn_diagonal_mc
 from probneural.hessian.functional import dense, hvp
 from probneural.hessian.ggn import (
     functional_model,
@@ -18,7 +19,13 @@ from probneural.hessian.ggn import (
     loss_hessian_sqrt,
 )
 from probneural.hessian.hutchinson import hutchinson_diagonal
-from probneural.hessian.kfac import KFACVariant, KroneckerBlock, KroneckerOperator, kfac_operator
+from probneural.hessian.kfac import (
+    KFACVariant,
+    KroneckerBlock,
+    KroneckerOperator,
+    SpectralKroneckerBlock,
+    kfac_operator,
+)
 from probneural.hessian.last_layer import last_layer_ggn
 from probneural.hessian.lanczos import lanczos
 from probneural.hessian.operator import LinearOperator
@@ -28,9 +35,11 @@ __all__ = [
     "KroneckerBlock",
     "KroneckerOperator",
     "LinearOperator",
+    "SpectralKroneckerBlock",
     "dense",
     "functional_model",
     "ggn_diagonal",
+    "ggn_diagonal_mc",
     "ggn_operator",
     "ggn_vp",
     "hessian_operator",

@@ -1,4 +1,4 @@
-"""Kronecker-factored approximate curvature (K-FAC) of the GGN for ``nn.Linear`` and :class:`Pointwise` layers.
+"""Kronecker-factored approximate curvature (K-FAC) of the GGN for ``nn.Linear``, :class:`Pointwise` and :class:`SpectralConv` layers.
 
 For a layer ``s = W a + b`` the GGN block of its parameters is approximated by one Kronecker
 product ``B ⊗ A`` (Martens & Grosse, ICML 2015), for the losses of
@@ -22,16 +22,43 @@ With ``A`` normalised by ``R`` and ``B`` summed, the factors follow curvlinops' 
 
 **Parameter layout.** Each block acts on ``[weight.flatten(); bias]`` (row-major weight
 `(o, i)`, then the bias `(o,)`), the layers in the order of ``model.named_modules()``, i.e. the
-order of ``model.named_parameters()`` restricted to the covered layers; other parameters (e.g.
-spectral weights) are not covered. :attr:`KroneckerOperator.names` lists what is.
+order of ``model.named_parameters()`` restricted to the covered layers; other parameters are not
+covered. :attr:`KroneckerOperator.names` lists what is.
+
+**Spectral layers** (opt-in: ``kfac_operator(..., spectral=True)``; :class:`SpectralKroneckerBlock`).
+A :class:`SpectralConv` computes ``y_k = W_kᵀ x_k`` at every kept mode ``k``: complex coefficients
+``x_k`` `(i,)`, ``y_k`` `(o,)`, a complex `(i, o)` weight per mode stored through its real view
+`(i, o, 2)`. With ``g`` the backpropagated gradient at ``y_k`` (``∂/∂Re y + i ∂/∂Im y``), the weight's
+gradient is ``x̄ gᵀ``; the real rank-one curvature ``r rᵀ`` of the real view ``r`` of
+``v = x̄ ⊗ g`` acts on the complex view ``u`` of a direction as ``u ↦ ½ (v v^H u + v vᵀ ū)``.
+
+*No Kronecker product can be exact here*: a factor of ``x`` times a factor of ``g`` in any fixed
+real basis fails already for ``i = o = 1``, where ``r`` is ``(Re g, Im g)`` rotated by the phase of
+``x̄``. The exact structure is *widely linear*; summed over the samples and factorised like K-FAC
+(expand over the samples, ``R`` of them: each mode's weight acts once per sample),
+
+    ``G_k ≈ ½ (H_A ⊗ H_B) u + ½ (S_A ⊗ S_B) ū``,
+    ``H_A = (1/R) Σ x̄ xᵀ``, ``S_A = (1/R) Σ x̄ x̄ᵀ``, ``H_B = Σ g g^H``, ``S_B = Σ g gᵀ``,
+
+which is all that the real second moments ``A = (1/R) Σ x̃ x̃ᵀ`` `(2i, 2i)` and ``B = Σ ĝ ĝᵀ``
+`(2o, 2o)` of the real views hold (:func:`complex_moments`). Its damped inverse has no closed form (a
+complex-linear plus a conjugate-linear Kronecker product plus ``δ I``), so the block keeps the
+complex-linear part and the conjugate-linear part on the diagonal of the eigenbasis ``q_a ⊗ p_b`` of
+``H_A ⊗ H_B`` (``H_A q_a = λ_a q_a``, ``H_B p_b = μ_b p_b``): with ``α_a = q_aᴴ S_A q̄_a`` and
+``β_b = p_bᴴ S_B p̄_b``, the coordinate ``c_ab`` in that basis is mapped to
+``½ (λ_a μ_b c + α_a β_b c̄)``, a real 2 × 2 block with eigenvalues ``½ (λ_a μ_b ± |α_a β_b|)``:
+products, the diagonal, solves and log-determinants stay closed-form. For one sample and one output
+direction (``H_A``, ``H_B`` of rank one) every mode's block is ``r rᵀ``, exact; otherwise it is an
+approximation, and the couplings between modes (and between layers) are dropped.
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from enum import Enum
 from functools import cached_property
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -40,8 +67,9 @@ from probneural.hessian.ggn import functional_model, loss_hessian_sqrt
 from probneural.hessian.operator import LinearOperator
 from probneural.hessian.structure import cast
 from probneural.operators.pointwise import Pointwise
+from probneural.operators.spectral import SpectralConv, kept_frequencies, kept_shape
 
-__all__ = ["KFACVariant", "KroneckerBlock", "KroneckerOperator", "kfac_operator"]
+__all__ = ["KFACVariant", "KroneckerBlock", "KroneckerOperator", "SpectralKroneckerBlock", "kfac_operator"]
 
 LAYER_TYPES = (nn.Linear, Pointwise)
 
@@ -80,7 +108,8 @@ def augmented(rows: Tensor, bias: bool) -> Tensor:
 
 def has_trainable_bias(module: nn.Module) -> bool:
     """Whether a layer's bias exists and is trained (then it is part of the curvature)."""
-    return module.bias is not None and module.bias.requires_grad
+    bias = getattr(module, "bias", None)
+    return bias is not None and bias.requires_grad
 
 
 def parameter_names(name: str, module: nn.Module) -> tuple[str, ...]:
@@ -143,6 +172,7 @@ class KroneckerBlock:
         self.in_features = input_factor.shape[0] - self.bias
         self.out_features = output_factor.shape[0]
         self.size = self.out_features * input_factor.shape[0]
+        self.dtype, self.device = input_factor.dtype, input_factor.device
 
     def _matrices(self, V: Tensor) -> Tensor:
         """Columns `(size, k)` of parameter vectors → augmented weights `(k, o, i [+ 1])`."""
@@ -184,43 +214,215 @@ class KroneckerBlock:
         return torch.log(self._eigen[0] + damping).sum()
 
 
-class KroneckerOperator(LinearOperator):
-    """Block-diagonal `(P, P)` curvature with one Kronecker product ``B ⊗ A`` per layer.
+def spectral_coefficients(field: Tensor, modes: Sequence[int]) -> Tensor:
+    """The kept Fourier coefficients ``X_k = Σ_j x_j e^{-2πi k·j/n}`` of a field, in the order of the weight.
 
-    Products, the diagonal and ``to_dense`` are exact for the Kronecker-factored matrix ``K``.
-    :meth:`solve` and :meth:`logdet` treat ``K + δ I`` exactly (no factor-wise damping
-    heuristic) through the eigendecompositions ``A = Q_A Λ_A Q_Aᵀ``, ``B = Q_B Λ_B Q_Bᵀ``, computed
-    once and reused for every ``δ``: ``(B ⊗ A + δ I)⁻¹ = (Q_B ⊗ Q_A)(Λ_B ⊗ Λ_A + δ I)⁻¹(Q_B ⊗ Q_A)ᵀ``.
+    Args:
+        field: `(b, c, *spatial)` real field.
+        modes: the :class:`SpectralConv`'s kept modes per spatial axis.
+
+    Returns:
+        `(b, c, F)` complex, ``F = prod(kept_shape(modes))`` modes in the row-major order of the
+        weight's leading `(*kept)` axes (frequencies as :func:`kept_frequencies`).
+    """
+    coefficients = torch.fft.rfftn(field, dim=tuple(range(2, field.dim())))
+    for axis, m in enumerate(modes):
+        index = kept_frequencies(m, axis == len(modes) - 1) % field.shape[2 + axis]
+        coefficients = coefficients.index_select(2 + axis, index.to(field.device))
+    return coefficients.flatten(2)
+
+
+def spectral_output_gradient(grad: Tensor, modes: Sequence[int]) -> Tensor:
+    """The gradient ``g_k = ∂/∂Re y_k + i ∂/∂Im y_k`` at the output coefficients from that at the output field.
+
+    The layer's output is ``s = irfftn(y)`` over the kept modes (zero elsewhere), real-linear in ``y``;
+    its adjoint is ``g_k = w_k / N · rfftn(∂/∂s)_k`` with ``N = Π spatial`` and ``w_k = 2`` for a
+    positive last-axis frequency (it stands for ``±k``), else 1.
+
+    Args:
+        grad: `(b, o, *spatial)` gradient at the layer's output field.
+        modes: the layer's kept modes.
+
+    Returns:
+        `(b, o, F)` complex, in the order of :func:`spectral_coefficients`.
+    """
+    last = torch.full((modes[-1],), 2.0, dtype=grad.dtype, device=grad.device)
+    last[0] = 1.0
+    return spectral_coefficients(grad, modes) * (last / math.prod(grad.shape[2:])).repeat(
+        math.prod(kept_shape(modes)[:-1])
+    )
+
+
+def real_rows(coefficients: Tensor) -> Tensor:
+    """Complex coefficients `(b, c, F)` as real rows per mode `(F, b, 2c)`: ``(Re, Im)`` of each channel in turn."""
+    b, c, f = coefficients.shape
+    return torch.view_as_real(coefficients).permute(2, 0, 1, 3).reshape(f, b, 2 * c)
+
+
+def complex_moments(factor: Tensor) -> tuple[Tensor, Tensor]:
+    """``(E[v v^H], E[v vᵀ])`` `(F, n, n)` of a complex ``v`` from ``E[ṽ ṽᵀ]`` `(F, 2n, 2n)` of its real view
+    ``ṽ = (Re v_1, Im v_1, ..., Re v_n, Im v_n)``."""
+    f, n = factor.shape[0], factor.shape[1] // 2
+    parts = factor.reshape(f, n, 2, n, 2)
+    rr, ri, ir, ii = parts[:, :, 0, :, 0], parts[:, :, 0, :, 1], parts[:, :, 1, :, 0], parts[:, :, 1, :, 1]
+    return torch.complex(rr + ii, ir - ri), torch.complex(rr - ii, ir + ri)
+
+
+def _eigenbasis(hermitian: Tensor, symmetric: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Eigenvalues ``λ`` `(F, n)` (clamped at 0) and eigenvectors ``Q`` `(F, n, n)` of the Hermitian
+    moment `(F, n, n)`, and the diagonal ``α_a = q_aᴴ S q̄_a`` `(F, n)` of the symmetric moment ``S`` in
+    that basis, clamped to ``|α_a| <= λ_a`` (true in exact arithmetic by Cauchy–Schwarz) so that the
+    block stays PSD."""
+    values, vectors = torch.linalg.eigh(hermitian)
+    values = values.clamp_min(0)
+    pseudo = torch.einsum("fia,fij,fja->fa", vectors.conj(), symmetric, vectors.conj())
+    magnitude = pseudo.abs()
+    return values, vectors, pseudo * torch.where(magnitude > values, values / magnitude, 1.0)
+
+
+class SpectralKroneckerBlock:
+    """K-FAC of one :class:`SpectralConv` weight: a widely linear Kronecker structure per kept mode.
+
+    Per mode ``½ (H_A ⊗ H_B) u + ½ (S_A ⊗ S_B) ū``, the conjugate-linear part kept on the diagonal of
+    the eigenbasis of ``H_A ⊗ H_B`` (see the module docstring).
+
+    Acts on the weight's flattened real view `(*kept, i, o, 2)`: block-diagonal over the ``F`` modes,
+    each block over `(i, o, 2)` (real, imaginary) row-major. In the basis ``q_a ⊗ p_b`` the coordinate
+    ``c_ab`` is rotated by ``ω̄_ab = e^{-i arg(α_a β_b) / 2}``; then the real part is scaled by
+    ``e₊ = ½ (λ_a μ_b + |α_a β_b|)`` and the imaginary part by ``e₋ = ½ (λ_a μ_b − |α_a β_b|)``, the
+    eigenvalues of the block.
+
+    Args:
+        names: ``(weight,)``, the weight's name in ``model.named_parameters()``.
+        input_factor: ``A`` `(F, 2i, 2i)`: per mode ``(1/R) Σ x̃ x̃ᵀ`` of the real views ``x̃`` of the
+            input coefficients (``Re``, ``Im`` of each channel in turn); symmetric PSD.
+        output_factor: ``B`` `(F, 2o, 2o)`: per mode ``Σ ĝ ĝᵀ`` of the real views of the gradients at
+            the output coefficients; symmetric PSD.
+    """
+
+    def __init__(self, names: Sequence[str], input_factor: Tensor, output_factor: Tensor) -> None:
+        if len(names) != 1:
+            raise ValueError(f"names: expected (weight,); got {tuple(names)}")
+        for label, factor in (("input_factor", input_factor), ("output_factor", output_factor)):
+            if factor.dim() != 3 or factor.shape[1] != factor.shape[2] or factor.shape[1] % 2:
+                raise ValueError(f"{label}: expected a stack of square matrices of even size (F, 2n, 2n); "
+                                 f"got shape {tuple(factor.shape)}")
+        if input_factor.shape[0] != output_factor.shape[0]:
+            raise ValueError(f"output_factor: expected {input_factor.shape[0]} modes like input_factor; "
+                             f"got {output_factor.shape[0]}")
+        if input_factor.dtype != output_factor.dtype or input_factor.device != output_factor.device:
+            raise ValueError(f"output_factor: expected the dtype and device of input_factor ({input_factor.dtype}, "
+                             f"{input_factor.device}); got ({output_factor.dtype}, {output_factor.device})")
+        self.names = tuple(names)
+        self.input_factor = input_factor
+        self.output_factor = output_factor
+        self.modes = input_factor.shape[0]
+        self.in_features = input_factor.shape[1] // 2
+        self.out_features = output_factor.shape[1] // 2
+        self.size = 2 * self.modes * self.in_features * self.out_features
+        self.dtype, self.device = input_factor.dtype, input_factor.device
+
+    @cached_property
+    def _bases(self) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]:
+        """``(λ, Q_A, α)`` of the input side (the moments of ``x̄``) and ``(μ, Q_B, β)`` of the output side."""
+        hermitian, symmetric = complex_moments(self.input_factor)
+        return _eigenbasis(hermitian.conj(), symmetric.conj()), _eigenbasis(*complex_moments(self.output_factor))
+
+    @cached_property
+    def _spectrum(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``Q_A`` `(F, i, i)`, ``Q_B`` `(F, o, o)`, and `(F, i, o)`: the phases ``ω``, the eigenvalues ``e₊``, ``e₋``."""
+        (a_values, a_vectors, a_pseudo), (b_values, b_vectors, b_pseudo) = self._bases
+        circular = a_values[:, :, None] * b_values[:, None, :]
+        pseudo = a_pseudo[:, :, None] * b_pseudo[:, None, :]
+        phase = torch.polar(torch.ones_like(circular), pseudo.angle() / 2)
+        return a_vectors, b_vectors, phase, (circular + pseudo.abs()) / 2, (circular - pseudo.abs()) / 2
+
+    def _coordinates(self, V: Tensor) -> Tensor:
+        """Columns `(size, k)` → rotated complex coordinates ``ω̄ ⊙ Q_Aᴴ U Q̄_B`` `(k, F, i, o)`."""
+        a_vectors, b_vectors, phase, *_ = self._spectrum
+        k = V.shape[1]
+        U = torch.view_as_complex(V.T.reshape(k, self.modes, self.in_features, self.out_features, 2).contiguous())
+        return phase.conj() * (a_vectors.mH @ U @ b_vectors.conj())
+
+    def _vectors(self, C: Tensor) -> Tensor:
+        """Inverse of :meth:`_coordinates`: `(k, F, i, o)` → `(size, k)`."""
+        a_vectors, b_vectors, phase, *_ = self._spectrum
+        U = a_vectors @ (phase * C) @ b_vectors.mT
+        return torch.view_as_real(U).reshape(C.shape[0], -1).T
+
+    def _scaled(self, V: Tensor, plus: Tensor, minus: Tensor) -> Tensor:
+        """``V`` with the real parts of its coordinates scaled by ``plus``, the imaginary parts by ``minus``."""
+        C = self._coordinates(V)
+        return self._vectors(torch.complex(C.real * plus, C.imag * minus))
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """The block times `(size, k)` ``V``."""
+        *_, plus, minus = self._spectrum
+        return self._scaled(V, plus, minus)
+
+    def diagonal(self) -> Tensor:
+        """The exact diagonal `(size,)`: ``½ (h_i m_o ± Re(s_i n_o))`` for the (real, imaginary) part of
+        ``W_io``, with ``h = Σ_a λ_a |q_a|²``, ``s = Σ_a α_a q_a²`` and ``m``, ``n`` alike from ``(μ, p, β)``."""
+        (a_values, a_vectors, a_pseudo), (b_values, b_vectors, b_pseudo) = self._bases
+        circular = torch.einsum("fia,fa->fi", a_vectors.abs().square(), a_values)[:, :, None] * torch.einsum(
+            "fob,fb->fo", b_vectors.abs().square(), b_values)[:, None, :]
+        pseudo = (torch.einsum("fia,fa->fi", a_vectors.square(), a_pseudo)[:, :, None] * torch.einsum(
+            "fob,fb->fo", b_vectors.square(), b_pseudo)[:, None, :]).real
+        return (torch.stack((circular + pseudo, circular - pseudo), dim=-1) / 2).reshape(-1)
+
+    def solve(self, V: Tensor, damping: float) -> Tensor:
+        """``(G + δ I)⁻¹ V`` for `(size, k)` ``V``."""
+        *_, plus, minus = self._spectrum
+        return self._scaled(V, 1 / (plus + damping), 1 / (minus + damping))
+
+    def logdet(self, damping: float) -> Tensor:
+        """``log det(G + δ I)``, a 0-d tensor."""
+        *_, plus, minus = self._spectrum
+        return torch.log(plus + damping).sum() + torch.log(minus + damping).sum()
+
+
+Block = Union[KroneckerBlock, SpectralKroneckerBlock]
+
+
+class KroneckerOperator(LinearOperator):
+    """Block-diagonal `(P, P)` curvature with one Kronecker-factored block per layer.
+
+    The blocks are :class:`KroneckerBlock` ``B ⊗ A`` (linear and pointwise layers) and
+    :class:`SpectralKroneckerBlock` (spectral layers). Products, the diagonal and ``to_dense`` are
+    exact for the Kronecker-factored matrix ``K``. :meth:`solve` and :meth:`logdet` treat
+    ``K + δ I`` exactly (no factor-wise damping heuristic) through eigendecompositions of the
+    factors, computed once and reused for every ``δ``; for ``B ⊗ A`` with ``A = Q_A Λ_A Q_Aᵀ``,
+    ``B = Q_B Λ_B Q_Bᵀ``: ``(B ⊗ A + δ I)⁻¹ = (Q_B ⊗ Q_A)(Λ_B ⊗ Λ_A + δ I)⁻¹(Q_B ⊗ Q_A)ᵀ``.
 
     Args:
         blocks: the per-layer blocks, in parameter order.
 
     Attributes:
-        blocks: the :class:`KroneckerBlock` of every layer.
+        blocks: the block of every layer.
         names: the parameter names covered, in the order of the flattened vector.
     """
 
-    def __init__(self, blocks: Sequence[KroneckerBlock]) -> None:
+    def __init__(self, blocks: Sequence[Block]) -> None:
         self.blocks = tuple(blocks)
         if not self.blocks:
             raise ValueError("blocks: expected at least one KroneckerBlock; got none")
-        kinds = {(block.input_factor.dtype, block.input_factor.device) for block in self.blocks}
+        kinds = {(block.dtype, block.device) for block in self.blocks}
         if len(kinds) > 1:
             raise ValueError(f"blocks: expected factors of one dtype on one device; got {sorted(map(str, kinds))}")
         self.names = tuple(name for block in self.blocks for name in block.names)
-        factor = self.blocks[0].input_factor
         super().__init__(
             sum(block.size for block in self.blocks),
-            lambda v: self._blockwise(KroneckerBlock.matmat, v.unsqueeze(1))[:, 0],
-            dtype=factor.dtype,
-            device=factor.device,
+            lambda v: self._blockwise("matmat", v.unsqueeze(1))[:, 0],
+            dtype=self.blocks[0].dtype,
+            device=self.blocks[0].device,
             diagonal=lambda: torch.cat([block.diagonal() for block in self.blocks]),
-            matmat=lambda V: self._blockwise(KroneckerBlock.matmat, V),
+            matmat=lambda V: self._blockwise("matmat", V),
         )
 
-    def _blockwise(self, method: Callable[..., Tensor], V: Tensor, *args: float) -> Tensor:
+    def _blockwise(self, method: str, V: Tensor, *args: float) -> Tensor:
+        """Each block's ``method`` on its rows of `(P, k)` ``V``, stacked."""
         pieces = V.split([block.size for block in self.blocks])
-        return torch.cat([method(block, piece, *args) for block, piece in zip(self.blocks, pieces)])
+        return torch.cat([getattr(block, method)(piece, *args) for block, piece in zip(self.blocks, pieces)])
 
     def solve(self, v: Tensor, damping: float) -> Tensor:
         """``(K + δ I)⁻¹ v``.
@@ -236,7 +438,7 @@ class KroneckerOperator(LinearOperator):
         if v.dim() not in (1, 2) or v.shape[0] != self.size:
             raise ValueError(f"v: expected shape ({self.size},) or ({self.size}, k); got {tuple(v.shape)}")
         V = v.to(self.dtype)
-        result = self._blockwise(KroneckerBlock.solve, V if v.dim() == 2 else V.unsqueeze(1), damping)
+        result = self._blockwise("solve", V if v.dim() == 2 else V.unsqueeze(1), damping)
         return result if v.dim() == 2 else result[:, 0]
 
     def logdet(self, damping: float) -> Tensor:
@@ -272,6 +474,21 @@ def _output_directions(
             yield z.to(sqrt_lambda) * sqrt_lambda, 1.0 / n_samples
 
 
+def _input_rows(module: nn.Module, a: Tensor, s: Tensor) -> Tensor:
+    """A layer's input ``a`` as the rows whose second moment is ``A``: `(R, i [+ 1])`, or `(F, R, 2i)` for
+    a spectral layer (which computes in the dtype of its output ``s``)."""
+    if isinstance(module, SpectralConv):
+        return real_rows(spectral_coefficients(a.to(s.dtype), module.modes))
+    return augmented(layer_rows(a, module), has_trainable_bias(module))
+
+
+def _output_rows(module: nn.Module, g: Tensor) -> Tensor:
+    """The gradient at a layer's output as the rows whose second moment is ``B``: `(R, o)`, or `(F, R, 2o)`."""
+    if isinstance(module, SpectralConv):
+        return real_rows(spectral_output_gradient(g, module.modes))
+    return layer_rows(g, module)
+
+
 def kfac_operator(
     model: nn.Module,
     inputs: Tensor | Iterable[Tensor],
@@ -282,13 +499,15 @@ def kfac_operator(
     n_samples: int = 1,
     seed: int = 0,
     dtype: torch.dtype | None = None,
+    spectral: bool = False,
 ) -> KroneckerOperator:
-    """K-FAC (expand) of the GGN of ``loss`` summed over ``inputs``: one ``B ⊗ A`` per layer.
+    """K-FAC (expand) of the GGN of ``loss`` summed over ``inputs``: one Kronecker-factored block per layer.
 
     Args:
         model: the network; its ``nn.Linear`` and :class:`Pointwise` layers with a trainable
-            weight are covered. Samples must not interact (no batch statistics); it runs in
-            its current train/eval mode.
+            weight are covered (one :class:`KroneckerBlock` each), with ``spectral`` also its
+            :class:`SpectralConv` layers (one :class:`SpectralKroneckerBlock` each). Samples must not
+            interact (no batch statistics); it runs in its current train/eval mode.
         inputs: one `(b, ...)` input batch or an iterable of them (e.g. ``(x for x, _ in loader)``);
             the factors are accumulated over all batches.
         loss: ``"mse"`` or ``"gaussian_nll"`` (see :mod:`probneural.hessian.ggn`).
@@ -300,9 +519,13 @@ def kfac_operator(
         dtype: ``None`` for the model's dtype; ``torch.float64`` builds the factors from a
             float64 copy of the parameters, inputs and buffers (forward, backward and sums in
             float64, also for a float32 model).
+        spectral: also cover the spectral weights (opt-in: their blocks are not of the form
+            ``B ⊗ A``, see the module docstring, so code that reads ``input_factor`` and
+            ``output_factor`` as such asks for them explicitly).
 
     Returns:
-        A :class:`KroneckerOperator` over the covered parameters.
+        A :class:`KroneckerOperator` over the covered parameters, in the order of
+        ``model.named_parameters()``.
 
     Raises:
         ValueError: no covered layer, an unknown ``loss`` or ``variant``, a bad ``n_samples``,
@@ -313,13 +536,15 @@ def kfac_operator(
         raise ValueError(f"n_samples: expected at least 1 Monte-Carlo sample; got {n_samples}")
     if variant is KFACVariant.EXACT and n_samples != 1:
         raise ValueError(f"n_samples: only variant 'mc' draws samples; got n_samples={n_samples} with 'exact'")
+    types = LAYER_TYPES + ((SpectralConv,) if spectral else ())
     layers = {
         name: module
         for name, module in model.named_modules()
-        if isinstance(module, LAYER_TYPES) and module.weight.requires_grad
+        if isinstance(module, types) and module.weight.requires_grad
     }
     if not layers:
-        raise ValueError(f"model: expected a trainable nn.Linear or Pointwise layer; {type(model).__name__} has none")
+        kinds = "nn.Linear, Pointwise or SpectralConv" if spectral else "nn.Linear or Pointwise"
+        raise ValueError(f"model: expected a trainable {kinds} layer; {type(model).__name__} has none")
     generator = torch.Generator().manual_seed(seed)
     input_sums: dict[str, Tensor] = {}
     output_sums: dict[str, Tensor] = {}
@@ -333,17 +558,17 @@ def kfac_operator(
             raise ValueError(f"model: expected a batched output (b, c, ...); got shape {tuple(output.shape)}")
         sqrt_lambda = loss_hessian_sqrt(loss, output, noise_variance).expand_as(output)
         calls = [(name, a, s) for name, recorded in records.items() for a, s in recorded]
-        for name, a, _ in calls:
-            rows = augmented(layer_rows(a.detach(), layers[name]), has_trainable_bias(layers[name]))
-            input_sums[name] = input_sums.get(name, 0) + rows.T @ rows
-            counts[name] += rows.shape[0]
+        for name, a, s in calls:
+            rows = _input_rows(layers[name], a.detach(), s)
+            input_sums[name] = input_sums.get(name, 0) + rows.mT @ rows
+            counts[name] += rows.shape[-2]
         for direction, weight in _output_directions(variant, sqrt_lambda, n_samples, generator):
             grads = torch.autograd.grad(
                 output, [s for *_, s in calls], direction, retain_graph=True, materialize_grads=True
             )
             for (name, _, _), g in zip(calls, grads):
-                rows = layer_rows(g, layers[name])
-                output_sums[name] = output_sums.get(name, 0) + weight * (rows.T @ rows)
+                rows = _output_rows(layers[name], g)
+                output_sums[name] = output_sums.get(name, 0) + weight * (rows.mT @ rows)
     if not any(counts.values()):
         raise ValueError("inputs: expected at least one input batch; got none")
     idle = [name for name, count in counts.items() if count == 0]
@@ -351,7 +576,9 @@ def kfac_operator(
         raise ValueError(f"model: layers {idle} did not run on the inputs; K-FAC covers only layers that run")
     return KroneckerOperator(
         [
-            KroneckerBlock(parameter_names(name, module), input_sums[name] / counts[name], output_sums[name])
+            (SpectralKroneckerBlock if isinstance(module, SpectralConv) else KroneckerBlock)(
+                parameter_names(name, module), input_sums[name] / counts[name], output_sums[name]
+            )
             for name, module in layers.items()
         ]
     )

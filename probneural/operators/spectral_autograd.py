@@ -20,24 +20,90 @@ so that ``G @ W.T`` is ``[Re gX; Im gX]`` (the input's layout) and ``X.T @ G`` i
 already in the weight's layout: two matmuls. Only the two inputs are saved.
 
 **Constant products** ``z @ M`` (the truncated DFTs) go through :class:`ConstantMatmul` under
-``torch.func`` transforms: its derivatives are the same product again, so that forward mode
-never multiplies by the constant's zero tangent (see the class and :func:`constant_matmul`).
+``torch.func`` transforms and eager forward-mode AD: its derivatives are the same product
+again, so that forward mode never multiplies by the constant's zero tangent (see the class
+and :func:`constant_matmul`).
 
 The backward and forward-mode rules are written with differentiable torch operations, so
 both Functions support double backward (``create_graph=True``), forward-over-reverse
 Hessian-vector products and the ``torch.func`` transforms (``grad``, ``jvp``, ``vmap``
 through the generated vmap rule).
+
+**Forward-over-reverse in eager mode** (:func:`probneural.hessian.hvp`): when the output
+gradient carries a tangent, the contraction's backward is itself a Function,
+:class:`ContractGrad`, whose forward-mode rule accumulates its two products per output in
+one buffer and which can skip the value of a weight gradient that only matters through its
+tangent (:func:`tangent_only_gradients`). The helpers here are shared with the pointwise
+layers and activations: :func:`has_tangent` (is there an eager tangent; ``False`` at once
+outside a dual level) and :func:`apply` (``Function.apply`` without its per-call signature
+binding).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
-__all__ = ["ConstantMatmul", "SpectralContract", "constant_matmul", "spectral_contract"]
+__all__ = [
+    "ConstantMatmul", "ContractGrad", "SpectralContract", "apply", "constant_matmul", "has_tangent", "spectral_contract",
+    "tangent_only", "tangent_only_gradients",
+]
+
+_TANGENT_ONLY: ContextVar[frozenset[int]] = ContextVar("probneural_tangent_only", default=frozenset())
+
+# what a backward Function computes of each gradient: nothing, only its tangent (its value is
+# zeros: see tangent_only_gradients), or all of it
+SKIP, TANGENT, FULL = 0, 1, 2
+
+
+def has_tangent(*tensors: Tensor | None) -> bool:
+    """Whether one of ``tensors`` carries an eager forward-mode tangent (``False`` at once
+    outside a dual level)."""
+    level = fwAD._current_level
+    return level >= 0 and any(t is not None and torch._VF._unpack_dual(t, level)[1] is not None for t in tensors)
+
+
+def apply(function: type[torch.autograd.Function], *args: Any) -> Any:
+    """``function.apply(*args)``, every argument given positionally.
+
+    Outside ``torch.func`` transforms this skips ``Function.apply``'s per-call binding of the
+    arguments to the signature of ``forward`` (``inspect.signature``), ~75 µs of its ~90 µs on
+    this CPU: a forward-over-reverse Hessian-vector product through the FNO applies custom
+    Functions ~130 times.
+    """
+    if torch._C._are_functorch_transforms_active():
+        return function.apply(*args)
+    return super(torch.autograd.Function, function).apply(*args)
+
+
+@contextmanager
+def tangent_only_gradients(tensors: Iterable[Tensor]) -> Iterator[None]:
+    """Declare that, within, only the forward-mode tangents of the gradients with respect to
+    ``tensors`` are used, never their values.
+
+    A forward-over-reverse Hessian-vector product returns the tangent of the gradient with
+    respect to its (dual) parameters and drops the gradient itself. The gradient with respect
+    to a tensor only ever flows, linearly, into that tensor's accumulation, so where a custom
+    Function receives one of ``tensors`` directly as a weight it may return zeros as the
+    value of that weight's gradient and compute only its tangent: one product fewer per
+    layer (:class:`probneural.operators.pointwise.AffineGrad`). Seen only by backward passes run
+    on this thread (CPU); elsewhere the gradients are computed in full.
+    """
+    token = _TANGENT_ONLY.set(frozenset(id(t) for t in tensors))
+    try:
+        yield
+    finally:
+        _TANGENT_ONLY.reset(token)
+
+
+def tangent_only(tensor_id: int | None) -> bool:
+    """Whether the tensor with this ``id()`` is declared by :func:`tangent_only_gradients` here."""
+    return tensor_id is not None and tensor_id in _TANGENT_ONLY.get()
 
 
 def _derivatives_possible(*tensors: Tensor) -> bool:
@@ -51,7 +117,7 @@ def _derivatives_possible(*tensors: Tensor) -> bool:
     return (
         torch.is_grad_enabled()
         or torch._C._are_functorch_transforms_active()
-        or any(fwAD.unpack_dual(t).tangent is not None for t in tensors)
+        or has_tangent(*tensors)
     )
 
 
@@ -99,7 +165,8 @@ class SpectralContract(torch.autograd.Function):
     """The contraction in frequency-major layout, `(F, 2, b, i)` × `(*kept, i, o, 2)` → `(F, 2, b, o)`.
 
     ``F = prod(kept)``; axis 1 of the input and output holds (real part, imaginary part).
-    See the module docstring for the derivative rules.
+    See the module docstring for the derivative rules. Under eager forward-mode AD (a
+    forward-over-reverse Hessian-vector product) the backward is :class:`ContractGrad`.
     """
 
     generate_vmap_rule = True
@@ -110,6 +177,7 @@ class SpectralContract(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
+        ctx.weight_id = id(inputs[1])
         ctx.save_for_backward(*inputs)
         ctx.save_for_forward(*inputs)
         ctx.set_materialize_grads(False)
@@ -119,21 +187,99 @@ class SpectralContract(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         if grad_y is None:
             return None, None
-        f, _, b, i = x.shape
-        o = weight.shape[-2]
-        g = _adjoint_rows(grad_y)  # (F, 2b, 2o)
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.bmm(g, weight.reshape(f, i, 2 * o).transpose(1, 2)).reshape(x.shape)
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.bmm(x.reshape(f, 2 * b, i).transpose(1, 2), g).reshape(weight.shape)
-        return grad_x, grad_w
+        g = _adjoint_rows(grad_y)  # (F, 2b, 2o), with its tangent under forward-mode AD
+        if not torch._C._are_functorch_transforms_active() and has_tangent(g, x, weight):
+            needs = (
+                FULL if ctx.needs_input_grad[0] else SKIP,
+                SKIP if not ctx.needs_input_grad[1] else TANGENT if tangent_only(ctx.weight_id) else FULL,
+            )
+            return apply(ContractGrad, g, x, weight, needs)
+        return _contract_grads(g, x, weight, tuple(FULL if n else SKIP for n in ctx.needs_input_grad))
 
     @staticmethod
     def jvp(ctx: Any, x_tangent: Tensor | None, weight_tangent: Tensor | None) -> Tensor | None:
         x, weight = ctx.saved_tensors
         terms = [(a, w) for a, w in ((x_tangent, weight), (x, weight_tangent)) if a is not None and w is not None]
         return _contract(*terms) if terms else None
+
+
+def _products(*terms: tuple[Tensor, Tensor]) -> Tensor:
+    """``sum A B`` over pairs of batched matrices: one ``bmm``, then ``baddbmm_`` into the same buffer."""
+    out = None
+    for a, b in terms:
+        out = torch.bmm(a, b) if out is None else out.baddbmm_(a, b)
+    return out
+
+
+def _contract_grads(g: Tensor, x: Tensor, weight: Tensor, needs: tuple[int, int]) -> tuple:
+    """``(G Wᵀ, Xᵀ G)`` for ``G`` `(F, 2b, 2o)` (:func:`_adjoint_rows`), reshaped like ``(x, weight)``:
+    ``None`` where ``needs`` is ``SKIP``, zeros where it is ``TANGENT`` (differentiable operations)."""
+    f, rows, columns = g.shape
+    grad_x = grad_w = None
+    if needs[0]:
+        grad_x = torch.bmm(g, weight.reshape(f, -1, columns).transpose(1, 2)).reshape(x.shape)
+    if needs[1] == FULL:
+        grad_w = torch.bmm(x.reshape(f, rows, -1).transpose(1, 2), g).reshape(weight.shape)
+    elif needs[1] == TANGENT:
+        grad_w = weight.new_zeros(weight.shape)
+    return grad_x, grad_w
+
+
+class ContractGrad(torch.autograd.Function):
+    """The backward of :class:`SpectralContract` given ``G = G(g_y)`` (:func:`_adjoint_rows`):
+    ``(G, x, W) ↦ (G Wᵀ, Xᵀ G)`` in the layouts of ``x`` and ``W``.
+
+    Bilinear in ``G`` and ``(x, W)``: its forward-mode rule is ``(dG Wᵀ + G dWᵀ, dXᵀ G + Xᵀ dG)``
+    (two products accumulated into one buffer per output) and its backward for cotangents
+    ``(a_x, a_W)`` is ``(a_x W + X a_W, G a_Wᵀ, a_xᵀ G)`` as real batched products. ``needs``
+    selects per output nothing, all of it, or only its tangent (``SKIP``, ``FULL``, ``TANGENT``:
+    see :func:`tangent_only_gradients`; the weight gradient's product is then skipped).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(g: Tensor, x: Tensor, weight: Tensor, needs: tuple[int, int]) -> tuple:
+        return _contract_grads(g, x, weight, needs)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        g, x, weight, needs = inputs
+        ctx.needs = needs
+        ctx.save_for_backward(g, x, weight)
+        ctx.save_for_forward(g, x, weight)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx: Any, a_x: Tensor | None, a_w: Tensor | None) -> tuple:
+        g, x, weight = ctx.saved_tensors
+        f, rows, columns = g.shape
+        d_g = d_x = d_w = None
+        if ctx.needs_input_grad[0]:  # a_x W + X a_W, (F, 2b, 2o)
+            terms = [(a.reshape(f, rows, -1), w.reshape(f, -1, columns))
+                     for a, w in ((a_x, weight), (x, a_w)) if a is not None and w is not None]
+            d_g = _products(*terms) if terms else None
+        if ctx.needs_input_grad[1] and a_w is not None:
+            d_x = torch.bmm(g, a_w.reshape(f, -1, columns).transpose(1, 2)).reshape(x.shape)
+        if ctx.needs_input_grad[2] and a_x is not None:
+            d_w = torch.bmm(a_x.reshape(f, rows, -1).transpose(1, 2), g).reshape(weight.shape)
+        return d_g, d_x, d_w, None
+
+    @staticmethod
+    def jvp(ctx: Any, g_tangent: Tensor | None, x_tangent: Tensor | None,
+            weight_tangent: Tensor | None, _: Any) -> tuple:
+        g, x, weight = ctx.saved_tensors
+        f, rows, columns = g.shape
+        tangent_x = tangent_w = None
+        if ctx.needs[0]:
+            terms = [(a, w.reshape(f, -1, columns).transpose(1, 2))
+                     for a, w in ((g_tangent, weight), (g, weight_tangent)) if a is not None and w is not None]
+            tangent_x = _products(*terms).reshape(x.shape) if terms else torch.zeros_like(x)
+        if ctx.needs[1]:
+            terms = [(a.reshape(f, rows, -1).transpose(1, 2), h)
+                     for a, h in ((x_tangent, g), (x, g_tangent)) if a is not None and h is not None]
+            tangent_w = _products(*terms).reshape(weight.shape) if terms else torch.zeros_like(weight)
+        return tangent_x, tangent_w
 
 
 def spectral_contract(x_ft: Tensor, weight: Tensor) -> Tensor:
@@ -170,8 +316,10 @@ def spectral_contract(x_ft: Tensor, weight: Tensor) -> Tensor:
     b, i, *k, two_p = x_ft.shape
     p = two_p // 2
     rows = x_ft.reshape(b, i, -1, 2, p).permute(2, 4, 3, 0, 1).reshape(-1, 2, b, i)  # (F, 2, b, i)
-    contract = SpectralContract.apply if _derivatives_possible(x_ft, weight) else SpectralContract.forward
-    y = contract(rows, weight)  # (F, 2, b, o)
+    if _derivatives_possible(x_ft, weight):
+        y = apply(SpectralContract, rows, weight)  # (F, 2, b, o)
+    else:
+        y = SpectralContract.forward(rows, weight)
     return y.reshape(-1, p, 2, b, y.shape[-1]).permute(3, 4, 0, 2, 1).reshape(b, -1, *k, two_p)
 
 
@@ -203,7 +351,7 @@ class ConstantMatmul(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor | None) -> tuple[Tensor | None, None]:
         (matrix,) = ctx.saved_tensors
-        return (None if grad is None else ConstantMatmul.apply(grad, matrix.T)), None
+        return (None if grad is None else apply(ConstantMatmul, grad, matrix.T)), None
 
     @staticmethod
     def jvp(ctx: Any, z_tangent: Tensor | None, matrix_tangent: Tensor | None) -> Tensor | None:
@@ -216,8 +364,11 @@ def constant_matmul(z: Tensor, matrix: Tensor) -> Tensor:
 
     Under ``torch.func`` transforms this is :class:`ConstantMatmul` (on CPU, the
     Hessian-vector product of one DFT step of an FNO layer, width 32, batch 8, runs up to
-    1.3× faster at 64² and 1.5× at 128²; that of the whole FNO at 64², batch 16, ~8 %).
-    Elsewhere it is a plain matmul: eager reverse and forward mode already skip the
+    1.3× faster at 64² and 1.5× at 128²; that of the whole FNO at 64², batch 16, ~8 %), and
+    also when ``z`` carries an eager forward-mode tangent: eager forward mode through the
+    broadcasting ``matmul`` of a transposed view (the non-last axes) takes a per-batch
+    ``bmm`` path with a copy of the matrix per batch element, ~4× slower than the Function's
+    two products. Elsewhere it is a plain matmul: eager reverse mode already skips the
     constant's derivative, and ``Function.apply`` would add ~20 % to each DFT step of a
     training step or an inference pass.
 
@@ -228,5 +379,6 @@ def constant_matmul(z: Tensor, matrix: Tensor) -> Tensor:
     Returns:
         `(..., m)`.
     """
-    multiply = ConstantMatmul.apply if torch._C._are_functorch_transforms_active() else ConstantMatmul.forward
-    return multiply(z, matrix)
+    if torch._C._are_functorch_transforms_active() or has_tangent(z):
+        return apply(ConstantMatmul, z, matrix)
+    return ConstantMatmul.forward(z, matrix)

@@ -5,6 +5,7 @@ Examples::
     python -m probneural.train experiment=quickstart
     python -m probneural.train experiment=darcy_fno device=cuda precision=bf16
     python -m probneural.train -m optim.lr=1e-3,5e-4
+    python -m probneural.train experiment=quickstart uq=laplace   # then fit and report a UQ method
     python -m probneural.train --help            # lists the config groups
 """
 
@@ -25,6 +26,7 @@ from probneural.config.paths import CONFIG_DIR
 from probneural.io import atomic_write
 from probneural.train.report import write_training_report
 from probneural.train.trainer import Trainer, normalize
+from probneural.uq.report import FIT_SPLITS, UQSpec, run_uq, summary_lines
 
 register_schemas()
 
@@ -38,7 +40,8 @@ def main(cfg: DictConfig) -> dict:
     environment = capture_environment(cfg.precision.name, cfg.device.name, list(HydraConfig.get().overrides.task))
     atomic_write(run_dir / "environment.json", lambda tmp: tmp.write_text(json.dumps(environment, indent=1)))
 
-    # model and trainer first: a bad option fails before any data is generated
+    # model, trainer and UQ method first: a bad option fails before any data is generated
+    uq = None if cfg.uq is None else UQSpec(**to_kwargs(cfg.uq))
     torch.manual_seed(cfg.seed)
     operator = instantiate(cfg.model)
     trainer = Trainer(
@@ -50,18 +53,29 @@ def main(cfg: DictConfig) -> dict:
         run_dir=run_dir,
         progress=cfg.progress,
     )
-    splits = build_splits(cfg.data, progress=cfg.progress)
+    splits = build_splits(cfg.data, progress=cfg.progress, calibration=uq is not None and uq.fit_split == "calibration")
     model = normalize(operator, splits["train"])
     history = trainer.fit(model, splits["train"], splits["test"], resume=cfg.resume)
-    tests = {split_label(kind, ds): ds for kind, ds in splits.items() if kind != "train"}
+    tests = {split_label(kind, ds): ds for kind, ds in splits.items() if kind not in FIT_SPLITS}
+    experiment = HydraConfig.get().runtime.choices.get("experiment") or "custom"
+    title = f"{cfg.data.problem}: {type(model.operator).__name__} ({experiment})"
     results = write_training_report(
         run_dir, model, tests, history,
-        device=trainer.device, precision=cfg.precision.name, n_plot_samples=cfg.report.n_plot_samples,
-        title=f"{cfg.data.problem}: {type(model.operator).__name__} ({HydraConfig.get().runtime.choices.get('experiment') or 'custom'})",
+        device=trainer.device, precision=cfg.precision.name, n_plot_samples=cfg.report.n_plot_samples, title=title,
     )
     print(f"report: {run_dir / 'report.md'}")
     for name, scores in results.items():
         print(f"  {name}: relative L2 {scores['rel_l2']:.4f}, relative H1 {scores['rel_h1']:.4f}")
+    if uq is not None:
+        out_dir = run_dir / "uq" / uq.name
+        uq_results = run_uq(
+            uq, model, splits, out_dir,
+            alpha=cfg.report.alpha, batch_size=cfg.trainer.batch_size, n_samples=cfg.report.n_samples,
+            n_plot_samples=cfg.report.n_plot_samples, seed=cfg.seed, progress=cfg.progress, title=f"{title}: {uq.name}",
+        )
+        print(f"uncertainty report: {out_dir / 'report.md'} (fit {uq_results['fit_seconds']:.1f} s)")
+        for line in summary_lines(uq_results):
+            print(f"  {line}")
     return results
 
 

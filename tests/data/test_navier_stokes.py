@@ -118,6 +118,28 @@ def test_energy_and_enstrophy_do_not_increase_without_forcing():
         assert (quantity[:, -1] < quantity[:, 0]).all()
 
 
+@pytest.mark.parametrize("s", [15, 16, 24])
+def test_advection_term_equals_the_dealiased_direct_product(s):
+    # The solver forms u·∇w as (∂xx − ∂yy)(uv) + ∂x∂y(v² − u²) from the packed field u + iv and its
+    # square; compare with u ∂x w + v ∂y w formed from the 2/3 modes and truncated to them.
+    w = _random_vorticity(2, s, amplitude=5.0, seed=3)
+    spectral = navier_stokes._Spectral(s, 1e-3, 2, torch.float64, torch.device("cpu"))
+    advection, speed = spectral.advection(torch.fft.rfft2(w, dim=(-1, -2)).contiguous(), with_speed=True)
+    k = torch.fft.fftfreq(s, d=1 / s, dtype=torch.float64)
+    kx, ky = k[:, None], k[None, :]
+    cutoff = navier_stokes.dealiasing_cutoff(s)
+    keep = (kx.abs() <= cutoff) & (ky.abs() <= cutoff)
+    w_hat = torch.fft.fft2(w) * keep
+    psi_hat = torch.where(keep & (kx**2 + ky**2 > 0), w_hat / (TWO_PI**2 * (kx**2 + ky**2).clamp(min=1)), 0)
+    derivatives = [(ky, psi_hat), (-kx, psi_hat), (kx, w_hat), (ky, w_hat)]  # u = ∂y ψ, v = −∂x ψ, ∂x w, ∂y w
+    u, v, w_x, w_y = (torch.fft.ifft2(1j * TWO_PI * k_axis * spectrum).real for k_axis, spectrum in derivatives)
+    direct = torch.fft.fft2(u * w_x + v * w_y) * keep
+    direct[..., 0, 0] = 0
+    expected = direct[:, : cutoff + 1, :]  # rows 0 <= k_x <= K of the spectrum, all k_y
+    torch.testing.assert_close(advection, expected, rtol=0, atol=1e-12 * expected.abs().max().item())
+    torch.testing.assert_close(speed, (u.abs() + v.abs()).amax(dim=(-2, -1)), rtol=1e-12, atol=0)
+
+
 def test_second_order_in_time():
     w0 = _random_vorticity(1, 16, amplitude=10.0, seed=5)
     steps = [0.05, 0.025, 0.0125, 0.00625]
@@ -248,7 +270,7 @@ def test_metadata_records_every_generation_parameter(small):
     solver = meta["solver"]
     assert solver["cfl"] == navier_stokes.DEFAULT_CFL and solver["dtype"] == "float64"
     assert {"name", "scheme", "dt_rule", "dealiasing", "estimated_time_error"} <= set(solver)
-    assert meta["generator_version"] == navier_stokes.GENERATOR_VERSION == 1
+    assert meta["generator_version"] == navier_stokes.GENERATOR_VERSION == 2
     assert meta["probneural_version"] == probneural.__version__
 
 

@@ -2,7 +2,10 @@
 
 * the contraction: outputs, gradients and tangents equal the previous plain-ops implementation;
   gradcheck / gradgradcheck (also forward mode and batched) for 1-, 2- and 3-D weights;
+* the contraction's backward under forward-mode AD (ContractGrad): gradcheck / gradgradcheck,
+  equal to the plain-ops backward, tangent-only weight gradients;
 * the constant product: gradcheck / gradgradcheck, forward mode, torch.func;
+* the helpers: apply (Function.apply without signature binding), has_tangent;
 * Hessians through small FNOs (Functions under ``torch.func``) against ``torch.func.hessian``
   of the same FNOs with a textbook FFT spectral layer.
 """
@@ -16,7 +19,18 @@ from torch.func import functional_call
 
 from probneural import hessian
 from probneural.operators import FNO, SpectralConv, spectral_contract
-from probneural.operators.spectral_autograd import ConstantMatmul, constant_matmul
+from probneural.operators.spectral_autograd import (
+    FULL,
+    SKIP,
+    ConstantMatmul,
+    ContractGrad,
+    SpectralContract,
+    _adjoint_rows,
+    apply,
+    constant_matmul,
+    has_tangent,
+    tangent_only_gradients,
+)
 
 DOUBLE = torch.float64
 SHAPES = {1: (), 2: (4,), 3: (4, 2)}  # kept non-last-axis frequencies k of a 1-, 2- and 3-D weight
@@ -239,3 +253,72 @@ def test_hvp_and_dense_through_fno_match_torch_func_hessian_of_fft_reference(dim
     grads = torch.autograd.grad(f(leaves), leaves, create_graph=True)
     double_backward = torch.autograd.grad(sum((g * d).sum() for g, d in zip(grads, v)), leaves)
     assert relative_error(torch.cat([t.reshape(-1) for t in double_backward]), expected @ flat_v) < 1e-8
+
+
+def frequency_major(dim: int, seed: int):
+    """Random frequency-major operands of SpectralContract: x `(F, 2, b, i)`, weight, grad `(F, 2, b, o)`."""
+    x_ft, weight = operands(dim, seed=seed)
+    b, i = x_ft.shape[:2]
+    p = weight.shape[-4]
+    x = x_ft.reshape(b, i, -1, 2, p).permute(2, 4, 3, 0, 1).reshape(-1, 2, b, i).contiguous()
+    grad = torch.randn(x.shape[0], 2, b, weight.shape[-2], dtype=DOUBLE)
+    return x.requires_grad_(), weight.requires_grad_(), grad.requires_grad_()
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_contract_grad_gradcheck_and_equals_the_plain_backward(dim):
+    x, weight, grad = frequency_major(dim, seed=8)
+
+    def backward(g, a, w):
+        return ContractGrad.apply(_adjoint_rows(g), a, w, (FULL, FULL))
+
+    assert gradcheck(backward, (grad, x, weight), check_forward_ad=True, check_batched_grad=True,
+                     check_batched_forward_grad=True)
+    assert gradgradcheck(backward, (grad, x, weight), check_fwd_over_rev=True, check_batched_grad=True)
+    expected = torch.autograd.grad(SpectralContract.apply(x, weight), (x, weight), grad)
+    for actual, wanted in zip(backward(grad, x, weight), expected):
+        assert_equal_to_1e12(actual, wanted)
+    grad_x, grad_w = ContractGrad.apply(_adjoint_rows(grad), x, weight, (SKIP, FULL))
+    assert grad_x is None
+    assert_equal_to_1e12(grad_w, expected[1])
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_forward_over_reverse_through_the_contraction_and_tangent_only_weight_gradients(declared):
+    x, weight, grad = frequency_major(2, seed=9)
+    dx, dw, dg = (torch.randn_like(t) for t in (x, weight, grad))
+
+    def forward_over_reverse(contract, declare):
+        leaves = (x.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_())
+        with forward_ad.dual_level():
+            duals = (forward_ad.make_dual(leaves[0], dx), forward_ad.make_dual(leaves[1], dw))
+            y = contract(*duals)
+            with tangent_only_gradients(duals[1:] if declare else ()):
+                grads = torch.autograd.grad(y, leaves, forward_ad.make_dual(grad.detach(), dg))
+            return [forward_ad.unpack_dual(g) for g in grads]
+
+    ours = forward_over_reverse(SpectralContract.apply, declared)
+    reference = forward_over_reverse(SpectralContract.forward, False)  # plain ops, autograd's own rules
+    for actual, expected in zip(ours, reference):
+        assert_equal_to_1e12(actual.tangent, expected.tangent)
+    assert_equal_to_1e12(ours[0].primal, reference[0].primal)
+    if declared:
+        assert torch.count_nonzero(ours[1].primal) == 0
+    else:
+        assert_equal_to_1e12(ours[1].primal, reference[1].primal)
+
+
+def test_apply_and_has_tangent():
+    z = torch.randn(2, 3, dtype=DOUBLE, requires_grad=True)
+    matrix = torch.randn(3, 4, dtype=DOUBLE)
+    y = apply(ConstantMatmul, z, matrix)
+    assert type(y.grad_fn).__name__ == "ConstantMatmulBackward"
+    assert_equal_to_1e12(y, z @ matrix)
+    assert not has_tangent(z, None)
+    with forward_ad.dual_level():
+        dual = forward_ad.make_dual(z, torch.ones_like(z))
+        assert has_tangent(None, dual) and not has_tangent(z)
+        assert_equal_to_1e12(forward_ad.unpack_dual(apply(ConstantMatmul, dual, matrix)).tangent,
+                             torch.ones_like(z) @ matrix)
+    jacobian = torch.func.jacrev(lambda a: apply(ConstantMatmul, a, matrix))(z)  # under a transform
+    assert_equal_to_1e12(jacobian, torch.func.jacrev(lambda a: a @ matrix)(z))

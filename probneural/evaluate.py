@@ -1,0 +1,66 @@
+"""``python -m probneural.evaluate``: fit a UQ method to a trained run and report its predictive quality.
+
+Examples::
+
+    python -m probneural.evaluate run_dir=outputs/train/<time> uq=laplace
+    python -m probneural.evaluate run_dir=<run> uq=conformal_laplace alpha=0.05 device=cpu
+    python -m probneural.evaluate -m run_dir=<run> uq=laplace,laplace_kfac,ensemble,conformal
+
+The run's ``config.yaml`` gives the data (regenerated, or read from the cache) and its
+``checkpoints/`` the model. The report (:func:`probneural.uq.report.run_uq`) goes to
+``<run_dir>/uq/<uq.name>`` unless ``hydra.run.dir`` says otherwise, next to ``environment.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from probneural.bench.environment import capture_environment
+from probneural.config import register_schemas, to_kwargs
+from probneural.config.data import build_splits, load_run_data
+from probneural.config.paths import CONFIG_DIR
+from probneural.io import atomic_write
+from probneural.train import load_model, resolve_device
+from probneural.uq.report import UQSpec, run_uq, summary_lines
+
+register_schemas()
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> dict:
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir = Path(cfg.run_dir)
+    # every mistake (unknown method or option, missing run or checkpoint) stops before data are generated
+    spec = UQSpec(**to_kwargs(cfg.uq))
+    data = load_run_data(run_dir)
+    if cfg.n_calibration is not None:
+        data.n_calibration = cfg.n_calibration
+    checkpoints = run_dir / "checkpoints"
+    model = load_model(checkpoints if cfg.checkpoint is None else checkpoints / cfg.checkpoint,
+                       map_location=resolve_device(cfg.device.name))
+    precision = "fp64" if next(model.parameters()).dtype == torch.float64 else "fp32"
+    environment = capture_environment(precision, cfg.device.name, list(HydraConfig.get().overrides.task))
+    atomic_write(out_dir / "environment.json", lambda tmp: tmp.write_text(json.dumps(environment, indent=1)))
+
+    torch.manual_seed(cfg.seed)
+    splits = build_splits(data, progress=cfg.progress, calibration=spec.fit_split == "calibration")
+    results = run_uq(
+        spec, model, splits, out_dir,
+        alpha=cfg.alpha, batch_size=cfg.batch_size, n_samples=cfg.n_samples, n_plot_samples=cfg.n_plot_samples,
+        seed=cfg.seed, progress=cfg.progress,
+        title=f"{data.problem}: {spec.name} on {run_dir.resolve().name}",
+    )
+    print(f"report: {out_dir / 'report.md'} (fit {results['fit_seconds']:.1f} s)")
+    for line in summary_lines(results):
+        print(f"  {line}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,334 @@
+"""Stochastic operators from dropout: MC dropout (``"mc_dropout"``) and probabilistic neural operators (``"pno"``).
+
+Both methods copy the trained operator with dropout after every hidden activation
+(:func:`dropout_copy`), train the copy further, and predict the empirical distribution of
+stochastic forward passes in which only the dropout layers are random (:func:`stochastic_passes`):
+
+* **MC dropout** (Gal & Ghahramani, ICML 2016) fine-tunes the copy with the usual relative L2
+  loss and adds a per-channel Gaussian noise fitted to the residuals of the MC mean.
+* **PNO** (Bülte, Scholl, Kutyniok et al. 2025, "Probabilistic neural operators for functional
+  uncertainty quantification") trains the copy as a generative model of the output field with a
+  proper scoring rule estimated from a few draws per input (:func:`sample_energy_score`,
+  :func:`sample_crps`), so the spread of the draws itself models the aleatoric uncertainty.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from probneural.operators.fno import FNO
+from probneural.train.normalized import NormalizedOperator
+from probneural.uq.posterior import METHODS, Batches, Posterior, model_parameters, normalized_parts
+from probneural.uq.prediction import MixturePrediction
+from probneural.uq.training import residual_variance, seeded, train_operator
+from probneural.validation import check_float, check_int
+
+__all__ = [
+    "SCORES",
+    "DropoutPosterior",
+    "dropout_copy",
+    "fit_mc_dropout",
+    "fit_pno",
+    "relative_crps",
+    "relative_energy_score",
+    "sample_crps",
+    "sample_energy_score",
+    "stochastic_passes",
+]
+
+_DROPOUT_LAYERS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
+def _dropout_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, _DROPOUT_LAYERS)]
+
+
+def dropout_copy(model: nn.Module, p: float) -> nn.Module:
+    """A copy of the trained ``model`` with dropout probability ``p``, sharing no state with it.
+
+    An :class:`~probneural.operators.FNO` (possibly inside a :class:`NormalizedOperator`, whose
+    normalisers are kept) is rebuilt from its ``config`` with ``dropout=p`` and given the trained
+    weights. Any other model must already contain dropout layers (``nn.Dropout`` and relatives);
+    it is deep-copied and each of its dropout layers gets probability ``p``.
+
+    Args:
+        model: the trained operator.
+        p: dropout probability in (0, 1).
+
+    Raises:
+        ValueError: ``p`` is out of range, or ``model`` is no FNO and has no dropout layers.
+    """
+    p = check_float("p", p)
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p: expected a dropout probability in (0, 1); got {p}")
+    operator, x_normalizer, y_normalizer = normalized_parts(model)
+    if isinstance(operator, FNO):
+        device, dtype = model_parameters(operator)
+        stochastic: nn.Module = FNO(**(operator.config | {"dropout": p})).to(device, dtype)
+        stochastic.load_state_dict(operator.state_dict())
+        if x_normalizer is None:
+            return stochastic
+        return NormalizedOperator(stochastic, copy.deepcopy(x_normalizer), copy.deepcopy(y_normalizer))
+    if not _dropout_layers(model):
+        raise ValueError(
+            f"model: {type(operator).__name__} is not an FNO and contains no dropout layers; MC dropout and PNO "
+            "need an FNO (rebuilt with dropout=p) or a model with nn.Dropout modules after its hidden activations"
+        )
+    stochastic = copy.deepcopy(model)
+    for layer in _dropout_layers(stochastic):
+        layer.p = p
+    return stochastic
+
+
+def _passes(model: nn.Module, x: Tensor, n: int) -> Tensor:
+    """`(n, b, c_out, *spatial)`: ``n`` forward passes of ``model`` at ``x`` `(b, c_in, *spatial)`, stacked."""
+    return torch.stack([model(x) for _ in range(n)])
+
+
+@contextmanager
+def _only_dropout_random(model: nn.Module) -> Iterator[None]:
+    """Evaluation mode except for the dropout layers; every module's mode is restored afterwards."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    for layer in _dropout_layers(model):
+        layer.train()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@torch.no_grad()
+def stochastic_passes(model: nn.Module, x: Tensor, n: int) -> Tensor:
+    """``n`` stochastic forward passes with only the dropout layers random (global RNG).
+
+    Args:
+        model: an operator with dropout layers (e.g. from :func:`dropout_copy`).
+        x: `(b, c_in, *spatial)` inputs, moved to the model's device and dtype.
+        n: number of passes.
+
+    Returns:
+        `(n, b, c_out, *spatial)` draws.
+    """
+    device, dtype = model_parameters(model)
+    with _only_dropout_random(model):
+        return _passes(model, x.to(device, dtype), n)
+
+
+def _check_draws(draws: Tensor, y: Tensor) -> None:
+    if draws.dim() < 3 or draws.shape[0] < 2:
+        raise ValueError(f"draws: expected shape (m, b, c, *spatial) with m >= 2 draws; got {tuple(draws.shape)}")
+    if draws.shape[1:] != y.shape:
+        raise ValueError(f"y: expected shape {tuple(draws.shape[1:])} (draws without their first axis); "
+                         f"got {tuple(y.shape)}")
+
+
+def sample_energy_score(draws: Tensor, y: Tensor) -> Tensor:
+    """Unbiased sample energy score of whole fields with the RMS norm ``‖v‖ = sqrt(mean_j v_j²)``.
+
+    ``ES = (1/m) Σ_i ‖X_i − y‖ − 1/(2m(m−1)) Σ_{i≠j} ‖X_i − X_j‖``, an unbiased estimate of
+    ``E‖X − y‖ − ½ E‖X − X'‖`` (lower is better; a point mass ``z`` scores ``‖z − y‖``).
+
+    Args:
+        draws: `(m, b, c, *spatial)` draws ``X_i`` of the predictive, ``m >= 2``.
+        y: `(b, c, *spatial)` observed fields.
+
+    Returns:
+        `(b,)` scores.
+    """
+    _check_draws(draws, y)
+    m = draws.shape[0]
+    flat, target = draws.flatten(2), y.flatten(1)  # (m, b, d), (b, d)
+    scale = math.sqrt(flat.shape[-1])
+    first = torch.linalg.vector_norm(flat - target, dim=-1).mean(0) / scale
+    pairs = sum(torch.linalg.vector_norm(flat[i] - flat[i + 1 :], dim=-1).sum(0) for i in range(m - 1))
+    return first - pairs / (scale * m * (m - 1))
+
+
+def sample_crps(draws: Tensor, y: Tensor) -> Tensor:
+    """Unbiased pointwise sample CRPS: ``(1/m) Σ_i |X_i − y| − 1/(2m(m−1)) Σ_{i≠j} |X_i − X_j|``.
+
+    The pair sum is computed from the sorted draws, ``Σ_{i<j} |X_i − X_j| = Σ_k (2k − m − 1) X_(k)``,
+    in ``O(m log m)`` per point.
+
+    Args:
+        draws: `(m, b, c, *spatial)` draws ``X_i`` of the predictive, ``m >= 2``.
+        y: `(b, c, *spatial)` observed fields.
+
+    Returns:
+        `(b, c, *spatial)` scores, unbiased for the CRPS of the draws' distribution.
+    """
+    _check_draws(draws, y)
+    m = draws.shape[0]
+    first = (draws - y).abs().mean(0)
+    ranks = torch.arange(1, m + 1, dtype=draws.dtype, device=draws.device)
+    weights = (2.0 * ranks - m - 1).view(m, *([1] * (draws.dim() - 1)))
+    pairs = (weights * draws.sort(0).values).sum(0)
+    return first - pairs / (m * (m - 1))
+
+
+def relative_energy_score(draws: Tensor, y: Tensor) -> Tensor:
+    """Batch mean of :func:`sample_energy_score` divided by the RMS norm of ``y`` (like ``relative_l2``).
+
+    ``draws`` `(m, b, c, *spatial)`, ``y`` `(b, c, *spatial)`; returns a scalar. For identical draws
+    it equals ``relative_l2`` of one of them.
+    """
+    norm = torch.linalg.vector_norm(y.flatten(1), dim=-1) / math.sqrt(y[0].numel())
+    return (sample_energy_score(draws, y) / norm).mean()
+
+
+def relative_crps(draws: Tensor, y: Tensor) -> Tensor:
+    """Batch mean of the field-averaged :func:`sample_crps` divided by the mean ``|y|`` of each sample.
+
+    ``draws`` `(m, b, c, *spatial)`, ``y`` `(b, c, *spatial)`; returns a scalar.
+    """
+    return (sample_crps(draws, y).flatten(1).mean(1) / y.abs().flatten(1).mean(1)).mean()
+
+
+SCORES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"energy": relative_energy_score, "crps": relative_crps}
+
+
+class DropoutPosterior(Posterior):
+    """The empirical distribution of stochastic passes of a dropout operator, plus per-channel noise.
+
+    Args:
+        model: operator with dropout layers (from :func:`dropout_copy`).
+        samples: stochastic passes per prediction.
+        noise: aleatoric variance broadcastable to `(b, c_out, *spatial)` (`(1, c_out, 1, ..., 1)`
+            for MC dropout, ``0`` for PNO).
+        details: method settings reported by :meth:`summary`.
+    """
+
+    def __init__(self, model: nn.Module, samples: int, noise: Tensor, details: dict[str, Any]) -> None:
+        self.model = model
+        self.samples = samples
+        self.noise = noise
+        self.details = details
+
+    def predict(self, x: Tensor) -> MixturePrediction:
+        """``MixturePrediction`` of ``samples`` stochastic passes `(samples, b, c_out, *spatial)` and the noise."""
+        return MixturePrediction(stochastic_passes(self.model, x, self.samples), self.noise)
+
+    def summary(self) -> dict[str, Any]:
+        return {"samples": self.samples, "noise": self.noise.flatten().tolist(), **self.details}
+
+
+@METHODS.register("mc_dropout")
+def fit_mc_dropout(
+    model: nn.Module,
+    loader: Batches,
+    *,
+    p: float = 0.1,
+    epochs: int = 5,
+    lr: float = 5e-4,
+    weight_decay: float = 1e-4,
+    samples: int = 32,
+    seed: int = 0,
+    progress: bool = False,
+) -> DropoutPosterior:
+    """MC dropout: fine-tune a dropout copy of the trained operator, predict with random masks.
+
+    Gal & Ghahramani train with dropout from the start; fine-tuning the trained weights with
+    dropout active for a few epochs (relative L2 loss) is the cheap variant used here, and
+    ``epochs=0`` uses the trained weights as they are. The aleatoric noise is, per output channel,
+    the mean squared residual of the MC mean on ``loader`` (an underestimate on training data).
+
+    Args:
+        model: the trained operator (raw fields in and out); see :func:`dropout_copy`.
+        loader: re-iterable training batches ``(x, y)``, `(b, c_in, *spatial)` and `(b, c_out, *spatial)`.
+        p: dropout probability in (0, 1).
+        epochs: fine-tuning epochs (``>= 0``).
+        lr: initial fine-tuning learning rate (cosine to 0).
+        weight_decay: Adam's weight decay.
+        samples: stochastic passes per prediction (``>= 2``).
+        seed: fixes the dropout masks of fine-tuning and of the noise estimate.
+        progress: show a progress bar over epochs.
+
+    Returns:
+        A :class:`DropoutPosterior` (the model is not modified).
+    """
+    samples = check_int("samples", samples, 2)
+    stochastic = dropout_copy(model, p)
+    losses = train_operator(stochastic, loader, epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed,
+                            progress=progress)
+    device, dtype = model_parameters(stochastic)
+    with seeded(seed, device):
+        noise = residual_variance(lambda x: stochastic_passes(stochastic, x, samples).mean(0), loader,
+                                  device=device, dtype=dtype)
+    return DropoutPosterior(stochastic, samples, noise, {"p": p, "epochs": epochs, "train_losses": losses})
+
+
+class _Draws(nn.Module):
+    """``n`` stochastic passes of ``model`` stacked, `(n, b, c_out, *spatial)`: what a scoring rule trains."""
+
+    def __init__(self, model: nn.Module, n: int) -> None:
+        super().__init__()
+        self.model = model
+        self.n = n
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _passes(self.model, x, self.n)
+
+
+@METHODS.register("pno")
+def fit_pno(
+    model: nn.Module,
+    loader: Batches,
+    *,
+    p: float = 0.1,
+    score: str = "energy",
+    train_samples: int = 4,
+    samples: int = 32,
+    epochs: int = 10,
+    lr: float = 5e-4,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    progress: bool = False,
+) -> DropoutPosterior:
+    """Probabilistic neural operator (Bülte et al. 2025): a dropout operator trained with a proper score.
+
+    Starting from the trained weights, the dropout copy is trained to minimise a proper scoring
+    rule of its predictive, estimated without bias from ``train_samples`` passes per input:
+
+    * ``"energy"``: :func:`relative_energy_score`, the energy score of whole fields (RMS norm)
+      relative to the RMS norm of ``y``; it rewards coherent draws of the whole field;
+    * ``"crps"``: :func:`relative_crps`, the pointwise CRPS averaged over the field, relative to
+      the mean ``|y|``.
+
+    The draws' spread then models the aleatoric and the model uncertainty together: predictions
+    carry no extra noise.
+
+    Args:
+        model: the trained operator (raw fields in and out); see :func:`dropout_copy`.
+        loader: re-iterable training batches ``(x, y)``, `(b, c_in, *spatial)` and `(b, c_out, *spatial)`.
+        p: dropout probability in (0, 1).
+        score: ``"energy"`` or ``"crps"``.
+        train_samples: passes per input in each training step (``>= 2``).
+        samples: stochastic passes per prediction (``>= 2``).
+        epochs: training epochs (``>= 0``).
+        lr: initial learning rate (cosine to 0).
+        weight_decay: Adam's weight decay.
+        seed: fixes the dropout masks of training.
+        progress: show a progress bar over epochs.
+
+    Returns:
+        A :class:`DropoutPosterior` with zero noise (the model is not modified).
+    """
+    if score not in SCORES:
+        raise ValueError(f"score: expected one of {sorted(SCORES)}; got {score!r}")
+    train_samples = check_int("train_samples", train_samples, 2)
+    samples = check_int("samples", samples, 2)
+    stochastic = dropout_copy(model, p)
+    losses = train_operator(_Draws(stochastic, train_samples), loader, epochs=epochs, lr=lr,
+                            weight_decay=weight_decay, loss=SCORES[score], seed=seed, progress=progress)
+    device, dtype = model_parameters(stochastic)
+    noise = torch.zeros((), dtype=dtype, device=device)
+    details = {"p": p, "score": score, "train_samples": train_samples, "epochs": epochs, "train_losses": losses}
+    return DropoutPosterior(stochastic, samples, noise, details)

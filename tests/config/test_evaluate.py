@@ -1,0 +1,124 @@
+"""UQ configs name registered methods and real options; the calibration split; train's `uq=` hook; evaluate CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from probneural import uq
+from probneural.config import register_schemas, to_kwargs
+from probneural.config.data import build_splits, load_run_data
+from probneural.config.paths import CONFIG_DIR
+from probneural.uq.report import SCORES, UQSpec
+
+register_schemas()
+UQ_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "uq").glob("*.yaml"))
+
+
+def compose_config(name: str, overrides: list[str], hydra: bool = False):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides, return_hydra_config=hydra)
+
+
+@pytest.mark.parametrize("name", UQ_CONFIGS)
+def test_every_uq_config_is_a_valid_spec_in_both_apps(name):
+    for app, extra in (("evaluate", ["run_dir=run"]), ("train", [])):
+        cfg = compose_config(app, [f"uq={name}", *extra])
+        spec = UQSpec(**to_kwargs(cfg.uq))  # registered method and base, real options only
+        assert spec.name == name
+
+
+def test_every_registered_method_has_a_config():
+    used = set()
+    for name in UQ_CONFIGS:
+        cfg = OmegaConf.load(CONFIG_DIR / "uq" / f"{name}.yaml")
+        used |= {cfg.method} | ({cfg.base} if cfg.get("base") else set())
+    assert used == set(uq.METHODS.names()) == {"conformal", "ensemble", "laplace", "mc_dropout", "pno"}
+
+
+def test_evaluate_writes_next_to_the_run_and_train_has_no_uq_by_default():
+    cfg = compose_config("evaluate", ["run_dir=outputs/train/a", "uq=laplace_kfac"], hydra=True)
+    assert cfg.hydra.run.dir == "outputs/train/a/uq/laplace_kfac" and cfg.alpha == 0.1
+    assert compose_config("train", []).uq is None
+    with pytest.raises(ConfigCompositionException):
+        compose_config("evaluate", ["run_dir=run", "uq.optons.alpha=0.2"])  # mistyped key
+    with pytest.raises(ConfigCompositionException):
+        compose_config("evaluate", ["run_dir=run", "uq=bayes"])  # unknown option
+
+
+def test_calibration_split_only_when_asked(tmp_path):
+    cfg = compose_config("train", ["data.n_train=2", "data.n_test=2", "data.n_shift=1", "data.n_calibration=3",
+                                   "data.resolution=9", "data.options.solve_resolution=17",
+                                   f"data.cache_dir={tmp_path}"])
+    assert "calibration" not in build_splits(cfg.data, progress=False)
+    splits = build_splits(cfg.data, progress=False, calibration=True)
+    calibration = splits["calibration"]
+    assert len(calibration) == 3 and calibration.spatial_shape == (9, 9)
+    assert calibration.metadata["seed"] == cfg.data.seed + 4 and calibration.metadata["contrast"] == [12.0, 3.0]
+
+
+def test_load_run_data_fills_new_fields_and_names_bad_runs(tmp_path):
+    config = OmegaConf.to_container(compose_config("train", ["data.n_train=7"]), resolve=True)
+    del config["data"]["n_calibration"]  # a run made before the field existed
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    data = load_run_data(tmp_path)
+    assert data.n_train == 7 and data.n_calibration == 200 and data.options.contrast == [12.0, 3.0]
+    with pytest.raises(FileNotFoundError, match="run_dir: expected a training run directory"):
+        load_run_data(tmp_path / "missing")
+    (tmp_path / "config.yaml").write_text("data:\n  problem: heat\n")
+    with pytest.raises(ValueError, match="expected data.problem to be one of .*darcy.*; got 'heat'"):
+        load_run_data(tmp_path)
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def check_uq_report(out: Path, name: str, splits: list[str]) -> dict:
+    results = json.loads((out / "results.json").read_text())
+    assert results["uq"]["name"] == name and results["alpha"] == 0.1 and results["fit_seconds"] > 0
+    assert list(results["splits"]) == splits
+    for split, scores in results["splits"].items():
+        assert all(math.isfinite(scores[key]) for key in SCORES if key != "ood_auroc"), (name, split, scores)
+        assert 0 <= scores["coverage"] <= 1 and 0 <= scores["function_coverage"] <= 1
+        assert ("ood_auroc" in scores) == split.startswith("shift_")
+    report = (out / "report.md").read_text()
+    assert all(f"| {split} |" in report for split in splits)
+    for png in ("calibration.png", "coverage.png", "posterior_samples.png", *(f"samples_{s}.png" for s in splits)):
+        assert (out / png).is_file(), (name, png)
+    return results
+
+
+def test_train_uq_hook_and_evaluate_cli(tmp_path):
+    run = tmp_path / "run"
+    result = run_cli(
+        "probneural.train", "experiment=quickstart", "uq=laplace", "data.n_train=16", "data.n_test=8",
+        "data.n_shift=4", "data.n_calibration=19", "data.resolution=17", "data.zero_shot_resolution=null",
+        "data.options.solve_resolution=33", "~data.shifts.length_scale", "model.modes=[4,4]", "model.width=8", "trainer.epochs=1",
+        "trainer.batch_size=8", "report.n_plot_samples=1", "report.n_samples=10", "device=cpu", "progress=false",
+        f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "uncertainty report:" in result.stdout and "calibration" not in (run / "report.md").read_text()
+    splits = ["test", "shift_contrast"]
+    laplace = check_uq_report(run / "uq" / "laplace", "laplace", splits)
+    assert laplace["posterior"]["summary"]["structure"] == "last_layer"
+
+    # conformal on the point predictor and on the Laplace posterior, calibrated on 19 new samples (seed + 4)
+    result = run_cli("probneural.evaluate", "-m", f"run_dir={run}", "uq=conformal,conformal_laplace", "device=cpu",
+                     "n_samples=10", "n_plot_samples=1", "progress=false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in ("conformal", "conformal_laplace"):
+        results = check_uq_report(run / "uq" / name, name, splits)
+        assert results["posterior"]["summary"]["n_calibration"] == 19
+        assert (run / "uq" / name / "environment.json").is_file()
+    assert results["posterior"]["base"]["method"] == "laplace"
+    assert len(list((tmp_path / "cache").iterdir())) == 4  # train, test, shift, calibration: each made once

@@ -1,0 +1,172 @@
+"""Laplace posteriors against closed forms: Bayesian linear regression, its evidence, and the posterior draws."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from probneural import uq
+from probneural.data.normalizer import ChannelNormalizer
+from probneural.hessian.kfac import KroneckerBlock
+from probneural.operators import FNO
+from probneural.operators.pointwise import Pointwise
+from probneural.train.normalized import NormalizedOperator
+from probneural.uq.laplace import MarginalLikelihood, _Diagonal, _Kronecker, _LowRank
+
+DOUBLE = {"dtype": torch.float64}
+
+
+class RandomFeatures(nn.Module):
+    """``y = W tanh(V x) + b`` at every grid point with ``V`` frozen: linear in its trainable weights."""
+
+    def __init__(self, features: int = 5) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = Pointwise(2, features)
+        self.features.requires_grad_(False)
+        self.readout = Pointwise(features, 1)
+
+    def forward(self, x):
+        return self.readout(torch.tanh(self.features(x)))
+
+
+def design(model, x):
+    """Rows ``[φ; 1]`` `(n · points, features + 1)` of the read-out."""
+    with torch.no_grad():
+        phi = torch.tanh(model.features(x))
+    rows = phi.transpose(1, 2).reshape(-1, phi.shape[1])
+    return torch.cat((rows, torch.ones_like(rows[:, :1])), dim=1)
+
+
+def bayesian_linear_regression(phi, y, delta, sigma2):
+    covariance = torch.linalg.inv(phi.T @ phi / sigma2 + delta * torch.eye(phi.shape[1], **DOUBLE))
+    return covariance @ phi.T @ y / sigma2, covariance
+
+
+def linear_problem(delta=2.0, sigma2=0.09):
+    model = RandomFeatures().double()
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(20, 2, 8, generator=generator, **DOUBLE)
+    y = torch.sin(x[:, :1] * 2) + sigma2**0.5 * torch.randn(20, 1, 8, generator=generator, **DOUBLE)
+    phi = design(model, x)
+    mean, covariance = bayesian_linear_regression(phi, y.reshape(-1), delta, sigma2)
+    with torch.no_grad():  # the trained weights: the posterior mode
+        model.readout.weight.copy_(mean[:-1].view(1, -1))
+        model.readout.bias.copy_(mean[-1:])
+    return model, x, y, phi, covariance
+
+
+def dense_covariance(prediction, i):
+    factor = prediction.factor[i].reshape(prediction.factor.shape[1], -1)
+    return factor.T @ factor + torch.diag(prediction.diagonal[i].reshape(-1))
+
+
+def test_last_layer_equals_bayesian_linear_regression():
+    delta, sigma2 = 2.0, 0.09
+    model, x, y, _, covariance = linear_problem(delta, sigma2)
+    loader = [(x[:12], y[:12]), (x[12:], y[12:])]
+    posterior = uq.fit("laplace", model, loader, prior_precision=delta, noise_variance=sigma2)
+    x_test = torch.randn(3, 2, 8, generator=torch.Generator().manual_seed(2), **DOUBLE)
+    prediction = posterior.predict(x_test)
+    phi_test = design(model, x_test).view(3, 8, -1)
+    for i in range(3):
+        expected = phi_test[i] @ covariance @ phi_test[i].T + sigma2 * torch.eye(8, **DOUBLE)
+        torch.testing.assert_close(dense_covariance(prediction, i), expected, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(prediction.mean, model(x_test), rtol=0, atol=0)
+
+
+def test_marginal_likelihood_is_the_exact_evidence_of_the_linear_model():
+    delta, sigma2 = 2.0, 0.09
+    model, x, y, phi, _ = linear_problem(delta, sigma2)
+    posterior = uq.fit("laplace", model, [(x, y)], prior_precision=delta, noise_variance=sigma2)
+    evidence = torch.distributions.MultivariateNormal(
+        torch.zeros(phi.shape[0], **DOUBLE), phi @ phi.T / delta + sigma2 * torch.eye(phi.shape[0], **DOUBLE)
+    ).log_prob(y.reshape(-1))
+    assert posterior.log_marginal_likelihood == pytest.approx(evidence.item(), rel=1e-10)
+
+
+def test_tuning_maximises_the_marginal_likelihood():
+    model, x, y, _, _ = linear_problem()
+    posterior = uq.fit("laplace", model, [(x, y)])
+    best = posterior.log_marginal_likelihood
+    evidence: MarginalLikelihood = posterior.curvature.marginal_likelihood(
+        *uq.laplace._residual_statistics(model, [(x, y)])
+    )
+    delta, sigma2 = posterior.prior_precision, posterior.noise_variance
+    for factor in (0.8, 1.25):
+        assert evidence(torch.tensor(delta * factor, **DOUBLE), sigma2) < best
+        assert evidence(torch.tensor(delta, **DOUBLE), sigma2 * factor) < best
+
+
+def _empirical_covariance(segment, delta, sigma2, n=200_000):
+    z = torch.randn(n, segment.stop - segment.start, generator=torch.Generator().manual_seed(3), **DOUBLE)
+    draws = segment.sample(z, delta, sigma2)
+    return draws.T @ draws / n
+
+
+@pytest.mark.parametrize("kind", ["diagonal", "kronecker", "low_rank"])
+def test_posterior_draws_have_the_inverse_posterior_precision_as_covariance(kind):
+    generator = torch.Generator().manual_seed(4)
+    delta, sigma2 = 0.7, 0.5
+    if kind == "diagonal":
+        values = torch.rand(6, generator=generator, **DOUBLE) * 3
+        segment, curvature = _Diagonal(0, 6, values), torch.diag(values)
+    elif kind == "kronecker":
+        a = torch.randn(4, 3, generator=generator, **DOUBLE)
+        b = torch.randn(2, 2, generator=generator, **DOUBLE)
+        block = KroneckerBlock(("w", "b"), a.T @ a, b @ b.T)  # o = 2, i = 2 (+ bias)
+        segment = _Kronecker(0, block)
+        curvature = block.matmat(torch.eye(block.size, **DOUBLE))
+    else:
+        vectors, _ = torch.linalg.qr(torch.randn(6, 2, generator=generator, **DOUBLE))
+        values = torch.tensor([5.0, 2.0], **DOUBLE)
+        segment, curvature = _LowRank(0, 6, values, vectors), vectors @ torch.diag(values) @ vectors.T
+    expected = torch.linalg.inv(curvature / sigma2 + delta * torch.eye(curvature.shape[0], **DOUBLE))
+    assert torch.allclose(_empirical_covariance(segment, delta, sigma2), expected, atol=0.02 * expected.abs().max())
+    assert torch.allclose(segment.eigenvalues().sort().values[-2:],
+                          torch.linalg.eigvalsh(curvature)[-2:], rtol=1e-10)
+
+
+def test_a_normalised_operator_predicts_in_data_units():
+    model, x, y, _, _ = linear_problem()
+    x_norm = ChannelNormalizer(torch.full((1, 2, 1), 0.5, **DOUBLE), torch.full((1, 2, 1), 2.0, **DOUBLE))
+    y_norm = ChannelNormalizer(torch.full((1, 1, 1), 3.0, **DOUBLE), torch.full((1, 1, 1), 4.0, **DOUBLE))
+    wrapped = NormalizedOperator(model, x_norm, y_norm)
+    raw = uq.fit("laplace", model, [(x_norm.encode(x), y_norm.encode(y))], prior_precision=1.0, noise_variance=0.1)
+    posterior = uq.fit("laplace", wrapped, [(x, y)], prior_precision=1.0, noise_variance=0.1)
+    x_test = torch.randn(2, 2, 8, **DOUBLE)
+    expected, prediction = raw.predict(x_norm.encode(x_test)), posterior.predict(x_test)
+    scale = 4.0 + torch.finfo(torch.float64).eps
+    torch.testing.assert_close(prediction.mean, y_norm.decode(expected.mean))
+    torch.testing.assert_close(prediction.variance, expected.variance * scale**2)
+
+
+@pytest.mark.parametrize("structure", ["last_layer", "diagonal", "kfac", "low_rank"])
+def test_every_structure_fits_an_fno_with_its_defaults(structure):
+    torch.manual_seed(0)
+    model = FNO(1, 1, (3, 3), width=4, n_layers=2, projection_channels=8).double()
+    x = torch.randn(6, 1, 8, 8, **DOUBLE)
+    y = x.roll(1, dims=-1) + 0.1 * torch.randn_like(x)
+    posterior = uq.fit("laplace", model, [(x[:3], y[:3]), (x[3:], y[3:])], structure=structure, samples=8)
+    prediction = posterior.predict(torch.randn(2, 1, 12, 12, **DOUBLE))  # another resolution
+    assert prediction.mean.shape == (2, 1, 12, 12)
+    assert (prediction.variance > posterior.noise_variance.min() * 0.999).all()
+    assert math.isfinite(posterior.log_marginal_likelihood) and posterior.prior_precision > 0
+    draws = prediction.sample(4)
+    assert draws.shape == (4, 2, 1, 12, 12) and torch.isfinite(draws).all()
+
+
+def test_bad_options_name_the_argument():
+    model, x, y, _, _ = linear_problem()
+    with pytest.raises(ValueError, match="structure"):
+        uq.fit("laplace", model, [(x, y)], structure="full")
+    with pytest.raises(ValueError, match="noise_variance"):
+        uq.fit("laplace", model, [(x, y)], noise_variance=[1.0, 2.0])
+    with pytest.raises(ValueError, match="loader"):
+        uq.fit("laplace", model, [])
+    with pytest.raises(KeyError, match="laplace"):
+        uq.fit("laplce", model, [(x, y)])
