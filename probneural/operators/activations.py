@@ -61,10 +61,10 @@ def _curvature_term(grad: Tensor, x: Tensor, x_tangent: Tensor, into: Tensor) ->
     ``addcmul`` and ``eᵖ`` one ``exp``. On one CPU thread the work runs over blocks of
     :data:`_BLOCK` elements, so that the two temporaries stay in cache instead of costing two
     activation-sized buffers (fresh 16 MB buffers at the peak of a Hessian-vector product
-    page-fault on every 4 KB page): 1.6-2.9× faster at batch 8, width 32-128, 64². With
+    page-fault on every 4 KB page): 1.2-2.9× faster at batch 8, width 32 and 128, 64². With
     several threads every operation is a parallel region, and on a loaded machine each can
-    wait a scheduler time slice for a thread (32 blocks took 7× longer than one pass on the
-    2-core VM), so the term is then computed in one pass.
+    wait a scheduler time slice for a thread (8 blocks took 7× and 32 blocks 15× longer than
+    one pass on the shared 2-core VM), so the term is then computed in one pass.
     """
     one = torch.ones((), dtype=x.dtype, device=x.device)
     tensors = (into, grad, x, x_tangent)
@@ -117,12 +117,16 @@ class GeluGrad(torch.autograd.Function):
     @staticmethod
     def jvp(ctx: Any, grad_tangent: Tensor | None, x_tangent: Tensor | None, _: Any = None) -> Tensor | None:
         grad, x = ctx.saved_tensors
+        differentiable = torch.is_grad_enabled()  # the tangent may be differentiated (reverse-over-forward)
         result = None
         if grad_tangent is not None:
             derivative = ctx.derivative
-            result = _gelu_backward(grad_tangent, x) if derivative is None else grad_tangent * derivative
+            if differentiable:
+                result = gelu_grad(grad_tangent, x, derivative)
+            else:
+                result = _gelu_backward(grad_tangent, x) if derivative is None else grad_tangent * derivative
         if x_tangent is not None:
-            if torch.is_grad_enabled():  # keep the tangent differentiable (reverse-over-forward)
+            if differentiable:
                 term = grad * x_tangent * gelu_second(x)
                 result = term if result is None else result + term
             else:

@@ -1,4 +1,11 @@
-"""Pointwise (1 × 1) channel mixing on channels-first fields."""
+"""Pointwise (1 × 1) channel mixing on channels-first fields.
+
+Plain operations for training and inference; under eager forward-mode AD (a forward-over-reverse
+Hessian-vector product, :func:`probneural.hessian.hvp`) the custom Functions
+:class:`PointwiseAffine` and :class:`AffineGrad`, whose forward-mode rules accumulate their two
+products in one buffer and whose weight gradients can be tangent-only
+(:func:`~probneural.operators.spectral_autograd.tangent_only_gradients`).
+"""
 
 from __future__ import annotations
 
@@ -50,9 +57,9 @@ def _products(pairs: list[tuple[Tensor, Tensor]], bias: Tensor | None) -> Tensor
 class PointwiseAffine(torch.autograd.Function):
     """``(x, W, b) ↦ W x + b`` per grid point, `(b, i, N)` → `(b, o, N)`; ``b`` may be ``None``.
 
-    forward mode: ``dW x + W dx + db`` (one product where that is cheaper, see
-    :func:`_products`); backward: :class:`AffineGrad`, itself with forward-mode and
-    backward rules, so forward-over-reverse Hessian-vector products and double backward work.
+    forward mode: ``W dx + dW x + db`` (accumulated into one buffer, see :func:`_products`);
+    backward: :class:`AffineGrad`, itself with forward-mode and backward rules, so
+    forward-over-reverse Hessian-vector products and double backward work.
     """
 
     generate_vmap_rule = True

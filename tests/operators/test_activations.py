@@ -87,14 +87,19 @@ def test_non_contiguous_inputs_and_missing_tangents():
 
 def test_reverse_over_forward_through_the_cached_derivative():
     generator = torch.Generator().manual_seed(3)
-    x, dx = (torch.randn(4, 3, generator=generator, dtype=DOUBLE) for _ in range(2))
-    results = []
+    x, dx, g, dg = (torch.randn(4, 3, generator=generator, dtype=DOUBLE) for _ in range(4))
+    second, third = [], []
     for act in (gelu, F.gelu):
         leaf = x.clone().requires_grad_()
         with forward_ad.dual_level():
             tangent = forward_ad.unpack_dual(act(forward_ad.make_dual(leaf, dx))).tangent
-            results.append(torch.autograd.grad(tangent.sin().sum(), leaf)[0])
-    assert_equal_to_1e12(*results)
+            second.append(torch.autograd.grad(tangent.sin().sum(), leaf)[0])
+            # reverse over forward over reverse: the tangent of the gradient, differentiated in x
+            (grad,) = torch.autograd.grad(act(forward_ad.make_dual(leaf, dx)), leaf,
+                                          forward_ad.make_dual(g, dg), create_graph=True)
+            third.append(torch.autograd.grad(forward_ad.unpack_dual(grad).tangent.sin().sum(), leaf)[0])
+    assert_equal_to_1e12(*second)
+    assert_equal_to_1e12(*third)
 
 
 def test_the_function_runs_only_under_a_forward_mode_tangent(monkeypatch):
