@@ -149,7 +149,7 @@ def test_noise_is_the_mean_squared_residual_of_the_ensemble_mean_per_channel(ens
     expected = (mean - y).square().mean(dim=(0, 2), keepdim=True)
     assert ensemble.noise.shape == (1, 2, 1)
     torch.testing.assert_close(ensemble.noise, expected, rtol=1e-5, atol=1e-9)
-    assert (ensemble.predict(x[:2]).noise == expected.expand(2, 2, GRID)).all()
+    assert (ensemble.predict(x[:2]).noise == ensemble.noise.expand(2, 2, GRID)).all()
 
 
 def test_summary_is_json_and_reports_members_noise_and_losses(ensemble):
