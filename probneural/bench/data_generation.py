@@ -50,23 +50,36 @@ def _compare(
     reference: Callable[[np.ndarray], np.ndarray],
     inputs: torch.Tensor,
     n_reference: int,
+    repeats: int,
     device: torch.device,
 ) -> dict[str, Any]:
-    """Time ``ours`` on the batch ``inputs`` and ``reference`` on its first ``n_reference`` samples."""
-    ours(inputs[:1])  # warm-up: lazy initialisation, allocator, caches
-    ours_s, solution = _seconds(lambda: ours(inputs), device)
+    """Time ``ours`` on the batch ``inputs`` and ``reference`` on its first ``n_reference`` samples.
+
+    Both are warmed up on one sample, then timed in ``repeats`` alternating rounds (ours, then
+    the reference), so that both see the same machine state; rates are medians over the rounds
+    and ``speedup`` is their ratio (``speedup_min`` / ``speedup_max``: the extremes of the
+    per-round ratios).
+    """
     host = inputs[:n_reference].detach().to("cpu", torch.float64).numpy()
-    start = time.perf_counter()
-    expected = [reference(sample) for sample in host]
-    reference_s = time.perf_counter() - start
-    ours_rate = inputs.shape[0] / ours_s
-    reference_rate = n_reference / reference_s
+    ours(inputs[:1])  # warm-up: lazy initialisation, allocator, caches
+    reference(host[0])
+    ours_times, reference_times = [], []
+    for _ in range(repeats):
+        seconds, solution = _seconds(lambda: ours(inputs), device)
+        ours_times.append(seconds)
+        start = time.perf_counter()
+        expected = [reference(sample) for sample in host]
+        reference_times.append(time.perf_counter() - start)
+    ours_s, reference_s = float(np.median(ours_times)), float(np.median(reference_times))
+    ratios = [(inputs.shape[0] / mine) / (n_reference / theirs) for mine, theirs in zip(ours_times, reference_times)]
     return {
         "seconds": ours_s,
-        "samples_per_s": ours_rate,
+        "samples_per_s": inputs.shape[0] / ours_s,
         "reference_seconds": reference_s,
-        "reference_samples_per_s": reference_rate,
-        "speedup": ours_rate / reference_rate,
+        "reference_samples_per_s": n_reference / reference_s,
+        "speedup": (inputs.shape[0] / ours_s) / (n_reference / reference_s),
+        "speedup_min": min(ratios),
+        "speedup_max": max(ratios),
         "max_relative_difference": max(
             _relative_difference(solution[k], expected[k]) for k in range(n_reference)
         ),
@@ -85,6 +98,7 @@ def data_generation(
     burgers_solve_resolution: int = 8192,
     navier_stokes_resolution: int = 256,
     navier_stokes_steps: int = 20,
+    repeats: int = 3,
     device: str = "auto",
     precision: str = "fp64",
     seed: int = 0,
@@ -106,6 +120,7 @@ def data_generation(
         problems: which of ``darcy``, ``burgers``, ``navier_stokes`` to run.
         n_samples: batch of our solvers.
         n_reference: samples solved by the reference (its rate is per sample).
+        repeats: alternating timing rounds of ours and the reference (medians are reported).
         device: where our solvers run (``auto``, ``cpu``, ``cuda``).
         precision: ``fp64`` or ``fp32``: the dtype both solvers compute in.
         seed: seed of the random inputs.
@@ -114,7 +129,10 @@ def data_generation(
     Returns:
         One case per problem.
     """
-    for name, value in (("n_samples", n_samples), ("n_reference", n_reference), ("navier_stokes_steps", navier_stokes_steps)):
+    for name, value in (
+        ("n_samples", n_samples), ("n_reference", n_reference), ("navier_stokes_steps", navier_stokes_steps),
+        ("repeats", repeats),
+    ):
         check_int(name, value, 1)
     if n_reference > n_samples:
         raise ValueError(f"n_reference must be <= n_samples = {n_samples}, got {n_reference}")
@@ -133,7 +151,7 @@ def data_generation(
             metrics = _compare(
                 lambda x: darcy.solve(x, 1.0)[:, ::stride, ::stride],
                 lambda x: darcy_reference.solve_scipy(x)[::stride, ::stride],
-                a, n_reference, target,
+                a, n_reference, repeats, target,
             )
             case = {"problem": problem, "resolution": darcy_resolution, "solve_resolution": darcy_solve_resolution}
         elif problem == "burgers":
@@ -144,7 +162,7 @@ def data_generation(
             metrics = _compare(
                 lambda x: burgers.solve(x, viscosity=0.1, t=1.0, dt=dt)[:, ::stride],
                 lambda x: burgers_reference.solve_numpy(x, viscosity=0.1, t=1.0, dt=dt)[::stride],
-                u0, n_reference, target,
+                u0, n_reference, repeats, target,
             )
             case = {"problem": problem, "resolution": burgers_resolution, "solve_resolution": burgers_solve_resolution}
         else:
@@ -160,7 +178,7 @@ def data_generation(
                 lambda x: navier_stokes_reference.solve_numpy(
                     x, 1e-3, t, forcing=forcing.to("cpu", torch.float64).numpy(), dt=dt
                 ),
-                w0, n_reference, target,
+                w0, n_reference, repeats, target,
             )
             for key in ("samples_per_s", "reference_samples_per_s"):
                 metrics[key.replace("samples", "sample_steps")] = metrics.pop(key) * navier_stokes_steps

@@ -312,6 +312,7 @@ class DataGenerationBenchmark:
     burgers_solve_resolution: int = 8192
     navier_stokes_resolution: int = 256
     navier_stokes_steps: int = 20
+    repeats: int = 3
 
 
 @dataclass

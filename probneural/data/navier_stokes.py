@@ -49,6 +49,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Union
 
 import torch
@@ -103,7 +104,7 @@ def dealiasing_cutoff(resolution: int) -> int:
 
 
 class _Spectral:
-    """Wavenumber tables, work buffers and the advection term of one grid and viscosity.
+    """Wavenumber tables, work buffers, the advection term and the time step of one grid and viscosity.
 
     Layout: the state is the half spectrum ``ŵ[b, k_x, k_y]`` of shape `(B, s // 2 + 1, s)`
     (``torch.fft.rfft2(w, dim=(-1, -2))``, halved along ``x``), so that every transform of the
@@ -124,9 +125,16 @@ class _Spectral:
     Between the two passes of each 2-D transform the lines are transposed. The transposes read
     from buffers whose rows are padded by :data:`_ROW_PADDING` elements: a power-of-two row
     stride maps a column onto a few cache sets, which made these copies 3–4 times slower (256²,
-    CPU). The buffers are allocated once, for up to ``batch`` samples (fresh multi-megabyte
-    allocations cost page faults on every call: glibc returns them to the OS); hence the solver
-    is not differentiable.
+    CPU). Every array of a step lives in a buffer allocated once, for up to ``batch`` samples:
+    fresh multi-megabyte allocations cost page faults on every call (glibc returns them to the
+    OS). Hence the solver is not differentiable, and :meth:`advection` returns one of two
+    alternating buffers (valid until the second call after it).
+
+    The time step applies each RK3 stage as three fused complex operations with per-stage
+    factors (``(1 − αhD) / (1 + αhD)``, the forcing term, ``−γh / (1 + αhD)``) that depend only
+    on the step lengths; they are computed in complex form once and reused while the step
+    lengths and the forcing stay the same (every step of a fixed-``dt`` solve), which also
+    avoids promoting real factors to complex on every use.
 
     Args:
         resolution: points per axis ``s``.
@@ -165,14 +173,22 @@ class _Spectral:
         # The forward lines hold Q̃ for k_x = 0, K, K − 1, ..., 1 after those of Q for k_x = 0..K.
         self._mirrored_lines = torch.tensor([self.rows, *range(2 * self.rows - 1, self.rows, -1)], device=device)
         complex_dtype = _COMPLEX[dtype]
-        lines = 2 * cutoff + 1
+        lines, rows = 2 * cutoff + 1, self.rows
         self._lines = torch.empty((batch, lines, s), dtype=complex_dtype, device=device)
         self._mirrored = torch.empty((batch, cutoff, s), dtype=complex_dtype, device=device)
         self._line_values = _padded((batch, lines, s), complex_dtype, device)
         # Columns K < k_x < s − K stay zero: the lines the 2/3 rule discards.
         self._spectrum_rows = torch.zeros((batch, s, s), dtype=complex_dtype, device=device)
+        self._velocity = torch.empty((batch, s, s), dtype=complex_dtype, device=device)
         self._square = _padded((batch, s, s), complex_dtype, device)
-        self._square_lines = torch.empty((batch, 2 * self.rows, s), dtype=complex_dtype, device=device)
+        self._square_lines = torch.empty((batch, 2 * rows, s), dtype=complex_dtype, device=device)
+        self._square_spectra = torch.empty((batch, 2 * rows, s), dtype=complex_dtype, device=device)
+        self._square_mirrored = torch.empty((batch, rows, s), dtype=complex_dtype, device=device)
+        self._advection = torch.empty((2, batch, rows, s), dtype=complex_dtype, device=device)
+        self._advection_calls = 0
+        self._explicit = torch.empty((batch, rows, s), dtype=complex_dtype, device=device)
+        self._factors_key: tuple[list[float], torch.Tensor | None] | None = None
+        self._factors: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
 
     def velocity(self, w_hat: torch.Tensor) -> torch.Tensor:
         """``z = u + i v`` on the grid from the 2/3 modes of ``ŵ``.
@@ -181,7 +197,8 @@ class _Spectral:
             w_hat: `(B, s // 2 + 1, s)` vorticity half spectrum.
 
         Returns:
-            `(B, s, s)` complex ``z[b, j, i] = (u + i v)(x_i, y_j)`` (transposed grid; a new tensor).
+            `(B, s, s)` complex ``z[b, j, i] = (u + i v)(x_i, y_j)`` (transposed grid; a work buffer,
+            overwritten by the next call).
         """
         batch, rows, cutoff = w_hat.shape[0], self.rows, self.cutoff
         lines, mirrored = self._lines[:batch], self._mirrored[:batch]
@@ -192,7 +209,7 @@ class _Spectral:
         torch.fft.ifft(lines, dim=-1, norm="forward", out=line_values)
         spectrum_rows[..., :rows] = line_values[:, :rows].mT
         torch.conj_physical(line_values[:, rows:].mT, out=spectrum_rows[..., -cutoff:])
-        return torch.fft.ifft(spectrum_rows, dim=-1, norm="forward")
+        return torch.fft.ifft(spectrum_rows, dim=-1, norm="forward", out=self._velocity[:batch])
 
     def advection(self, w_hat: torch.Tensor, *, with_speed: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The dealiased advection term ``u·∇w`` and, if asked, the CFL speed ``max_x(|u| + |v|)``.
@@ -202,8 +219,8 @@ class _Spectral:
             with_speed: also return the speed (else ``None``).
 
         Returns:
-            `(B, K + 1, s)` spectrum of ``u·∇w`` on the rows ``0 <= k_x <= K`` (a new tensor), and
-            `(B,)` speed or ``None``.
+            `(B, K + 1, s)` spectrum of ``u·∇w`` on the rows ``0 <= k_x <= K`` (one of two alternating
+            work buffers: valid until the second call after this one), and `(B,)` speed or ``None``.
         """
         batch, rows, cutoff = w_hat.shape[0], self.rows, self.cutoff
         square, lines = self._square[:batch], self._square_lines[:batch]
@@ -213,43 +230,74 @@ class _Spectral:
         lines[:, :rows] = square[..., :rows].mT
         torch.conj_physical(square[..., 0], out=lines[:, rows])
         torch.conj_physical(square[..., -cutoff:].mT, out=lines[:, rows + 1 :])
-        lines = torch.fft.fft(lines, dim=-1)
-        mirrored = lines.index_select(1, self._mirrored_lines)
-        return torch.mul(self._from_square, lines[:, :rows]).addcmul_(self._from_square_mirrored, mirrored), speed
+        spectra = torch.fft.fft(lines, dim=-1, out=self._square_spectra[:batch])
+        mirrored = torch.index_select(spectra, 1, self._mirrored_lines, out=self._square_mirrored[:batch])
+        out = self._advection[self._advection_calls % 2, :batch]
+        self._advection_calls += 1
+        torch.mul(self._from_square, spectra[:, :rows], out=out)
+        return out.addcmul_(self._from_square_mirrored, mirrored), speed
 
-    def step(
+    def _stage_factors(
+        self, h: torch.Tensor, forcing_hat: torch.Tensor | None
+    ) -> list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+        """Per RK3 stage: ``(1 − αhD) / (1 + αhD)``, ``2αh f̂ / (1 + αhD)`` (or ``None``) and ``−γh / (1 + αhD)``.
+
+        Complex tensors of shape `(B or 1, s // 2 + 1, s)`, `(B or 1, s // 2 + 1, s)` and
+        `(B or 1, K + 1, s)`: one leading row when every sample steps by the same ``h``. Cached
+        for the last ``(h, forcing_hat)``.
+        """
+        steps = h.tolist()
+        if self._factors_key is not None and self._factors_key[0] == steps and self._factors_key[1] is forcing_hat:
+            return self._factors
+        h = h[:1] if all(step == steps[0] for step in steps) else h
+        h = h[:, None, None]
+        complex_dtype = _COMPLEX[self.decay.dtype]
+        self._factors = []
+        for gamma, zeta in _RK3_WEIGHTS:
+            alpha_h = (0.5 * (gamma + zeta)) * h
+            inverse = torch.addcmul(torch.ones_like(alpha_h), self.decay, alpha_h).reciprocal_()  # 1 / (1 + αhD)
+            damping = inverse.mul(2).sub_(1).to(complex_dtype)  # (1 − αhD) / (1 + αhD)
+            explicit = inverse[:, : self.rows].mul(-gamma * h).to(complex_dtype)
+            forcing = None if forcing_hat is None else forcing_hat * inverse.mul_(2 * alpha_h)
+            self._factors.append((damping, forcing, explicit))
+        self._factors_key = (steps, forcing_hat)
+        return self._factors
+
+    def step_(
         self,
         w_hat: torch.Tensor,
         advection: torch.Tensor,
         h: torch.Tensor,
         forcing_hat: torch.Tensor | None,
     ) -> torch.Tensor:
-        """One RK3–Crank–Nicolson step of length ``h`` per sample (see the module docstring).
+        """One RK3–Crank–Nicolson step of length ``h`` per sample, in place (see the module docstring).
+
+        Stage ``k``: ``ŵ ← (1 − α_k hD)/(1 + α_k hD) ŵ + 2α_k h f̂/(1 + α_k hD)
+        − γ_k h/(1 + α_k hD) (E_{k−1} + (ζ_k/γ_k) E_{k−2})`` (the last term on the rows
+        ``k_x <= K``, where the advection ``E`` lives).
 
         Args:
-            w_hat: `(B, s // 2 + 1, s)` vorticity half spectrum ``ŵⁿ`` (not modified).
+            w_hat: `(B, s // 2 + 1, s)` vorticity half spectrum ``ŵⁿ``, overwritten with ``ŵⁿ⁺¹``.
             advection: `(B, K + 1, s)` advection term of ``wⁿ`` from :meth:`advection`.
             h: `(B,)` step lengths in the state's real dtype; ``h = 0`` leaves a sample unchanged.
             forcing_hat: `(B or 1, s // 2 + 1, s)` forcing half spectrum, or ``None``.
 
         Returns:
-            `(B, s // 2 + 1, s)` half spectrum ``ŵⁿ⁺¹``.
+            ``w_hat``.
         """
-        h = h[:, None, None]
+        explicit = self._explicit[: w_hat.shape[0]]
         previous = None
-        for stage, (gamma, zeta) in enumerate(_RK3_WEIGHTS):
+        for stage, ((gamma, zeta), (damping, forcing, factor)) in enumerate(
+            zip(_RK3_WEIGHTS, self._stage_factors(h, forcing_hat))
+        ):
             if stage:
                 previous, (advection, _) = advection, self.advection(w_hat)
-            alpha_h = (0.5 * (gamma + zeta)) * h
-            inverse = torch.addcmul(torch.ones_like(alpha_h), self.decay, alpha_h).reciprocal_()  # 1 / (1 + αhD)
-            w_next = w_hat * inverse.mul(2).sub_(1)  # (1 − αhD) / (1 + αhD) ŵ
-            if forcing_hat is not None:
-                w_next.add_(forcing_hat * inverse.mul(2 * alpha_h))
-            explicit = advection * (-gamma * h)
-            if previous is not None:
-                explicit.add_(previous * (-zeta * h))
-            w_next[:, : self.rows].add_(explicit.mul_(inverse[:, : self.rows]))
-            w_hat = w_next
+            if forcing is None:
+                w_hat.mul_(damping)
+            else:
+                torch.addcmul(forcing, damping, w_hat, out=w_hat)
+            source = advection if previous is None else torch.add(advection, previous, alpha=zeta / gamma, out=explicit)
+            w_hat[:, : self.rows].addcmul_(factor, source)
         return w_hat
 
 
@@ -343,9 +391,9 @@ def solve(
     See the module docstring for the discretisation, the RK3–Crank–Nicolson scheme and the
     step-size rule. Runs on ``w0``'s device in ``w0``'s dtype (float32 or float64; integer
     input is converted to the default dtype); the samples of a batch are independent. The
-    solve reuses work buffers and is not differentiable. On a CPU the batch is integrated in
-    chunks of one sample per thread (see :func:`_chunk_size`); other devices integrate the
-    whole batch at once.
+    solve reuses work buffers and is not differentiable. On a CPU the samples are integrated
+    one at a time, spread over ``torch.get_num_threads()`` worker threads (see
+    :func:`_integrate_samples_on_threads`); other devices integrate the whole batch at once.
 
     Args:
         w0: `(B, s, s)` or `(s, s)` initial vorticity on ``(x_i, y_j) = (i, j) / s``, ``s >= 4``.
@@ -387,29 +435,62 @@ def solve(
 
     forcing_hat = None if forcing is None else _half_spectrum(forcing.reshape(-1, *forcing.shape[-2:]))
     batch, s = w.shape[0], w.shape[-1]
-    chunk = _chunk_size(batch, w.device)
-    spectral = _Spectral(s, viscosity, chunk, w.dtype, w.device)
-    snapshots = []
-    for start in range(0, batch, chunk):
-        part = slice(start, start + chunk)
+
+    def integrate(spectral: _Spectral, part: slice) -> torch.Tensor:
         part_forcing = forcing_hat if forcing_hat is None or forcing_hat.shape[0] == 1 else forcing_hat[part]
-        snapshots.append(_integrate(spectral, w[part], times, part_forcing, dt=dt, cfl=cfl, max_dt=max_dt))
-    out = torch.cat(snapshots)
+        return _integrate(spectral, w[part], times, part_forcing, dt=dt, cfl=cfl, max_dt=max_dt)
+
+    if w.device.type == "cpu":
+        out = _integrate_samples_on_threads(batch, lambda: _Spectral(s, viscosity, 1, w.dtype, w.device), integrate)
+    else:
+        out = integrate(_Spectral(s, viscosity, batch, w.dtype, w.device), slice(None))
     if single:
         out = out[:, 0]
     return out[0] if unbatched else out
 
 
-def _chunk_size(batch: int, device: torch.device) -> int:
-    """Samples integrated together: on a CPU one per intra-op thread, elsewhere the whole batch.
+def _integrate_samples_on_threads(
+    batch: int,
+    make_spectral: Callable[[], _Spectral],
+    integrate: Callable[[_Spectral, slice], torch.Tensor],
+) -> torch.Tensor:
+    """CPU: integrate the ``batch`` samples one at a time, spread over ``torch.get_num_threads()`` threads.
 
-    One 256² sample's work arrays (1 MB each in float64) already exceed a core's L2 cache: with
-    one thread, chunks of 4 and 8 samples were 1.4× slower per sample than single samples
-    (float64). With several threads, one sample per thread keeps the per-thread working set the
-    same while the element-wise operations on the 2/3 rows (``(K + 1) s`` elements per sample,
-    22k at 256², below PyTorch's parallel grain of 32768) become large enough to be split.
+    Each worker thread runs its samples with one intra-op thread and its own buffers. One
+    256² sample's work arrays (1 MB each in float64) already exceed a core's L2 cache: with one
+    thread, chunks of 4 and 8 samples were 1.4× slower per sample than single samples. With
+    two threads, splitting each operation of a two-sample chunk between them paid a fork and
+    join per operation (about 40 of them per advection evaluation, each tens of microseconds);
+    whole samples per thread avoid that. Every sample is integrated alone by a single thread,
+    so the result does not depend on the batch or the thread count.
+
+    Args:
+        batch: number of samples ``B``.
+        make_spectral: builds a :class:`_Spectral` for one sample (called once per worker).
+        integrate: ``integrate(spectral, part)`` returns the snapshots of the samples ``part``.
+
+    Returns:
+        The snapshots of all samples, concatenated in order.
     """
-    return min(batch, torch.get_num_threads()) if device.type == "cpu" else batch
+    workers = min(batch, torch.get_num_threads())
+
+    def run(first: int) -> list[torch.Tensor]:
+        if workers > 1:
+            torch.set_num_threads(1)  # this worker thread only (OpenMP and MKL thread limits are per thread)
+        spectral = make_spectral()
+        return [integrate(spectral, slice(i, i + 1)) for i in range(first, batch, workers)]
+
+    if workers == 1:
+        return torch.cat(run(0))
+    threads = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="navier_stokes") as pool:
+            parts = list(pool.map(run, range(workers)))
+    finally:
+        torch.set_num_threads(threads)  # also resets the default that new threads inherit
+    order = [sample for first in range(workers) for sample in range(first, batch, workers)]
+    out = torch.cat([snapshot for part in parts for snapshot in part])
+    return out[torch.argsort(torch.tensor(order))]
 
 
 def _integrate(
@@ -456,7 +537,7 @@ def _integrate(
                     limit = limit.clamp(max=max_dt)
             remaining = target - clock
             h = _step_lengths(remaining, limit)
-            w_hat = spectral.step(w_hat, advection, h.to(dtype), forcing_hat)
+            spectral.step_(w_hat, advection, h.to(dtype), forcing_hat)
             clock = torch.where(h == remaining, target, clock + h)
         snapshot = torch.fft.irfft2(w_hat, s=(s, s), dim=(-1, -2))
         if not bool(torch.isfinite(snapshot).all()):

@@ -16,7 +16,7 @@ def test_smoke_size_cases_agree_with_the_references(precision, agreement):
     assert [case["problem"] for case, _ in results] == ["darcy", "burgers", "navier_stokes"]
     for case, metrics in results:
         assert metrics["max_relative_difference"] < agreement, (case, metrics)
-        assert metrics["speedup"] > 0
+        assert metrics["speedup"] > 0 and metrics["speedup_min"] <= metrics["speedup_max"]
     assert {"sample_steps_per_s", "reference_sample_steps_per_s"} <= set(results[2][1])
     assert SUITES.get("data_generation") is data_generation
 
@@ -28,3 +28,5 @@ def test_bad_arguments_are_named():
         data_generation(problems=["heat"], progress=False)
     with pytest.raises(ValueError, match="n_reference must be <= n_samples"):
         data_generation(n_samples=1, n_reference=2, progress=False)
+    with pytest.raises(ValueError, match="repeats must be"):
+        data_generation(repeats=0, progress=False)
