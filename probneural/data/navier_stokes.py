@@ -644,8 +644,9 @@ def generate(
         cfl: CFL number of the time step (:data:`DEFAULT_CFL`).
         solve_dtype: dtype of the solve, float64 or float32 (about twice as fast on CPU,
             rounding ~1e-6 relative).
-        batch_size: samples generated per call of :func:`solve` (on a CPU it integrates them
-            one at a time anyway, see :func:`solve`); on a GPU raise it to fill the device.
+        batch_size: samples generated per call of :func:`solve`: on a CPU its samples are spread
+            over the threads (one each, see :func:`solve`), so use at least
+            ``torch.get_num_threads()``; on a GPU raise it to fill the device.
         dtype: dtype of the returned tensors.
         device: device of the computation and of the result (default: CPU).
         cache_dir: if set, load from / store to this on-disk cache (:mod:`probneural.data.cache`).
