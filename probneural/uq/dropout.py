@@ -26,7 +26,7 @@ from probneural.operators.fno import FNO
 from probneural.train.normalized import NormalizedOperator
 from probneural.uq.posterior import METHODS, Batches, Posterior, model_parameters, normalized_parts
 from probneural.uq.prediction import MixturePrediction
-from probneural.uq.training import residual_variance, seeded, train_operator
+from probneural.uq.training import residual_variance, train_operator
 from probneural.validation import check_float, check_int
 
 __all__ = [
@@ -238,7 +238,9 @@ def fit_mc_dropout(
     Gal & Ghahramani train with dropout from the start; fine-tuning the trained weights with
     dropout active for a few epochs (relative L2 loss) is the cheap variant used here, and
     ``epochs=0`` uses the trained weights as they are. The aleatoric noise is, per output channel,
-    the mean squared residual of the MC mean on ``loader`` (an underestimate on training data).
+    the mean squared residual on ``loader`` of the weight-scaled pass (dropout off; with inverted
+    dropout this is the standard deterministic approximation of the MC mean, Srivastava et al.
+    2014), one pass over the data instead of ``samples`` (an underestimate on training data).
 
     Args:
         model: the trained operator (raw fields in and out); see :func:`dropout_copy`.
@@ -248,7 +250,7 @@ def fit_mc_dropout(
         lr: initial fine-tuning learning rate (cosine to 0).
         weight_decay: Adam's weight decay.
         samples: stochastic passes per prediction (``>= 2``).
-        seed: fixes the dropout masks of fine-tuning and of the noise estimate.
+        seed: fixes the dropout masks of fine-tuning.
         progress: show a progress bar over epochs.
 
     Returns:
@@ -259,9 +261,8 @@ def fit_mc_dropout(
     losses = train_operator(stochastic, loader, epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed,
                             progress=progress)
     device, dtype = model_parameters(stochastic)
-    with seeded(seed, device):
-        noise = residual_variance(lambda x: stochastic_passes(stochastic, x, samples).mean(0), loader,
-                                  device=device, dtype=dtype)
+    stochastic.eval()  # the weight-scaled pass: one deterministic pass instead of ``samples`` random ones
+    noise = residual_variance(stochastic, loader, device=device, dtype=dtype)
     return DropoutPosterior(stochastic, samples, noise, {"p": p, "epochs": epochs, "train_losses": losses})
 
 
