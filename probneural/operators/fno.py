@@ -169,6 +169,19 @@ class FNO(nn.Module):
         Returns:
             `(b, width, *spatial)` per-point features (posterior heads build on these).
         """
+        last = len(self.spectral) - 1
+        return self.unpad(self.fourier_layer(last, self.hidden(x, last)), x.shape[2:])
+
+    def hidden(self, x: Tensor, n_layers: int) -> Tensor:
+        """The representation after the lifting and the first ``n_layers`` Fourier layers, on the padded grid.
+
+        Args:
+            x: `(b, in_channels, *spatial)` input function.
+            n_layers: Fourier layers to apply, ``0 <= n_layers <= len(self.spectral)``.
+
+        Returns:
+            `(b, width, *padded)`; :meth:`unpad` crops it back to ``spatial``.
+        """
         self.check_input(x)
         if self.grid is not None:
             x = torch.cat((x, positional_grid(x, self.grid)), dim=1)
@@ -176,14 +189,21 @@ class FNO(nn.Module):
         pads = self.pad_widths(x.shape[2:])
         if any(pads):
             h = F.pad(h, [p for n in reversed(pads) for p in (0, n)])
-        last = len(self.spectral) - 1
-        for i, (spectral, skip) in enumerate(zip(self.spectral, self.skips)):
-            h = spectral(h) + skip(h)
-            if i < last:
-                h = self.dropout(self.act(h))
-        if any(pads):
-            h = h[(..., *(slice(0, n - p) for n, p in zip(h.shape[2:], pads)))]
+        for i in range(n_layers):
+            h = self.fourier_layer(i, h)
         return h
+
+    def fourier_layer(self, i: int, h: Tensor) -> Tensor:
+        """Fourier layer ``i`` on `(b, width, *padded)`: ``K_i(h) + W_i h``, then activation and dropout unless last."""
+        h = self.spectral[i](h) + self.skips[i](h)
+        return h if i == len(self.spectral) - 1 else self.dropout(self.act(h))
+
+    def unpad(self, h: Tensor, spatial: Sequence[int]) -> Tensor:
+        """Crop `(b, c, *padded)` to the unpadded grid `(b, c, *spatial)` (a no-op without padding)."""
+        pads = self.pad_widths(spatial)
+        if not any(pads):
+            return h
+        return h[(..., *(slice(0, n) for n in spatial))]
 
     def project(self, h: Tensor) -> Tensor:
         """Pointwise projection of features `(b, width, *spatial)` to `(b, out_channels, *spatial)`."""

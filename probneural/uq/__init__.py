@@ -18,6 +18,7 @@ from probneural.uq import laplace  # noqa: F401  (registers "laplace")
 from probneural.uq import conformal  # noqa: F401  (registers "conformal")
 from probneural.uq import ensemble  # noqa: F401  (registers "ensemble")
 from probneural.uq import dropout  # noqa: F401  (registers "mc_dropout" and "pno")
+from probneural.uq import gp  # noqa: F401  (registers "gp_exact" and "gp_svgp")
 
 __all__ = [
     "GaussianPrediction",

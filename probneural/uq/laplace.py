@@ -45,7 +45,7 @@ from probneural.hessian.ggn import ggn_vp
 from probneural.hessian.kfac import KroneckerBlock, recording
 from probneural.hessian.operator import LinearOperator
 from probneural.hessian.structure import flatten, unflatten
-from probneural.uq.posterior import METHODS, Batches, Posterior, model_parameters, normalized_parts
+from probneural.uq.posterior import METHODS, Batches, Posterior, model_parameters, normalized_parts, to_data_units
 from probneural.uq.prediction import GaussianPrediction
 from probneural.validation import check_float, check_int
 
@@ -357,11 +357,7 @@ class LaplacePosterior(Posterior):
         finally:
             self.operator.train(was_training)
         noise = self.noise_variance.to(device, dtype).view(1, -1, *([1] * (mean.dim() - 2)))
-        prediction = GaussianPrediction(mean, noise.expand_as(mean), factor)
-        if self.y_normalizer is None:
-            return prediction
-        scale = self.y_normalizer.decode_variance(torch.ones_like(mean[:1])).sqrt()
-        return prediction.affine(scale, self.y_normalizer.decode(torch.zeros_like(mean[:1])))
+        return to_data_units(GaussianPrediction(mean, noise.expand_as(mean), factor), self.y_normalizer)
 
     def _linearised(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """The operator's output and the factor ``J(z) Δθ_s / √S`` `(b, S, c, *spatial)` by one ``jvp`` per draw."""

@@ -23,7 +23,7 @@ from probneural.train.normalized import NormalizedOperator
 from probneural.uq.prediction import Prediction, cat
 from probneural.validation import check_int
 
-__all__ = ["METHODS", "Batches", "Posterior", "fit", "model_parameters", "normalized_parts", "predict_in_batches"]
+__all__ = ["METHODS", "Batches", "Posterior", "fit", "model_parameters", "normalized_parts", "predict_in_batches", "to_data_units"]
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 
@@ -87,6 +87,15 @@ def normalized_parts(model: nn.Module) -> tuple[nn.Module, ChannelNormalizer | N
     if isinstance(model, NormalizedOperator):
         return model.operator, model.x_normalizer, model.y_normalizer
     return model, None, None
+
+
+def to_data_units(prediction: Prediction, y_normalizer: ChannelNormalizer | None) -> Prediction:
+    """A prediction of normalised fields mapped back to data units by ``y_normalizer`` (unchanged if ``None``)."""
+    if y_normalizer is None:
+        return prediction
+    mean = prediction.mean
+    scale = y_normalizer.decode_variance(torch.ones_like(mean[:1])).sqrt()
+    return prediction.affine(scale, y_normalizer.decode(torch.zeros_like(mean[:1])))
 
 
 def model_parameters(model: nn.Module) -> tuple[torch.device, torch.dtype]:

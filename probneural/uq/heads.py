@@ -1,0 +1,141 @@
+"""What the posterior heads (Pyro, GPyTorch) share: a frozen FNO split into trunk and head, cached per-point data.
+
+A head replaces the end of a trained :class:`~probneural.operators.FNO` by a probabilistic model:
+the trunk (lifting and the first Fourier layers) stays frozen and its output is computed once
+per training sample (:class:`FrozenTrunk`); the head models the normalised targets from it.
+Everything a head computes lives in the operator's normalised units (when the model is a
+:class:`~probneural.train.NormalizedOperator`); :meth:`FrozenTrunk.to_data_units` maps a
+normalised prediction back.
+
+Shapes: the trunk's output is `(b, width, *grid)`. ``grid`` is the padded grid when the head
+includes the last Fourier layer (``fourier_layer=True``), the output grid otherwise.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from probneural.operators.fno import FNO
+from probneural.uq.posterior import Batches, model_parameters, normalized_parts, to_data_units
+from probneural.uq.prediction import Prediction
+
+__all__ = ["FrozenTrunk", "TrainingFields", "check_dtype", "random_points"]
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def check_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"float32"``/``"float64"`` (or the torch dtype) as a torch dtype; a ``ValueError`` otherwise."""
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
+    if dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}; got {dtype!r}")
+
+
+@dataclass
+class TrainingFields:
+    """The training set as the head sees it.
+
+    Attributes:
+        trunk: `(n, width, *grid)` trunk outputs, in the operator's dtype.
+        targets: `(n, c_out, *spatial)` normalised targets, in the operator's dtype.
+    """
+
+    trunk: Tensor
+    targets: Tensor
+
+    @property
+    def points(self) -> int:
+        """Grid points per field."""
+        return self.targets[0, 0].numel()
+
+
+class FrozenTrunk:
+    """A trained FNO's frozen trunk, a trainable copy of its head layers, and its normalisers.
+
+    Args:
+        model: the trained operator: an :class:`FNO` or a ``NormalizedOperator`` around one. It is
+            not modified.
+        fourier_layer: the head starts at the last Fourier layer (else at the projection).
+
+    Attributes:
+        operator: the FNO (shared with ``model``, used frozen).
+        head_layers: deep copies of the head's layers by name: ``projection_hidden``,
+            ``projection_out`` and, with ``fourier_layer``, ``spectral`` and ``skip`` (the last
+            Fourier layer's), initialised at the trained weights.
+    """
+
+    def __init__(self, model: nn.Module, *, fourier_layer: bool = False) -> None:
+        operator, self.x_normalizer, self.y_normalizer = normalized_parts(model)
+        if not isinstance(operator, FNO):
+            raise ValueError(
+                f"model: posterior heads need an FNO (or a NormalizedOperator around one) to split into trunk "
+                f"and head; got {type(operator).__name__}"
+            )
+        self.operator = operator
+        self.fourier_layer = bool(fourier_layer)
+        self.device, self.dtype = model_parameters(operator)
+        layers = {"projection_hidden": operator.projection_hidden, "projection_out": operator.projection_out}
+        if self.fourier_layer:
+            layers = {"spectral": operator.spectral[-1], "skip": operator.skips[-1]} | layers
+        self.head_layers = {name: copy.deepcopy(layer).requires_grad_(True) for name, layer in layers.items()}
+        self.activation = operator.act
+
+    @torch.no_grad()
+    def trunk(self, x: Tensor) -> Tensor:
+        """`(b, width, *grid)` trunk output of data-unit inputs ``x`` `(b, c_in, *spatial)`."""
+        x = x.to(self.device, self.dtype)
+        z = self.x_normalizer.encode(x) if self.x_normalizer is not None else x
+        was_training = self.operator.training
+        self.operator.eval()
+        try:
+            if self.fourier_layer:
+                return self.operator.hidden(z, len(self.operator.spectral) - 1)
+            return torch.cat([self.operator.features(chunk) for chunk in z.split(self.operator.chunk_size(z))])
+        finally:
+            self.operator.train(was_training)
+
+    def encode_targets(self, y: Tensor) -> Tensor:
+        y = y.to(self.device, self.dtype)
+        return self.y_normalizer.encode(y) if self.y_normalizer is not None else y
+
+    def features(self, trunk: Tensor, spatial: tuple[int, ...], layers: dict[str, nn.Module] | None = None) -> Tensor:
+        """Per-point features `(b, width, *spatial)` from a trunk output: the last Fourier layer applied if in the head.
+
+        ``layers`` replaces :attr:`head_layers` (e.g. by modules with sampled weights).
+        """
+        if not self.fourier_layer:
+            return trunk
+        layers = self.head_layers if layers is None else layers
+        return self.operator.unpad(layers["spectral"](trunk) + layers["skip"](trunk), spatial)
+
+    def hidden_projection(self, features: Tensor, layers: dict[str, nn.Module] | None = None) -> Tensor:
+        """The projection's hidden activations `(b, projection_channels, *spatial)` from per-point features."""
+        layers = self.head_layers if layers is None else layers
+        return self.activation(layers["projection_hidden"](features))
+
+    def collect(self, loader: Batches) -> TrainingFields:
+        """Trunk outputs and normalised targets of every ``(x, y)`` batch of ``loader``, concatenated."""
+        trunks, targets = [], []
+        for x, y in loader:
+            trunks.append(self.trunk(x))
+            targets.append(self.encode_targets(y))
+        if not trunks:
+            raise ValueError("loader: expected at least one (x, y) batch; got none")
+        return TrainingFields(torch.cat(trunks), torch.cat(targets))
+
+    def to_data_units(self, prediction: Prediction) -> Prediction:
+        """A prediction of normalised fields mapped to data units."""
+        return to_data_units(prediction, self.y_normalizer)
+
+
+def random_points(n_fields: int, points: int, count: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``count`` distinct random (field, point) pairs out of ``n_fields × points``, as two index tensors `(count,)`."""
+    total = n_fields * points
+    flat = torch.randperm(total, generator=generator)[: min(count, total)]
+    return flat // points, flat % points

@@ -1,0 +1,150 @@
+"""GPyTorch heads: the exact GP against a direct Cholesky computation, SVGP at the data against the exact GP."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from probneural import uq
+from probneural.operators import FNO
+from probneural.uq.gp import GPPosterior
+
+DOUBLE = {"dtype": torch.float64}
+
+
+def problem(channels: int = 1, fields: int = 6, points: int = 16):
+    """A small 1-D FNO and targets it misses by a smooth function of the input plus noise."""
+    torch.manual_seed(0)
+    model = FNO(1, channels, [4], width=4, n_layers=2, projection_channels=8).double()
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(fields, 1, points, generator=generator, **DOUBLE)
+    with torch.no_grad():
+        y = model(x) + 0.3 * torch.sin(3 * x) + 0.05 * torch.randn(fields, channels, points, generator=generator,
+                                                                    **DOUBLE)
+    x_test = torch.randn(2, 1, points, generator=generator, **DOUBLE)
+    return model, [(x[: fields // 2], y[: fields // 2]), (x[fields // 2:], y[fields // 2:])], x_test
+
+
+def matern52(a, b, lengthscale, outputscale):
+    r = torch.cdist(a / lengthscale, b / lengthscale)
+    return outputscale * (1 + math.sqrt(5) * r + 5 * r**2 / 3) * torch.exp(-math.sqrt(5) * r)
+
+
+def all_points(posterior: GPPosterior, loader):
+    """Standardised inputs `(n, d)`, residual targets `(n, c)` of every training point."""
+    x = torch.cat([x for x, _ in loader])
+    y = torch.cat([y for _, y in loader])
+    features = posterior.trunk.trunk(x)
+    inputs = posterior.inputs.field(features).reshape(-1, posterior.inputs.center.shape[0])
+    with torch.no_grad():
+        residual = (y - posterior.inputs.mean(features)).flatten(2).mT.reshape(-1, y.shape[1])
+    return inputs, residual
+
+
+def test_exact_head_equals_a_direct_cholesky_computation():
+    model, loader, x_test = problem()
+    posterior = uq.fit("gp_exact", model, loader, points=10_000, epochs=30)  # every one of the 96 points
+    assert posterior.summary()["points"] == 96
+    kernel = posterior.latent.kernel
+    lengthscale = kernel.base_kernel.lengthscale.detach()[0]
+    outputscale = kernel.outputscale.detach()[0]
+    noise = posterior.latent.noise[0]
+    inputs, residual = all_points(posterior, loader)
+    gram = matern52(inputs, inputs, lengthscale, outputscale) + (noise + 1e-6) * torch.eye(96, **DOUBLE)
+    cholesky = torch.linalg.cholesky(gram)
+    prediction = posterior.predict(x_test)
+    features = posterior.trunk.trunk(x_test)
+    test_inputs = posterior.inputs.field(features)
+    with torch.no_grad():
+        operator_mean = posterior.inputs.mean(features)
+    for i in range(2):
+        cross = matern52(test_inputs[i], inputs, lengthscale, outputscale)
+        mean = operator_mean[i, 0] + cross @ torch.cholesky_solve(residual, cholesky)[:, 0]
+        solved = torch.linalg.solve_triangular(cholesky, cross.T, upper=False)
+        variance = outputscale - solved.square().sum(0) + noise
+        torch.testing.assert_close(prediction.mean[i, 0], mean, rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(prediction.variance[i, 0], variance, rtol=1e-8, atol=1e-10)
+    assert (prediction.diagonal >= noise * (1 - 1e-12)).all()
+
+
+def test_exact_head_agrees_with_gpytorch_own_predictive():
+    model, loader, x_test = problem(channels=2)
+    posterior = uq.fit("gp_exact", model, loader, points=10_000, epochs=10)
+    prediction = posterior.predict(x_test)
+    features = posterior.trunk.trunk(x_test)
+    with torch.no_grad():
+        operator_mean = posterior.inputs.mean(features)
+    inputs, residual = all_points(posterior, loader)
+    import gpytorch
+
+    from probneural.uq.gp import _ExactModel
+
+    likelihood = gpytorch.likelihoods.GaussianLikelihood(batch_shape=torch.Size([2])).double()
+    gp = _ExactModel(inputs.expand(2, *inputs.shape), residual.T, likelihood).double()
+    gp.covar_module.load_state_dict(posterior.latent.kernel.state_dict())
+    likelihood.noise = posterior.latent.noise[:, None]
+    gp.eval()
+    likelihood.eval()
+    test_inputs = posterior.inputs.field(features)
+    with torch.no_grad(), gpytorch.settings.fast_pred_var(False), gpytorch.settings.cholesky_jitter(1e-6):
+        for i in range(2):
+            theirs = likelihood(gp(test_inputs[i].expand(2, -1, -1)))
+            # we add a 1e-6 jitter to K + σ²I (σ² ≈ 1e-2 here), gpytorch only when a factorisation fails
+            torch.testing.assert_close(prediction.mean[i], operator_mean[i] + theirs.mean, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(prediction.variance[i], theirs.variance, rtol=1e-4, atol=1e-6)
+
+
+def test_svgp_with_inducing_points_at_the_data_converges_to_the_exact_gp():
+    # Same hyperparameters (both keep their initial values), inducing points at every training point:
+    # the optimal q(u) is the exact posterior, and one full-batch natural-gradient step of size 1 finds it.
+    model, loader, x_test = problem(fields=4)
+    exact = uq.fit("gp_exact", model, loader, points=10_000, epochs=0, rank=64)
+    x = torch.cat([x for x, _ in loader])
+    features = exact.trunk.trunk(x)
+    raw = features.flatten(2).mT.reshape(-1, features.shape[1])
+    sparse = uq.fit("gp_svgp", model, loader, inducing_inputs=raw, learn_inducing=False, hyperparameters=False,
+                    epochs=1, batch_points=64, natural_lr=1.0, rank=64)
+    assert sparse.summary()["inducing"] == 64
+    torch.testing.assert_close(sparse.latent.noise, exact.latent.noise)
+    ours, theirs = sparse.predict(x_test), exact.predict(x_test)
+    # up to the 1e-6 jitter on K_uu, which the exact GP does not have (K_uu is ill-conditioned here)
+    torch.testing.assert_close(ours.mean, theirs.mean, rtol=0, atol=1e-3 * theirs.mean.abs().max().item())
+    torch.testing.assert_close(ours.variance, theirs.variance, rtol=1e-3, atol=0)
+    # and a few more natural-gradient steps with a smaller size stay there
+    again = uq.fit("gp_svgp", model, loader, inducing_inputs=raw, learn_inducing=False, hyperparameters=False,
+                   epochs=60, batch_points=64, natural_lr=0.2, rank=64)
+    torch.testing.assert_close(again.predict(x_test).variance, theirs.variance, rtol=2e-3, atol=0)
+
+
+def test_svgp_mixes_latent_gps_into_several_channels():
+    model, loader, x_test = problem(channels=2)
+    posterior = uq.fit("gp_svgp", model, loader, inducing=8, latents=3, epochs=20, batch_points=48, lr=0.05,
+                       coordinates=True, rank=4)
+    prediction = posterior.predict(x_test)
+    assert prediction.mean.shape == (2, 2, 16) and prediction.factor.shape == (2, 12, 2, 16)
+    assert posterior.latent.mixing.shape == (3, 2)
+    assert (prediction.diagonal > 0).all()
+    draws = prediction.sample(3, generator=torch.Generator().manual_seed(0))
+    assert draws.shape == (3, 2, 2, 16) and torch.isfinite(draws).all()
+
+
+def test_joint_training_moves_the_projection_and_frozen_training_does_not():
+    model, loader, _ = problem()
+    before = model.projection_out.weight.detach().clone()
+    frozen = uq.fit("gp_svgp", model, loader, inducing=8, epochs=5, batch_points=32, lr=0.05)
+    joint = uq.fit("gp_svgp", model, loader, inducing=8, epochs=5, batch_points=32, lr=0.05, joint=True)
+    assert torch.equal(model.projection_out.weight, before)  # the operator itself never changes
+    assert torch.equal(frozen.inputs.projection["projection_out"].weight, before)
+    assert not torch.equal(joint.inputs.projection["projection_out"].weight, before)
+
+
+def test_bad_options_are_named():
+    model, loader, _ = problem()
+    with pytest.raises(ValueError, match="dtype: expected one of"):
+        uq.fit("gp_exact", model, loader, dtype="float16")
+    with pytest.raises(ValueError, match="inducing_inputs: expected shape"):
+        uq.fit("gp_svgp", model, loader, inducing_inputs=torch.zeros(3, 7, **DOUBLE))
+    with pytest.raises(ValueError, match="posterior heads need an FNO"):
+        uq.fit("gp_exact", torch.nn.Conv1d(1, 1, 1), loader)
