@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import json
 import time
 import warnings
@@ -50,6 +52,23 @@ def normalize(operator: nn.Module, train: OperatorDataset) -> NormalizedOperator
 def _model_meta(model: nn.Module) -> dict[str, Any]:
     operator = model.operator if isinstance(model, NormalizedOperator) else model
     return {"operator": name_of(operator), "config": operator.config, "normalized": isinstance(model, NormalizedOperator)}
+
+
+def _same_model(saved: dict[str, Any], model: nn.Module) -> bool:
+    """Whether checkpoint metadata ``saved`` describes ``model``.
+
+    Constructor options added after the checkpoint was written count as their defaults, so a
+    checkpoint of an older version still resumes when the model is the same.
+    """
+    current = _model_meta(model)
+    operator = model.operator if isinstance(model, NormalizedOperator) else model
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(type(operator).__init__).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    saved = {**saved, "config": {**defaults, **saved.get("config", {})}}
+    return saved == current
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
@@ -340,7 +359,7 @@ class Trainer:
                     f"resume: {handle} was written with other settings (saved, now): {differ}; "
                     "start a new run directory to change them"
                 )
-            if checkpoint.meta["model"] != _model_meta(model):
+            if not _same_model(checkpoint.meta["model"], model):
                 raise ValueError(
                     f"resume: {handle} holds model {checkpoint.meta['model']}, not {_model_meta(model)}"
                 )

@@ -19,6 +19,7 @@ from probneural.uq import conformal  # noqa: F401  (registers "conformal")
 from probneural.uq import ensemble  # noqa: F401  (registers "ensemble")
 from probneural.uq import dropout  # noqa: F401  (registers "mc_dropout" and "pno")
 from probneural.uq import gp  # noqa: F401  (registers "gp_exact" and "gp_svgp")
+from probneural.uq import pyro_head  # noqa: F401  (registers "pyro_svi" and "pyro_nuts")
 
 __all__ = [
     "GaussianPrediction",

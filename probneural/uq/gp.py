@@ -220,7 +220,7 @@ class GPPosterior(Posterior):
 def _training_points(trunk: FrozenTrunk, loader: Batches, coordinates: bool, dtype: torch.dtype
                      ) -> tuple[TrainingFields, _PointInputs]:
     fields = trunk.collect(loader)
-    return fields, _PointInputs(trunk, coordinates, dtype)
+    return fields, _PointInputs(trunk, coordinates, dtype).to(dtype)
 
 
 def _check_common(rank: int, lr: float, epochs: int, dtype: str | torch.dtype) -> torch.dtype:
@@ -291,7 +291,6 @@ def fit_gp_exact(
         initial = residuals()
     gp = _ExactModel(x.expand(channels, *x.shape), initial, likelihood).to(trunk.device, dtype)
     _initialise(gp.covar_module, likelihood, initial.T)
-    inputs.to(dtype)
     parameters = list(gp.parameters()) + (list(inputs.projection.parameters()) if joint else [])
     inputs.projection.requires_grad_(joint)
     optimizer = torch.optim.Adam(parameters, lr=lr)
@@ -428,7 +427,6 @@ def fit_gp_svgp(
     else:
         likelihood = gpytorch.likelihoods.MultitaskGaussianLikelihood(num_tasks=channels, has_global_noise=False)
     likelihood = likelihood.to(device, dtype)
-    inputs.to(dtype)
     with torch.no_grad():
         sample_targets = fields.targets.flatten(2)[sample_fields.to(device), :, sample_points.to(device)].to(dtype)
         _initialise(gp.covar_module, likelihood,

@@ -1,0 +1,89 @@
+"""Pyro heads: SVI and NUTS on a head linear in its weights against the closed-form Bayesian linear regression."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from probneural import uq
+from probneural.operators import FNO
+
+DOUBLE = {"dtype": torch.float64}
+NOISE, PRIOR = 0.1, 0.3  # a well-conditioned posterior, so that SVI converges in a few hundred steps
+
+
+def problem():
+    """A small 1-D FNO whose read-out is linear in 5 weights, data from it plus noise, and the exact posterior."""
+    torch.manual_seed(0)
+    model = FNO(1, 1, [4], width=4, n_layers=2, projection_channels=4).double()
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 1, 16, generator=generator, **DOUBLE)
+    with torch.no_grad():
+        y = model(x) + NOISE**0.5 * torch.randn(x.shape, generator=generator, **DOUBLE)
+    x_test = torch.randn(2, 1, 16, generator=generator, **DOUBLE)
+
+    def design(inputs):
+        with torch.no_grad():
+            hidden = model.act(model.projection_hidden(model.features(inputs)))  # (b, 4, 16)
+        rows = hidden.transpose(1, 2).reshape(-1, 4)
+        return torch.cat((rows, torch.ones_like(rows[:, :1])), dim=1)
+
+    phi = design(x)
+    covariance = torch.linalg.inv(phi.T @ phi / NOISE + torch.eye(5, **DOUBLE) / PRIOR**2)
+    mean = covariance @ phi.T @ y.reshape(-1) / NOISE
+    test = design(x_test)
+    exact_mean = (test @ mean).view(2, 1, 16)
+    exact_variance = ((test @ covariance) * test).sum(1).view(2, 1, 16) + NOISE
+    return model, [(x[:2], y[:2]), (x[2:], y[2:])], x_test, exact_mean, exact_variance
+
+
+def test_svi_readout_head_matches_the_exact_posterior():
+    model, loader, x_test, exact_mean, exact_variance = problem()
+    posterior = uq.fit("pyro_svi", model, loader, head="readout", guide="low_rank", rank=5, noise_variance=NOISE,
+                       prior_scale=PRIOR, epochs=600, lr=0.02, batch_size=4, points=16, samples=4000)
+    assert posterior.summary()["n_random_weights"] == 5
+    prediction = posterior.predict(x_test)
+    epistemic = (exact_variance - NOISE).sqrt()
+    assert ((prediction.mean - exact_mean).abs() < 0.2 * epistemic).all()
+    torch.testing.assert_close(prediction.variance, exact_variance, rtol=0.05, atol=0)
+
+
+def test_nuts_readout_head_mixes_and_matches_the_exact_posterior():
+    model, loader, x_test, exact_mean, exact_variance = problem()
+    posterior = uq.fit("pyro_nuts", model, loader, noise_variance=NOISE, prior_scale=PRIOR, points=64,
+                       warmup=100, draws=250, chains=2, samples=500)
+    summary = posterior.summary()
+    assert summary["points"] == 64 and summary["r_hat_max"] < 1.05
+    prediction = posterior.predict(x_test)
+    epistemic = (exact_variance - NOISE).sqrt()
+    assert ((prediction.mean - exact_mean).abs() < 0.2 * epistemic).all()
+    torch.testing.assert_close(prediction.variance, exact_variance, rtol=0.05, atol=0)
+
+
+@pytest.mark.parametrize("options", [
+    {"noise": "heteroscedastic"},
+    {"fourier_layer": True, "guide": "low_rank"},
+])
+def test_svi_variants_fit_and_predict_coherent_fields(options):
+    model, loader, x_test, _, _ = problem()
+    posterior = uq.fit("pyro_svi", model, loader, epochs=20, batch_size=2, points=8, samples=8, **options)
+    prediction = posterior.predict(x_test)
+    assert prediction.centers.shape == (8, 2, 1, 16) and torch.isfinite(prediction.centers).all()
+    assert (prediction.noise > 0).all()
+    losses = posterior.summary()["train_losses"]
+    assert len(losses) == 20 and losses[-1] < losses[0]
+    if options.get("fourier_layer"):
+        spectral = model.spectral[-1].weight.numel() + model.skips[-1].weight.numel() + model.skips[-1].bias.numel()
+        assert posterior.summary()["n_random_weights"] == spectral + 4 * 4 + 4 + 4 + 1
+    else:  # the noise level follows the input
+        assert prediction.noise.std() > 0
+
+
+def test_bad_options_are_named():
+    model, loader, _, _, _ = problem()
+    with pytest.raises(ValueError, match="head: expected one of"):
+        uq.fit("pyro_svi", model, loader, head="all")
+    with pytest.raises(ValueError, match="guide: expected one of"):
+        uq.fit("pyro_svi", model, loader, guide="flow")
+    with pytest.raises(ValueError, match="noise_variance: a fixed noise variance needs"):
+        uq.fit("pyro_svi", model, loader, noise="heteroscedastic", noise_variance=0.1)
