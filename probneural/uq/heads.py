@@ -119,6 +119,16 @@ class FrozenTrunk:
         layers = self.head_layers if layers is None else layers
         return self.activation(layers["projection_hidden"](features))
 
+    @torch.no_grad()
+    def residual_variance(self, fields: TrainingFields, chunk: int = 16) -> Tensor:
+        """`(c,)` mean squared residual per output channel of the trained head on ``fields`` (normalised units)."""
+        spatial = tuple(fields.targets.shape[2:])
+        total = torch.zeros(fields.targets.shape[1], dtype=torch.float64, device=self.device)
+        for trunk, targets in zip(fields.trunk.split(chunk), fields.targets.split(chunk)):
+            output = self.head_layers["projection_out"](self.hidden_projection(self.features(trunk, spatial)))
+            total += (output - targets).double().square().transpose(0, 1).flatten(1).sum(1)
+        return total / (fields.targets[:, 0].numel())
+
     def collect(self, loader: Batches) -> TrainingFields:
         """Trunk outputs and normalised targets of every ``(x, y)`` batch of ``loader``, concatenated."""
         trunks, targets = [], []

@@ -13,8 +13,8 @@ the head becomes a ``PyroModule`` whose weights have Gaussian priors ``N(0, prio
 In the operator's normalised units, ``y_c(x)_j ~ N(head(x)_{c,j}, σ²_{c,j})``, with the noise
 homoscedastic (one variance per output channel) or heteroscedastic (``log σ²`` a pointwise
 linear map of the frozen features). Noise parameters are point estimates: SVI maximises the
-ELBO in them; NUTS uses ``noise_variance`` or, by default, the operator's mean squared residual
-on the points it sees.
+ELBO in them, starting from the trained operator's mean squared residual on the training set;
+NUTS uses ``noise_variance`` or, by default, that residual.
 
 * ``pyro_svi``: stochastic variational inference with ``AutoNormal`` (mean field) or
   ``AutoLowRankMultivariateNormal``, initialised at the trained weights; each step sees
@@ -69,13 +69,15 @@ class BayesianHead(PyroModule):
         trunk: the split operator (its head layers are copied, not changed).
         head: ``"readout"`` or ``"projection"``.
         noise: ``"homoscedastic"`` or ``"heteroscedastic"``.
-        noise_variance: fixed noise variance (homoscedastic, normalised units), or ``None`` to learn it.
+        noise_variance: the noise variance in normalised units, one number or `(c,)`: fixed, or the
+            starting value when learned (heteroscedastic: the starting value of every point).
         prior_scale: standard deviation of every weight prior.
         dtype: dtype of the head's computations.
+        learn_noise: fit the homoscedastic noise (a ``PyroParam``) instead of keeping ``noise_variance``.
     """
 
-    def __init__(self, trunk: FrozenTrunk, head: str, noise: str, noise_variance: float | None,
-                 prior_scale: float, dtype: torch.dtype) -> None:
+    def __init__(self, trunk: FrozenTrunk, head: str, noise: str, noise_variance: float | Tensor,
+                 prior_scale: float, dtype: torch.dtype, *, learn_noise: bool = True) -> None:
         super().__init__()
         self.trunk, self.dtype = trunk, dtype
         random = HEADS[head] + (("spectral", "skip") if trunk.fourier_layer else ())
@@ -92,18 +94,20 @@ class BayesianHead(PyroModule):
                     setattr(layer, parameter_name, PyroSample(prior))
             setattr(self, name, layer)
         channels = trunk.operator.out_channels
+        initial_log_noise = torch.as_tensor(noise_variance, dtype=dtype, device=trunk.device).log().expand(channels)
+        initial_log_noise = initial_log_noise.clone()
         self.heteroscedastic = noise == "heteroscedastic"
         if self.heteroscedastic:
             log_noise = Pointwise(trunk.operator.config["width"], channels).to(dtype)
             with torch.no_grad():
                 log_noise.weight.zero_()
-                log_noise.bias.fill_(math.log(1e-2))
+                log_noise.bias.copy_(initial_log_noise)
             pyro.nn.module.to_pyro_module_(log_noise)  # its weights become Pyro parameters, fitted by SVI
             self.log_noise = log_noise
-        elif noise_variance is None:
-            self.log_noise_variance = PyroParam(torch.full((channels,), math.log(1e-2), dtype=dtype))
+        elif learn_noise:
+            self.log_noise_variance = PyroParam(initial_log_noise)
         else:
-            self.register_buffer("log_noise_variance", torch.full((channels,), math.log(noise_variance), dtype=dtype))
+            self.register_buffer("log_noise_variance", initial_log_noise)
 
     def forward(self, trunk: Tensor, spatial: tuple[int, ...], points: Tensor | None = None
                 ) -> tuple[Tensor, Tensor]:
@@ -219,7 +223,8 @@ def fit_pyro_svi(
         guide: ``"normal"`` (``AutoNormal``) or ``"low_rank"`` (``AutoLowRankMultivariateNormal``).
         rank: rank of the low-rank guide.
         noise: ``"homoscedastic"`` or ``"heteroscedastic"``.
-        noise_variance: fix the (homoscedastic) noise variance in normalised units instead of learning it.
+        noise_variance: fix the (homoscedastic) noise variance in normalised units instead of learning
+            it; a learned noise starts at the operator's mean squared residual per output channel.
         prior_scale: prior standard deviation of every random weight.
         epochs: passes over the training fields.
         lr: initial learning rate of Adam (Pyro's ``ClippedAdam``), decayed geometrically to ``lr / 10``.
@@ -249,7 +254,8 @@ def fit_pyro_svi(
     generator = torch.Generator().manual_seed(seed)
     with pyro.get_param_store().scope() as state:
         pyro.set_rng_seed(seed)
-        bayesian = BayesianHead(trunk, head, noise, noise_variance, prior_scale, dtype)
+        start = trunk.residual_variance(fields) if noise_variance is None else noise_variance
+        bayesian = BayesianHead(trunk, head, noise, start, prior_scale, dtype, learn_noise=noise_variance is None)
 
         def model_fn(trunk_batch: Tensor, field_index: Tensor, point_index: Tensor, y: Tensor) -> None:
             _likelihood(bayesian, trunk_batch, spatial, field_index, point_index, y, sizes)
@@ -307,7 +313,7 @@ def fit_pyro_nuts(
         loader: the training ``(x, y)`` batches.
         head: ``"readout"`` (default; small) or ``"projection"``.
         noise_variance: homoscedastic noise variance in normalised units; ``None``: the operator's
-            mean squared residual on the subset (per output channel).
+            mean squared residual on the training set (over all output channels).
         prior_scale: prior standard deviation of every random weight.
         points: training points (over all fields and grid points) the sampler conditions on.
         warmup: warm-up (adaptation) steps per chain.
@@ -336,14 +342,12 @@ def fit_pyro_nuts(
                             fields.targets.flatten(2)[field_index, :, point_index].T.unsqueeze(0))
     n = subset.targets.shape[-1]
     if noise_variance is None:
-        with torch.no_grad():
-            operator = trunk.operator.projection_out(trunk.activation(trunk.operator.projection_hidden(subset.trunk)))
-        noise_variance = float((operator - subset.targets).square().mean())
+        noise_variance = float(trunk.residual_variance(fields).mean())
     noise_variance = check_float("noise_variance", noise_variance, positive=True)
     all_points = torch.arange(n, device=trunk.device)
     single = torch.zeros(1, dtype=torch.long, device=trunk.device)
     with pyro.get_param_store().scope() as state:
-        bayesian = BayesianHead(trunk, head, "homoscedastic", noise_variance, prior_scale, dtype)
+        bayesian = BayesianHead(trunk, head, "homoscedastic", noise_variance, prior_scale, dtype, learn_noise=False)
 
         if head == "readout":  # the hidden activations are fixed: compute them once, not at every gradient
             with torch.no_grad():
