@@ -41,7 +41,9 @@ def test_every_registered_method_has_a_config():
     for name in UQ_CONFIGS:
         cfg = OmegaConf.load(CONFIG_DIR / "uq" / f"{name}.yaml")
         used |= {cfg.method} | ({cfg.base} if cfg.get("base") else set())
-    assert used == set(uq.METHODS.names()) == {"conformal", "ensemble", "laplace", "mc_dropout", "pno"}
+    assert used == set(uq.METHODS.names()) == {
+        "conformal", "ensemble", "gp_exact", "gp_svgp", "laplace", "mc_dropout", "pno", "pyro_nuts", "pyro_svi",
+    }
 
 
 def test_evaluate_writes_next_to_the_run_and_train_has_no_uq_by_default():
