@@ -29,7 +29,8 @@ Predictions are Gaussian over whole fields (:class:`GaussianPrediction`): exact 
 and variances, plus a factor ``K* W_q`` of rank ``rank`` per latent GP (exact: the leading
 eigendirections of ``K⁻¹ − (K + σ²I)⁻¹``; SVGP: of ``L⁻ᵀ S L⁻¹``) so joint draws are coherent
 across the field; the rest of the variance is on the diagonal. All posterior linear algebra
-runs in ``dtype`` (float64 by default) whatever the operator's precision.
+runs in ``dtype`` (float64 by default) whatever the operator's precision, with autocast off
+(:func:`~probneural.uq.heads.without_autocast`) even when the caller runs under mixed precision.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ with warnings.catch_warnings():  # gpytorch 1.15 calls the deprecated torch.jit.
     import gpytorch
 
 from probneural.operators.fno import positional_grid
-from probneural.uq.heads import FrozenTrunk, TrainingFields, check_dtype, random_points
+from probneural.uq.heads import FrozenTrunk, TrainingFields, check_dtype, random_points, without_autocast
 from probneural.uq.posterior import METHODS, Batches, Posterior
 from probneural.uq.prediction import GaussianPrediction
 from probneural.validation import check_float, check_int
@@ -197,6 +198,7 @@ class GPPosterior(Posterior):
         return dict(self.details)
 
     @torch.no_grad()
+    @without_autocast()
     def predict(self, x: Tensor) -> GaussianPrediction:
         """Gaussian over the fields `(b, c, *spatial)` at inputs ``x`` `(b, c_in, *spatial)` (data units)."""
         features = self.trunk.trunk(x)
@@ -242,6 +244,7 @@ class _ExactModel(gpytorch.models.ExactGP):
 
 
 @METHODS.register("gp_exact")
+@without_autocast()
 def fit_gp_exact(
     model: nn.Module,
     loader: Batches,
@@ -349,6 +352,7 @@ class _SparseModel(gpytorch.models.ApproximateGP):
 
 
 @METHODS.register("gp_svgp")
+@without_autocast()
 def fit_gp_svgp(
     model: nn.Module,
     loader: Batches,

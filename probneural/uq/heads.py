@@ -14,7 +14,9 @@ includes the last Fourier layer (``fourier_layer=True``), the output grid otherw
 from __future__ import annotations
 
 import copy
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +25,7 @@ from probneural.operators.fno import FNO
 from probneural.uq.posterior import Batches, model_parameters, normalized_parts, to_data_units
 from probneural.uq.prediction import Prediction
 
-__all__ = ["FrozenTrunk", "TrainingFields", "check_dtype", "random_points"]
+__all__ = ["FrozenTrunk", "TrainingFields", "check_dtype", "without_autocast", "random_points"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -35,6 +37,21 @@ def check_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if dtype in _DTYPES:
         return _DTYPES[dtype]
     raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}; got {dtype!r}")
+
+
+@contextmanager
+def without_autocast() -> Iterator[None]:
+    """Autocast off on every device type where it is on (usable as a decorator).
+
+    A head's fit and predictions run under it, so its posterior algebra (and the frozen trunk
+    feeding it) stays in the dtypes it was asked for even when the caller runs the operator
+    under mixed-precision autocast: bfloat16 kernel matrices or Cholesky factors would be useless.
+    """
+    with ExitStack() as stack:
+        for device_type in ("cpu", "cuda"):
+            if torch.is_autocast_enabled(device_type):
+                stack.enter_context(torch.autocast(device_type, enabled=False))
+        yield
 
 
 @dataclass

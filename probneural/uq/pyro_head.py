@@ -45,7 +45,7 @@ from pyro.ops.stats import gelman_rubin
 from torch import Tensor, nn
 
 from probneural.operators.pointwise import Pointwise
-from probneural.uq.heads import FrozenTrunk, TrainingFields, check_dtype, random_points
+from probneural.uq.heads import FrozenTrunk, TrainingFields, check_dtype, random_points, without_autocast
 from probneural.uq.posterior import METHODS, Batches, Posterior
 from probneural.uq.prediction import MixturePrediction
 from probneural.validation import check_float, check_int
@@ -161,6 +161,7 @@ class PyroPosterior(Posterior):
         return dict(self.details)
 
     @torch.no_grad()
+    @without_autocast()
     def predict(self, x: Tensor) -> MixturePrediction:
         """Posterior-predictive mixture over the fields `(b, c, *spatial)` at inputs ``x`` (data units)."""
         trunk, spatial = self.trunk.trunk(x), tuple(x.shape[2:])
@@ -194,6 +195,7 @@ def _conditioned(head: BayesianHead, values: dict[str, Tensor]) -> Callable[...,
 
 
 @METHODS.register("pyro_svi")
+@without_autocast()
 def fit_pyro_svi(
     model: nn.Module,
     loader: Batches,
@@ -290,6 +292,7 @@ def fit_pyro_svi(
 
 
 @METHODS.register("pyro_nuts")
+@without_autocast()
 def fit_pyro_nuts(
     model: nn.Module,
     loader: Batches,
