@@ -58,7 +58,7 @@ import math
 from contextlib import contextmanager
 from enum import Enum
 from functools import cached_property
-from typing import Iterable, Iterator, Sequence, Union
+from typing import Callable, Iterable, Iterator, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -355,10 +355,19 @@ class SpectralKroneckerBlock:
         C = self._coordinates(V)
         return self._vectors(torch.complex(C.real * plus, C.imag * minus))
 
+    def eigenvalues(self) -> Tensor:
+        """The block's `(size,)` eigenvalues: ``e₊`` of every (mode, a, b), then ``e₋`` of every one."""
+        *_, plus, minus = self._spectrum
+        return torch.cat((plus.reshape(-1), minus.reshape(-1)))
+
+    def apply_function(self, function: Callable[[Tensor], Tensor], V: Tensor) -> Tensor:
+        """``f(G) V`` for `(size, k)` ``V``: ``function`` applied to the eigenvalues (elementwise, in the block's dtype)."""
+        *_, plus, minus = self._spectrum
+        return self._scaled(V, function(plus), function(minus))
+
     def matmat(self, V: Tensor) -> Tensor:
         """The block times `(size, k)` ``V``."""
-        *_, plus, minus = self._spectrum
-        return self._scaled(V, plus, minus)
+        return self.apply_function(lambda values: values, V)
 
     def diagonal(self) -> Tensor:
         """The exact diagonal `(size,)`: ``½ (h_i m_o ± Re(s_i n_o))`` for the (real, imaginary) part of
@@ -372,13 +381,11 @@ class SpectralKroneckerBlock:
 
     def solve(self, V: Tensor, damping: float) -> Tensor:
         """``(G + δ I)⁻¹ V`` for `(size, k)` ``V``."""
-        *_, plus, minus = self._spectrum
-        return self._scaled(V, 1 / (plus + damping), 1 / (minus + damping))
+        return self.apply_function(lambda values: 1 / (values + damping), V)
 
     def logdet(self, damping: float) -> Tensor:
         """``log det(G + δ I)``, a 0-d tensor."""
-        *_, plus, minus = self._spectrum
-        return torch.log(plus + damping).sum() + torch.log(minus + damping).sum()
+        return torch.log(self.eigenvalues() + damping).sum()
 
 
 Block = Union[KroneckerBlock, SpectralKroneckerBlock]

@@ -14,7 +14,9 @@ Structures of ``G`` (:class:`Structure`):
   exact, with a factor ``φ̃(x)ᵀ L_c`` of rank ``features + 1``. Observation noise per output channel.
 * ``diagonal``: all weights (the complex spectral weights through their real view), a Monte Carlo
   estimate of the GGN diagonal (:func:`~probneural.hessian.ggn_diagonal_mc`).
-* ``kfac``: all weights; K-FAC blocks for the layers K-FAC covers, the GGN diagonal for the rest.
+* ``kfac``: all weights; K-FAC blocks for the linear, pointwise and spectral layers (the spectral
+  ones widely linear in the complex weights, :class:`SpectralKroneckerBlock`), the GGN diagonal
+  for the rest (biases outside linear layers).
 * ``low_rank``: all weights; the top eigenpairs of the GGN by Lanczos (on a subset of the training
   data, rescaled to its size), the prior in the remaining directions.
 
@@ -42,7 +44,7 @@ from torch.func import jvp
 from probneural import hessian
 from probneural.hessian import functional_model, kfac_operator, lanczos, last_layer_ggn
 from probneural.hessian.ggn import ggn_vp
-from probneural.hessian.kfac import KroneckerBlock, recording
+from probneural.hessian.kfac import KroneckerBlock, SpectralKroneckerBlock, recording
 from probneural.hessian.operator import LinearOperator
 from probneural.hessian.structure import flatten, unflatten
 from probneural.uq.posterior import METHODS, Batches, Posterior, model_parameters, normalized_parts, to_data_units
@@ -225,6 +227,23 @@ class _Kronecker(_Segment):
         return torch.cat(pieces, dim=1)
 
 
+class _SpectralKronecker(_Segment):
+    """A spectral layer's K-FAC block (complex weight, real view): draws ``f(G) z`` with ``f(e) = (e/σ² + δ)^{-½}``
+    in the block's orthogonal eigenbasis (:meth:`SpectralKroneckerBlock.apply_function`)."""
+
+    def __init__(self, start: int, block: SpectralKroneckerBlock) -> None:
+        super().__init__(start, start + block.size)
+        self.block = SpectralKroneckerBlock(block.names, block.input_factor.to(_LINALG),
+                                            block.output_factor.to(_LINALG))
+
+    def eigenvalues(self) -> Tensor:
+        return self.block.eigenvalues().clamp_min(0.0)
+
+    def sample(self, z: Tensor, prior_precision: float, noise_variance: float) -> Tensor:
+        scale = lambda values: (values.clamp_min(0.0) / noise_variance + prior_precision).rsqrt()  # noqa: E731
+        return self.block.apply_function(scale, z.T).T
+
+
 class _LowRank(_Segment):
     """Top-``k`` eigenpairs ``(λ, V)`` of ``G``, zero elsewhere."""
 
@@ -394,8 +413,13 @@ def _curvature(structure: Structure, operator: nn.Module, inputs: list[Tensor], 
     diagonal = hessian.ggn_diagonal_mc(operator, inputs, loss="mse", n_samples=curvature_samples, seed=seed)
     if structure is Structure.DIAGONAL:
         return _AllWeights(operator, _diagonal_segments(diagonal, offsets, names), n_params)
-    kfac = kfac_operator(operator, inputs, loss="mse", variant="mc", n_samples=curvature_samples, seed=seed)
-    segments: list[_Segment] = [_Kronecker(offsets[block.names[0]][0], block) for block in kfac.blocks]
+    kfac = kfac_operator(operator, inputs, loss="mse", variant="mc", n_samples=curvature_samples, seed=seed,
+                         spectral=True)
+    segments: list[_Segment] = [
+        (_SpectralKronecker if isinstance(block, SpectralKroneckerBlock) else _Kronecker)(
+            offsets[block.names[0]][0], block)
+        for block in kfac.blocks
+    ]
     uncovered = [name for name in names if name not in set(kfac.names)]
     segments += _diagonal_segments(diagonal, offsets, uncovered)
     return _AllWeights(operator, sorted(segments, key=lambda s: s.start), n_params)

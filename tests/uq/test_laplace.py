@@ -10,11 +10,11 @@ from torch import nn
 
 from probneural import uq
 from probneural.data.normalizer import ChannelNormalizer
-from probneural.hessian.kfac import KroneckerBlock
+from probneural.hessian.kfac import KroneckerBlock, SpectralKroneckerBlock
 from probneural.operators import FNO
 from probneural.operators.pointwise import Pointwise
 from probneural.train.normalized import NormalizedOperator
-from probneural.uq.laplace import MarginalLikelihood, _Diagonal, _Kronecker, _LowRank
+from probneural.uq.laplace import MarginalLikelihood, _Diagonal, _Kronecker, _LowRank, _SpectralKronecker
 
 DOUBLE = {"dtype": torch.float64}
 
@@ -108,7 +108,7 @@ def _empirical_covariance(segment, delta, sigma2, n=200_000):
     return draws.T @ draws / n
 
 
-@pytest.mark.parametrize("kind", ["diagonal", "kronecker", "low_rank"])
+@pytest.mark.parametrize("kind", ["diagonal", "kronecker", "spectral_kronecker", "low_rank"])
 def test_posterior_draws_have_the_inverse_posterior_precision_as_covariance(kind):
     generator = torch.Generator().manual_seed(4)
     delta, sigma2 = 0.7, 0.5
@@ -120,6 +120,12 @@ def test_posterior_draws_have_the_inverse_posterior_precision_as_covariance(kind
         b = torch.randn(2, 2, generator=generator, **DOUBLE)
         block = KroneckerBlock(("w", "b"), a.T @ a, b @ b.T)  # o = 2, i = 2 (+ bias)
         segment = _Kronecker(0, block)
+        curvature = block.matmat(torch.eye(block.size, **DOUBLE))
+    elif kind == "spectral_kronecker":
+        a = torch.randn(2, 5, 2, generator=generator, **DOUBLE)  # F = 2 modes, i = 1 complex input channel
+        b = torch.randn(2, 4, 4, generator=generator, **DOUBLE)  # o = 2 complex output channels
+        block = SpectralKroneckerBlock(("weight",), a.mT @ a, b @ b.mT)
+        segment = _SpectralKronecker(0, block)
         curvature = block.matmat(torch.eye(block.size, **DOUBLE))
     else:
         vectors, _ = torch.linalg.qr(torch.randn(6, 2, generator=generator, **DOUBLE))
