@@ -208,7 +208,7 @@ def fit_pyro_svi(
     noise_variance: float | None = None,
     prior_scale: float = 1.0,
     epochs: int = 5,
-    lr: float = 5e-3,
+    lr: float = 1e-3,
     batch_size: int = 8,
     points: int = 512,
     samples: int = 32,
@@ -230,6 +230,8 @@ def fit_pyro_svi(
         prior_scale: prior standard deviation of every random weight.
         epochs: passes over the training fields.
         lr: initial learning rate of Adam (Pyro's ``ClippedAdam``), decayed geometrically to ``lr / 10``.
+            Larger steps leave the variational means wandering around the trained weights (Darcy
+            study: the predictive mean's relative L2 rose 4.2 % over the operator's at 5e-3, 1.5 % at 1e-3).
         batch_size: training fields per step.
         points: grid points per field and step.
         samples: posterior draws per prediction.
