@@ -160,6 +160,7 @@ class FNOConfig:
     activation: str = "gelu"
     cpu_chunk_bytes: Optional[int] = 16777216
     dropout: float = 0.0
+    dropout_layers: str = "all"
 
 
 @dataclass

@@ -16,6 +16,7 @@ __all__ = ["FNO", "positional_grid"]
 
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = ACTIVATIONS  # F.gelu etc.; see activations.py
 _GRIDS = ("nodes", "periodic")
+_DROPOUT_LAYERS = ("all", "projection")
 
 
 def positional_grid(x: Tensor, kind: str) -> Tensor:
@@ -45,9 +46,9 @@ class FNO(nn.Module):
 
     Each Fourier layer computes ``act(K(h) + W h)`` with ``K`` a :class:`SpectralConv` and
     ``W`` a pointwise skip path (no activation after the last layer), as in the paper.
-    With ``dropout > 0`` an ``nn.Dropout`` follows every hidden activation (those of the Fourier
-    layers and the projection's), the stochastic operator of MC dropout and probabilistic
-    neural operators (``probneural.uq.dropout``).
+    With ``dropout > 0`` an ``nn.Dropout`` follows the hidden activations (those of the Fourier
+    layers and the projection's, or only the projection's), the stochastic operator of MC dropout
+    and probabilistic neural operators (``probneural.uq.dropout``).
 
     Args:
         in_channels: channels of the input function.
@@ -69,6 +70,9 @@ class FNO(nn.Module):
         dropout: dropout probability after every hidden activation, in [0, 1); at ``0`` it is an
             identity (outputs are exactly those of an FNO without the option). Dropout has no
             weights, so state dicts do not depend on it.
+        dropout_layers: where dropout acts: ``"all"`` hidden activations, or only the
+            ``"projection"``'s (before the linear read-out, so the mean over dropout masks is
+            exactly the dropout-free output given the features).
 
     Shapes:
         input `(b, in_channels, *spatial)` with at least ``2 * modes[i]`` points on axis ``i``;
@@ -89,6 +93,7 @@ class FNO(nn.Module):
         activation: str = "gelu",
         cpu_chunk_bytes: int | None = 16 * 2**20,
         dropout: float = 0.0,
+        dropout_layers: str = "all",
     ) -> None:
         super().__init__()
         modes = tuple(int(m) for m in modes)
@@ -102,6 +107,8 @@ class FNO(nn.Module):
             raise ValueError(f"padding: expected a fraction in [0, 1); got {padding}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1); got {dropout}")
+        if dropout_layers not in _DROPOUT_LAYERS:
+            raise ValueError(f"dropout_layers: expected one of {_DROPOUT_LAYERS}; got {dropout_layers!r}")
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("width", width),
                             ("n_layers", n_layers), ("projection_channels", projection_channels)):
             if value < 1:
@@ -120,6 +127,7 @@ class FNO(nn.Module):
             activation=activation,
             cpu_chunk_bytes=cpu_chunk_bytes,
             dropout=dropout,
+            dropout_layers=dropout_layers,
         )
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -128,6 +136,7 @@ class FNO(nn.Module):
         self.padding = padding
         self.act = _ACTIVATIONS[activation]
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.hidden_dropout = self.dropout if dropout_layers == "all" else nn.Identity()
         self.cpu_chunk_bytes = cpu_chunk_bytes
         grid_channels = len(modes) if positional_grid else 0
         self.lifting = Pointwise(in_channels + grid_channels, width)
@@ -196,7 +205,7 @@ class FNO(nn.Module):
     def fourier_layer(self, i: int, h: Tensor) -> Tensor:
         """Fourier layer ``i`` on `(b, width, *padded)`: ``K_i(h) + W_i h``, then activation and dropout unless last."""
         h = self.spectral[i](h) + self.skips[i](h)
-        return h if i == len(self.spectral) - 1 else self.dropout(self.act(h))
+        return h if i == len(self.spectral) - 1 else self.hidden_dropout(self.act(h))
 
     def unpad(self, h: Tensor, spatial: Sequence[int]) -> Tensor:
         """Crop `(b, c, *padded)` to the unpadded grid `(b, c, *spatial)` (a no-op without padding)."""

@@ -42,6 +42,7 @@ __all__ = [
     "stochastic_passes",
 ]
 
+LAYERS = ("all", "projection")
 _DROPOUT_LAYERS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
@@ -49,32 +50,40 @@ def _dropout_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, _DROPOUT_LAYERS)]
 
 
-def dropout_copy(model: nn.Module, p: float) -> nn.Module:
+def dropout_copy(model: nn.Module, p: float, layers: str = "all") -> nn.Module:
     """A copy of the trained ``model`` with dropout probability ``p``, sharing no state with it.
 
     An :class:`~probneural.operators.FNO` (possibly inside a :class:`NormalizedOperator`, whose
-    normalisers are kept) is rebuilt from its ``config`` with ``dropout=p`` and given the trained
-    weights. Any other model must already contain dropout layers (``nn.Dropout`` and relatives);
-    it is deep-copied and each of its dropout layers gets probability ``p``.
+    normalisers are kept) is rebuilt from its ``config`` with ``dropout=p`` and
+    ``dropout_layers=layers`` and given the trained weights. Any other model must already contain
+    dropout layers (``nn.Dropout`` and relatives); it is deep-copied and each of its dropout layers
+    gets probability ``p``.
 
     Args:
         model: the trained operator.
         p: dropout probability in (0, 1).
+        layers: ``"all"`` hidden activations or only the ``"projection"``'s (FNO only).
 
     Raises:
-        ValueError: ``p`` is out of range, or ``model`` is no FNO and has no dropout layers.
+        ValueError: ``p`` is out of range, ``layers`` is unknown or not ``"all"`` for a model that
+            is no FNO, or ``model`` is no FNO and has no dropout layers.
     """
     p = check_float("p", p)
     if not 0.0 < p < 1.0:
         raise ValueError(f"p: expected a dropout probability in (0, 1); got {p}")
+    if layers not in LAYERS:
+        raise ValueError(f"layers: expected one of {list(LAYERS)}; got {layers!r}")
     operator, x_normalizer, y_normalizer = normalized_parts(model)
     if isinstance(operator, FNO):
         device, dtype = model_parameters(operator)
-        stochastic: nn.Module = FNO(**(operator.config | {"dropout": p})).to(device, dtype)
+        stochastic: nn.Module = FNO(**(operator.config | {"dropout": p, "dropout_layers": layers})).to(device, dtype)
         stochastic.load_state_dict(operator.state_dict())
         if x_normalizer is None:
             return stochastic
         return NormalizedOperator(stochastic, copy.deepcopy(x_normalizer), copy.deepcopy(y_normalizer))
+    if layers != "all":
+        raise ValueError(f"layers: {type(operator).__name__} is not an FNO; only layers='all' (its own dropout "
+                         f"layers) applies; got {layers!r}")
     if not _dropout_layers(model):
         raise ValueError(
             f"model: {type(operator).__name__} is not an FNO and contains no dropout layers; MC dropout and PNO "
@@ -226,6 +235,7 @@ def fit_mc_dropout(
     loader: Batches,
     *,
     p: float = 0.1,
+    layers: str = "all",
     epochs: int = 5,
     lr: float = 5e-4,
     weight_decay: float = 1e-4,
@@ -246,6 +256,8 @@ def fit_mc_dropout(
         model: the trained operator (raw fields in and out); see :func:`dropout_copy`.
         loader: re-iterable training batches ``(x, y)``, `(b, c_in, *spatial)` and `(b, c_out, *spatial)`.
         p: dropout probability in (0, 1).
+        layers: where dropout acts: ``"all"`` hidden activations or only the ``"projection"``'s
+            (see :func:`dropout_copy`).
         epochs: fine-tuning epochs (``>= 0``).
         lr: initial fine-tuning learning rate (cosine to 0).
         weight_decay: Adam's weight decay.
@@ -257,13 +269,14 @@ def fit_mc_dropout(
         A :class:`DropoutPosterior` (the model is not modified).
     """
     samples = check_int("samples", samples, 2)
-    stochastic = dropout_copy(model, p)
+    stochastic = dropout_copy(model, p, layers)
     losses = train_operator(stochastic, loader, epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed,
                             progress=progress)
     device, dtype = model_parameters(stochastic)
     stochastic.eval()  # the weight-scaled pass: one deterministic pass instead of ``samples`` random ones
     noise = residual_variance(stochastic, loader, device=device, dtype=dtype)
-    return DropoutPosterior(stochastic, samples, noise, {"p": p, "epochs": epochs, "train_losses": losses})
+    return DropoutPosterior(stochastic, samples, noise, {"p": p, "layers": layers, "epochs": epochs,
+                                                          "train_losses": losses})
 
 
 class _Draws(nn.Module):
@@ -284,6 +297,7 @@ def fit_pno(
     loader: Batches,
     *,
     p: float = 0.1,
+    layers: str = "all",
     score: str = "energy",
     train_samples: int = 4,
     samples: int = 32,
@@ -310,6 +324,8 @@ def fit_pno(
         model: the trained operator (raw fields in and out); see :func:`dropout_copy`.
         loader: re-iterable training batches ``(x, y)``, `(b, c_in, *spatial)` and `(b, c_out, *spatial)`.
         p: dropout probability in (0, 1).
+        layers: where dropout acts: ``"all"`` hidden activations or only the ``"projection"``'s
+            (see :func:`dropout_copy`).
         score: ``"energy"`` or ``"crps"``.
         train_samples: passes per input in each training step (``>= 2``).
         samples: stochastic passes per prediction (``>= 2``).
@@ -326,10 +342,11 @@ def fit_pno(
         raise ValueError(f"score: expected one of {sorted(SCORES)}; got {score!r}")
     train_samples = check_int("train_samples", train_samples, 2)
     samples = check_int("samples", samples, 2)
-    stochastic = dropout_copy(model, p)
+    stochastic = dropout_copy(model, p, layers)
     losses = train_operator(_Draws(stochastic, train_samples), loader, epochs=epochs, lr=lr,
                             weight_decay=weight_decay, loss=SCORES[score], seed=seed, progress=progress)
     device, dtype = model_parameters(stochastic)
     noise = torch.zeros((), dtype=dtype, device=device)
-    details = {"p": p, "score": score, "train_samples": train_samples, "epochs": epochs, "train_losses": losses}
+    details = {"p": p, "layers": layers, "score": score, "train_samples": train_samples, "epochs": epochs,
+               "train_losses": losses}
     return DropoutPosterior(stochastic, samples, noise, details)

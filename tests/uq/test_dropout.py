@@ -145,6 +145,31 @@ def test_dropout_copy_of_an_fno_keeps_weights_normalisers_and_the_eval_output(pr
     assert not copy.training  # modes are restored after the passes
 
 
+def test_projection_dropout_leaves_the_features_deterministic_and_the_mask_mean_exact(problem):
+    model, _, (x_test, _) = problem
+    copy = dropout_copy(model, 0.3, layers="projection")
+    assert copy.operator.config["dropout_layers"] == "projection"
+    operator, z = copy.operator, copy.x_normalizer.encode(x_test)
+    torch.manual_seed(0)
+    draws = stochastic_passes(copy, x_test, 4000)
+    with torch.no_grad():
+        hidden = operator.act(operator.projection_hidden(operator.features(z)))  # the readout's input, no mask
+        operator.train()
+        assert torch.equal(operator.features(z), operator.eval().features(z))  # no dropout before the projection
+        expected = copy.eval()(x_test)
+    # the readout is linear in the mask: the pass mean tends to the dropout-free output
+    weight = operator.projection_out.weight.reshape(-1)  # (projection_channels,) for one output channel
+    mask_variance = 0.3 / 0.7 * torch.einsum("c,bcx->bx", weight**2, hidden**2).unsqueeze(1)
+    scale = copy.y_normalizer.std.reshape(1, -1, 1)
+    standard_error = (mask_variance.sqrt() * scale) / math.sqrt(4000)
+    assert ((draws.mean(0) - expected).abs() < 5 * standard_error + 1e-6).all()
+    torch.testing.assert_close(draws.var(0), mask_variance * scale**2, rtol=0.15, atol=1e-6)
+    all_layers = dropout_copy(model, 0.3)
+    with torch.no_grad():
+        all_layers.operator.train()
+        assert not torch.equal(all_layers.operator.features(z), all_layers.operator.features(z))
+
+
 def test_dropout_copy_of_another_model_needs_dropout_layers():
     with pytest.raises(ValueError, match="model: Sequential is not an FNO and contains no dropout layers"):
         dropout_copy(nn.Sequential(nn.Conv1d(1, 4, 1), nn.GELU(), nn.Conv1d(4, 1, 1)), 0.1)
@@ -153,6 +178,12 @@ def test_dropout_copy_of_another_model_needs_dropout_layers():
     assert copy[2].p == 0.1 and with_dropout[2].p == 0.5
     with pytest.raises(ValueError, match="p: expected a dropout probability"):
         dropout_copy(with_dropout, 0.0)
+    with pytest.raises(ValueError, match="layers: Sequential is not an FNO"):
+        dropout_copy(with_dropout, 0.1, layers="projection")
+    with pytest.raises(ValueError, match="layers: expected one of"):
+        dropout_copy(with_dropout, 0.1, layers="fourier")
+    with pytest.raises(ValueError, match="dropout_layers: expected one of"):
+        FNO(1, 1, (4,), dropout=0.1, dropout_layers="fourier")
 
 
 def test_mc_dropout_with_zero_epochs_uses_the_trained_weights(problem):

@@ -9,7 +9,7 @@ import torch
 
 from probneural import uq
 from probneural.operators import FNO
-from probneural.uq.gp import GPPosterior
+from probneural.uq.gp import GPPosterior, _minibatches
 
 DOUBLE = {"dtype": torch.float64}
 
@@ -148,3 +148,12 @@ def test_bad_options_are_named():
         uq.fit("gp_svgp", model, loader, inducing_inputs=torch.zeros(3, 7, **DOUBLE))
     with pytest.raises(ValueError, match="posterior heads need an FNO"):
         uq.fit("gp_exact", torch.nn.Conv1d(1, 1, 1), loader)
+
+
+def test_svgp_minibatches_cover_fractional_passes_each_point_at_most_once_per_pass():
+    passes = list(_minibatches(10, 3, 1.5, torch.Generator().manual_seed(0)))
+    assert [[len(b) for b in batches] for batches in passes] == [[3, 3, 3, 1], [3]]  # ceil(1.5 · 10 / 3) = 5 steps
+    assert sorted(torch.cat(passes[0]).tolist()) == list(range(10))
+    quarter = list(_minibatches(100, 8, 0.25, torch.Generator().manual_seed(0)))
+    assert len(quarter) == 1 and len(torch.cat(quarter[0]).unique()) == 32
+    assert list(_minibatches(100, 8, 0.0, torch.Generator())) == []
