@@ -96,8 +96,22 @@ def dropout_copy(model: nn.Module, p: float, layers: str = "all") -> nn.Module:
 
 
 def _passes(model: nn.Module, x: Tensor, n: int) -> Tensor:
-    """`(n, b, c_out, *spatial)`: ``n`` forward passes of ``model`` at ``x`` `(b, c_in, *spatial)`, stacked."""
-    return torch.stack([model(x) for _ in range(n)])
+    """`(n, b, c_out, *spatial)`: ``n`` forward passes of ``model`` at ``x`` `(b, c_in, *spatial)`, stacked.
+
+    An FNO with dropout only in its projection runs its (then deterministic) trunk once and
+    repeats only the projection: ``n`` passes cost about one forward pass plus ``n`` pointwise
+    projections, with the same draws as ``n`` whole passes under the same random state when the
+    batch is one CPU chunk.
+    """
+    operator, x_normalizer, y_normalizer = normalized_parts(model)
+    if not (isinstance(operator, FNO) and operator.config["dropout_layers"] == "projection"):
+        return torch.stack([model(x) for _ in range(n)])
+    z = x_normalizer.encode(x) if x_normalizer is not None else x
+    draws = torch.cat([torch.stack([operator.project(features) for _ in range(n)])
+                       for features in map(operator.features, z.split(operator.chunk_size(z)))], dim=1)
+    if y_normalizer is None:
+        return draws
+    return y_normalizer.decode(draws.to(x.dtype).flatten(0, 1)).unflatten(0, draws.shape[:2])
 
 
 @contextmanager

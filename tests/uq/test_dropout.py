@@ -164,6 +164,13 @@ def test_projection_dropout_leaves_the_features_deterministic_and_the_mask_mean_
     standard_error = (mask_variance.sqrt() * scale) / math.sqrt(4000)
     assert ((draws.mean(0) - expected).abs() < 5 * standard_error + 1e-6).all()
     torch.testing.assert_close(draws.var(0), mask_variance * scale**2, rtol=0.15, atol=1e-6)
+    torch.manual_seed(1)
+    shared_trunk = stochastic_passes(copy, x_test, 3)  # the trunk once, the projection three times
+    torch.manual_seed(1)
+    with torch.no_grad():
+        copy.train()
+        whole = torch.stack([copy(x_test) for _ in range(3)])  # three whole passes
+    torch.testing.assert_close(shared_trunk, whole, rtol=1e-6, atol=1e-6)
     all_layers = dropout_copy(model, 0.3)
     with torch.no_grad():
         all_layers.operator.train()
