@@ -4,8 +4,9 @@ Both methods copy the trained operator with dropout after every hidden activatio
 (:func:`dropout_copy`), train the copy further, and predict the empirical distribution of
 stochastic forward passes in which only the dropout layers are random (:func:`stochastic_passes`):
 
-* **MC dropout** (Gal & Ghahramani, ICML 2016) fine-tunes the copy with the usual relative L2
-  loss and adds a per-channel Gaussian noise fitted to the residuals of the MC mean.
+* **MC dropout** (Gal & Ghahramani, ICML 2016) uses the trained weights post hoc with dropout
+  before the read-out (default) or fine-tunes the copy with the usual relative L2 loss, and adds
+  a per-channel Gaussian noise fitted to the residuals of the weight-scaled pass.
 * **PNO** (Bülte, Scholl, Kutyniok et al. 2025, "Probabilistic neural operators for functional
   uncertainty quantification") trains the copy as a generative model of the output field with a
   proper scoring rule estimated from a few draws per input (:func:`sample_energy_score`,
@@ -249,19 +250,24 @@ def fit_mc_dropout(
     loader: Batches,
     *,
     p: float = 0.1,
-    layers: str = "all",
-    epochs: int = 5,
+    layers: str = "projection",
+    epochs: int = 0,
     lr: float = 5e-4,
     weight_decay: float = 1e-4,
-    samples: int = 32,
+    samples: int = 128,
     seed: int = 0,
     progress: bool = False,
 ) -> DropoutPosterior:
-    """MC dropout: fine-tune a dropout copy of the trained operator, predict with random masks.
+    """MC dropout: a dropout copy of the trained operator, optionally fine-tuned, predicting with random masks.
 
-    Gal & Ghahramani train with dropout from the start; fine-tuning the trained weights with
-    dropout active for a few epochs (relative L2 loss) is the cheap variant used here, and
-    ``epochs=0`` uses the trained weights as they are. The aleatoric noise is, per output channel,
+    Gal & Ghahramani train with dropout from the start. The defaults are the post-hoc variant:
+    the trained weights as they are, dropout only on the inputs of the linear read-out
+    (``layers="projection"``), so the mean over masks is the trained operator's output and the
+    trunk runs once for all ``samples`` passes. ``layers="all"`` with ``epochs > 0`` fine-tunes a
+    copy with dropout after every hidden activation (relative L2 loss), closer to the original
+    method but at a cost in accuracy when the operator was trained without dropout (Darcy study,
+    p = 0.1: relative L2 +38 % with all layers after 5 epochs, +5.5 % with the projection only
+    after 5 epochs at lr 1e-4, +1.1 % post hoc with 128 samples). The aleatoric noise is, per output channel,
     the mean squared residual on ``loader`` of the weight-scaled pass (dropout off; with inverted
     dropout this is the standard deterministic approximation of the MC mean, Srivastava et al.
     2014), one pass over the data instead of ``samples`` (an underestimate on training data).
@@ -275,7 +281,8 @@ def fit_mc_dropout(
         epochs: fine-tuning epochs (``>= 0``).
         lr: initial fine-tuning learning rate (cosine to 0).
         weight_decay: Adam's weight decay.
-        samples: stochastic passes per prediction (``>= 2``).
+        samples: stochastic passes per prediction (``>= 2``); the mean of the passes is a Monte
+            Carlo estimate, so too few of them cost accuracy.
         seed: fixes the dropout masks of fine-tuning.
         progress: show a progress bar over epochs.
 
