@@ -210,6 +210,20 @@ def test_mc_dropout_with_zero_epochs_uses_the_trained_weights(problem):
     assert summary["train_losses"] == [] and summary["samples"] == 16 and summary["p"] == 0.1
 
 
+def test_readout_dropout_predictions_are_recentred_on_the_exact_mask_mean(problem):
+    model, loader, (x_test, _) = problem
+    posterior = uq.fit("mc_dropout", model, loader)  # defaults: post hoc, dropout before the read-out
+    assert posterior.summary()["layers"] == "projection" and posterior.summary()["epochs"] == 0
+    torch.manual_seed(3)
+    prediction = posterior.predict(x_test)
+    with torch.no_grad():
+        torch.testing.assert_close(prediction.mean, model(x_test), rtol=1e-5, atol=1e-6)
+    torch.manual_seed(3)
+    passes = stochastic_passes(posterior.model, x_test, 32)
+    torch.testing.assert_close(prediction.variance, passes.var(0) + posterior.noise, rtol=1e-4, atol=1e-7)
+    assert not posterior.model.training  # modes restored after the weight-scaled pass
+
+
 def test_mc_dropout_fine_tunes_a_copy_reproducibly(problem):
     model, loader, (x_test, _) = problem
     before = {k: v.clone() for k, v in model.state_dict().items()}
