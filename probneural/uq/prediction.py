@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from functools import cached_property
 from typing import Sequence
 
 import torch
@@ -290,10 +291,9 @@ class MixturePrediction(Prediction):
         p = check_float("p", p)
         if not 0.0 < p < 1.0:
             raise ValueError(f"p: expected a probability in (0, 1); got {p}")
-        empirical = torch.quantile(self.centers.to(torch.float64), p, dim=0).to(self.centers.dtype)
         positive = self.noise > 0
         if not positive.any():
-            return empirical
+            return self._empirical_quantile(p)
         z = normal_quantile(p).item()
         std = torch.where(positive, self.noise.sqrt(), torch.ones_like(self.noise))
         low, high = self.centers.amin(0) + z * std, self.centers.amax(0) + z * std
@@ -309,7 +309,20 @@ class MixturePrediction(Prediction):
             low, high = torch.where(below, t, low), torch.where(below, high, t)
             step = t - error / density.clamp_min(torch.finfo(t.dtype).tiny)
             t = torch.where((step > low) & (step < high), step, 0.5 * (low + high))
-        return torch.where(positive, t, empirical)
+        return t if positive.all() else torch.where(positive, t, self._empirical_quantile(p))
+
+    @cached_property
+    def _sorted_centers(self) -> Tensor:
+        """`(m, b, c, *spatial)` centers sorted along the mixture axis, in float64 (sorted once per prediction)."""
+        return self.centers.to(torch.float64).sort(0).values
+
+    def _empirical_quantile(self, p: float) -> Tensor:
+        """The centers' ``p``-quantile with linear interpolation (``torch.quantile``'s default), from the sorted centers."""
+        position = p * (self.centers.shape[0] - 1)
+        low = math.floor(position)
+        high = min(low + 1, self.centers.shape[0] - 1)
+        below, above = self._sorted_centers[low], self._sorted_centers[high]
+        return torch.lerp(below, above, position - low).to(self.centers.dtype)
 
     def interval(self, alpha: float) -> tuple[Tensor, Tensor]:
         alpha = check_alpha(alpha)

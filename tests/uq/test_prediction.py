@@ -320,3 +320,16 @@ def test_bad_arguments_raise_value_errors_naming_them(index):
     name, call = _bad_calls()[index]
     with pytest.raises(ValueError, match=name):
         call()
+
+
+@pytest.mark.parametrize("m", [1, 2, 7, 32])
+def test_empirical_mixture_quantiles_equal_torch_quantile_where_the_noise_is_zero(m):
+    generator = torch.Generator().manual_seed(m)
+    centers = torch.randn(m, 3, 1, 50, generator=generator, dtype=torch.float64)
+    noise = torch.rand(3, 1, 50, generator=generator, dtype=torch.float64)
+    noise = noise * (noise > 0.5)  # noise-free at about half of the points
+    for p in (0.05, 0.5, 0.9, 0.999):
+        expected = torch.quantile(centers, p, dim=0)
+        torch.testing.assert_close(MixturePrediction(centers, 0.0).quantile(p), expected, rtol=0, atol=1e-15)
+        mixed = MixturePrediction(centers, noise).quantile(p)
+        torch.testing.assert_close(mixed[noise == 0], expected[noise == 0], rtol=0, atol=1e-15)
