@@ -361,7 +361,7 @@ class SpectralKroneckerBlock:
         return torch.cat((plus.reshape(-1), minus.reshape(-1)))
 
     def apply_function(self, function: Callable[[Tensor], Tensor], V: Tensor) -> Tensor:
-        """``f(G) V`` for `(size, k)` ``V``: ``function`` applied to the eigenvalues (elementwise, in the block's dtype)."""
+        """``f(G) V`` for `(size, k)` ``V``, ``function`` applied elementwise to the eigenvalues (block's dtype)."""
         *_, plus, minus = self._spectrum
         return self._scaled(V, function(plus), function(minus))
 

@@ -12,11 +12,11 @@ from probneural.operators.activations import ACTIVATIONS
 from probneural.operators.pointwise import Pointwise
 from probneural.operators.spectral import SpectralConv
 
-__all__ = ["FNO", "positional_grid"]
+__all__ = ["DROPOUT_LAYERS", "FNO", "positional_grid"]
 
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = ACTIVATIONS  # F.gelu etc.; see activations.py
 _GRIDS = ("nodes", "periodic")
-_DROPOUT_LAYERS = ("all", "projection")
+DROPOUT_LAYERS = ("all", "projection")
 
 
 def positional_grid(x: Tensor, kind: str) -> Tensor:
@@ -107,8 +107,8 @@ class FNO(nn.Module):
             raise ValueError(f"padding: expected a fraction in [0, 1); got {padding}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1); got {dropout}")
-        if dropout_layers not in _DROPOUT_LAYERS:
-            raise ValueError(f"dropout_layers: expected one of {_DROPOUT_LAYERS}; got {dropout_layers!r}")
+        if dropout_layers not in DROPOUT_LAYERS:
+            raise ValueError(f"dropout_layers: expected one of {DROPOUT_LAYERS}; got {dropout_layers!r}")
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("width", width),
                             ("n_layers", n_layers), ("projection_channels", projection_channels)):
             if value < 1:

@@ -1,8 +1,9 @@
 """Stochastic operators from dropout: MC dropout (``"mc_dropout"``) and probabilistic neural operators (``"pno"``).
 
-Both methods copy the trained operator with dropout after every hidden activation
-(:func:`dropout_copy`), train the copy further, and predict the empirical distribution of
-stochastic forward passes in which only the dropout layers are random (:func:`stochastic_passes`):
+Both methods copy the trained operator with dropout after its hidden activations (every one, or
+only the projection's: :func:`dropout_copy`), may train the copy further, and predict the
+empirical distribution of stochastic forward passes in which only the dropout layers are random
+(:func:`stochastic_passes`):
 
 * **MC dropout** (Gal & Ghahramani, ICML 2016) uses the trained weights post hoc with dropout
   before the read-out (default) or fine-tunes the copy with the usual relative L2 loss, and adds
@@ -23,7 +24,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from probneural.operators.fno import FNO
+from probneural.operators.fno import DROPOUT_LAYERS, FNO
 from probneural.train.normalized import NormalizedOperator
 from probneural.uq.posterior import METHODS, Batches, Posterior, model_parameters, normalized_parts
 from probneural.uq.prediction import MixturePrediction
@@ -44,7 +45,6 @@ __all__ = [
     "weight_scaled_pass",
 ]
 
-LAYERS = ("all", "projection")
 _DROPOUT_LAYERS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
@@ -73,12 +73,13 @@ def dropout_copy(model: nn.Module, p: float, layers: str = "all") -> nn.Module:
     p = check_float("p", p)
     if not 0.0 < p < 1.0:
         raise ValueError(f"p: expected a dropout probability in (0, 1); got {p}")
-    if layers not in LAYERS:
-        raise ValueError(f"layers: expected one of {list(LAYERS)}; got {layers!r}")
+    if layers not in DROPOUT_LAYERS:
+        raise ValueError(f"layers: expected one of {list(DROPOUT_LAYERS)}; got {layers!r}")
     operator, x_normalizer, y_normalizer = normalized_parts(model)
     if isinstance(operator, FNO):
         device, dtype = model_parameters(operator)
-        stochastic: nn.Module = FNO(**(operator.config | {"dropout": p, "dropout_layers": layers})).to(device, dtype)
+        config = operator.config | {"dropout": p, "dropout_layers": layers}
+        stochastic: nn.Module = FNO(**config).to(device, dtype)
         stochastic.load_state_dict(operator.state_dict())
         if x_normalizer is None:
             return stochastic
@@ -123,17 +124,24 @@ def _passes(model: nn.Module, x: Tensor, n: int) -> Tensor:
 
 
 @contextmanager
-def _only_dropout_random(model: nn.Module) -> Iterator[None]:
-    """Evaluation mode except for the dropout layers; every module's mode is restored afterwards."""
+def _modes_restored(model: nn.Module) -> Iterator[None]:
+    """Every module's train/eval mode is put back on exit."""
     modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    for layer in _dropout_layers(model):
-        layer.train()
     try:
         yield
     finally:
         for module, training in modes:
             module.training = training
+
+
+@contextmanager
+def _only_dropout_random(model: nn.Module) -> Iterator[None]:
+    """Evaluation mode except for the dropout layers; every module's mode is restored afterwards."""
+    with _modes_restored(model):
+        model.eval()
+        for layer in _dropout_layers(model):
+            layer.train()
+        yield
 
 
 @torch.no_grad()
@@ -161,13 +169,8 @@ def weight_scaled_pass(model: nn.Module, x: Tensor) -> Tensor:
     Every module's mode is restored afterwards.
     """
     device, dtype = model_parameters(model)
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        return model(x.to(device, dtype))
-    finally:
-        for module, training in modes:
-            module.training = training
+    with _modes_restored(model):
+        return model.eval()(x.to(device, dtype))
 
 
 def _check_draws(draws: Tensor, y: Tensor) -> None:
@@ -302,10 +305,11 @@ def fit_mc_dropout(
     dropout after every hidden activation (relative L2 loss), closer to the original method but at
     a cost in accuracy when the operator was trained without dropout (Darcy study, p = 0.1:
     relative L2 +38 % with all layers after 5 epochs, +5.5 % with the projection only after 5
-    epochs at lr 1e-4, +4.6 % post hoc from the plain mean of 32 passes). The aleatoric noise is, per output channel,
-    the mean squared residual on ``loader`` of the weight-scaled pass (dropout off; with inverted
-    dropout this is the standard deterministic approximation of the MC mean, Srivastava et al.
-    2014), one pass over the data instead of ``samples`` (an underestimate on training data).
+    epochs at lr 1e-4, +4.6 % post hoc from the plain mean of 32 passes). The aleatoric noise is,
+    per output channel, the mean squared residual on ``loader`` of the weight-scaled pass (dropout
+    off; with inverted dropout this is the standard deterministic approximation of the MC mean,
+    Srivastava et al. 2014), one pass over the data instead of ``samples`` (an underestimate on
+    training data).
 
     Args:
         model: the trained operator (raw fields in and out); see :func:`dropout_copy`.

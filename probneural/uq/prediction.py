@@ -317,7 +317,7 @@ class MixturePrediction(Prediction):
         return self.centers.to(torch.float64).sort(0).values
 
     def _empirical_quantile(self, p: float) -> Tensor:
-        """The centers' ``p``-quantile with linear interpolation (``torch.quantile``'s default), from the sorted centers."""
+        """The centers' ``p``-quantile, linearly interpolated (as ``torch.quantile``) between sorted centers."""
         position = p * (self.centers.shape[0] - 1)
         low = math.floor(position)
         high = min(low + 1, self.centers.shape[0] - 1)
