@@ -216,7 +216,14 @@ class FNO(nn.Module):
 
     def project(self, h: Tensor) -> Tensor:
         """Pointwise projection of features `(b, width, *spatial)` to `(b, out_channels, *spatial)`."""
-        return self.projection_out(self.dropout(self.act(self.projection_hidden(h))))
+        return self.projection_out(self.dropout(self.readout_input(h)))
+
+    def readout_input(self, h: Tensor) -> Tensor:
+        """The projection's hidden activations `(b, projection_channels, *spatial)` of features `(b, width, *spatial)`.
+
+        What the linear read-out ``projection_out`` sees, before the projection's dropout.
+        """
+        return self.act(self.projection_hidden(h))
 
     def chunk_size(self, x: Tensor) -> int:
         """Samples per chunk for input ``x`` `(b, c, *spatial)` (see ``cpu_chunk_bytes``)."""

@@ -21,11 +21,12 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
+from probneural.hessian.kfac import augmented, layer_rows
 from probneural.operators.fno import FNO
 from probneural.uq.posterior import Batches, model_parameters, normalized_parts, to_data_units
 from probneural.uq.prediction import Prediction
 
-__all__ = ["FrozenTrunk", "TrainingFields", "check_dtype", "without_autocast", "random_points"]
+__all__ = ["FrozenTrunk", "ReadoutStatistics", "TrainingFields", "check_dtype", "without_autocast", "random_points"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -52,6 +53,23 @@ def without_autocast() -> Iterator[None]:
             if torch.is_autocast_enabled(device_type):
                 stack.enter_context(torch.autocast(device_type, enabled=False))
         yield
+
+
+@dataclass
+class ReadoutStatistics:
+    """Sums over every training point, in float64, that fix a Gaussian likelihood of the read-out's weights.
+
+    Attributes:
+        gram: `(i + 1, i + 1)` ``A = Σ φ̃ φ̃ᵀ`` of the read-out's augmented inputs ``φ̃ = [φ; 1]``.
+        cross: `(i + 1, c)` ``Σ φ̃ rᵀ`` with ``r`` the trained head's residual (output − target).
+        squares: `(c,)` ``Σ r²`` per output channel.
+        count: the number of points summed over (fields × grid points).
+    """
+
+    gram: Tensor
+    cross: Tensor
+    squares: Tensor
+    count: int
 
 
 @dataclass
@@ -136,15 +154,42 @@ class FrozenTrunk:
         layers = self.head_layers if layers is None else layers
         return self.activation(layers["projection_hidden"](features))
 
+    def _readout_inputs(self, fields: TrainingFields, chunk: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Per chunk of ``chunk`` fields: the read-out's input `(b, i, P)` and the trained head's residual `(b, c, P)`."""
+        spatial = tuple(fields.targets.shape[2:])
+        for trunk, targets in zip(fields.trunk.split(chunk), fields.targets.split(chunk)):
+            hidden = self.hidden_projection(self.features(trunk, spatial))
+            yield hidden.flatten(2), (self.head_layers["projection_out"](hidden) - targets).flatten(2)
+
     @torch.no_grad()
     def residual_variance(self, fields: TrainingFields, chunk: int = 16) -> Tensor:
         """`(c,)` mean squared residual per output channel of the trained head on ``fields`` (normalised units)."""
-        spatial = tuple(fields.targets.shape[2:])
         total = torch.zeros(fields.targets.shape[1], dtype=torch.float64, device=self.device)
-        for trunk, targets in zip(fields.trunk.split(chunk), fields.targets.split(chunk)):
-            output = self.head_layers["projection_out"](self.hidden_projection(self.features(trunk, spatial)))
-            total += (output - targets).double().square().transpose(0, 1).flatten(1).sum(1)
+        for _, residual in self._readout_inputs(fields, chunk):
+            total += residual.double().square().sum((0, 2))
         return total / (fields.targets[:, 0].numel())
+
+    @torch.no_grad()
+    def readout_statistics(self, fields: TrainingFields, chunk: int = 16) -> ReadoutStatistics:
+        """Sufficient statistics of a Gaussian likelihood for the read-out's weights, over every point of ``fields``.
+
+        The read-out ``projection_out`` is linear in its weights ``w_c = [W_c; b_c]`` `(i + 1,)` given its
+        input ``φ`` (the projection's hidden activations, frozen unless ``fourier_layer``): the squared
+        error of channel ``c`` at ``w_c = ŵ_c + d`` (``ŵ`` the trained weights) is
+        ``Σ r_c² + 2 dᵀ g_c + dᵀ A d`` with ``A = Σ φ̃ φ̃ᵀ``, ``g_c = Σ φ̃ r_c``, ``φ̃ = [φ; 1]`` and
+        ``r`` the trained head's residual; sums over all fields and grid points, in float64.
+        """
+        readout = self.head_layers["projection_out"]
+        if readout.bias is None:
+            raise ValueError("model: the read-out statistics need a projection_out with a bias")
+        gram = cross = squares = 0.0
+        for hidden, residual in self._readout_inputs(fields, chunk):
+            rows = augmented(layer_rows(hidden, readout).double(), bias=True)  # (b P, i + 1)
+            residual = layer_rows(residual, readout).double()  # (b P, c)
+            gram = gram + rows.T @ rows
+            cross = cross + rows.T @ residual
+            squares = squares + residual.square().sum(0)
+        return ReadoutStatistics(gram, cross, squares, fields.targets[:, 0].numel())
 
     def collect(self, loader: Batches) -> TrainingFields:
         """Trunk outputs and normalised targets of every ``(x, y)`` batch of ``loader``, concatenated."""

@@ -245,11 +245,11 @@ def test_mc_dropout_fine_tunes_a_copy_reproducibly(problem):
 # --- probabilistic neural operator -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("score", ["energy", "crps"])
-def test_pno_learns_the_noise_level_of_the_data(problem, score):
+@pytest.mark.parametrize("score, layers", [("energy", "projection"), ("crps", "projection"), ("energy", "all")])
+def test_pno_learns_the_noise_level_of_the_data(problem, score, layers):
     model, loader, (x_test, y_test) = problem
-    untrained = fit_pno(model, loader, score=score, epochs=0, samples=32)
-    trained = uq.fit("pno", model, loader, score=score, epochs=60, lr=5e-2, samples=32)
+    untrained = fit_pno(model, loader, score=score, layers=layers, epochs=0, samples=32)
+    trained = uq.fit("pno", model, loader, score=score, layers=layers, epochs=60, lr=5e-2, samples=32)
     torch.manual_seed(0)
     before = untrained.predict(x_test).std.mean().item()
     prediction = trained.predict(x_test)
@@ -261,6 +261,20 @@ def test_pno_learns_the_noise_level_of_the_data(problem, score):
         assert relative_l2(prediction.mean, y_test) < 1.1 * relative_l2(model(x_test), y_test)
     summary = trained.summary()
     assert summary["score"] == score and len(summary["train_losses"]) == 60 and summary["noise"] == [0.0]
+
+
+def test_projection_pno_keeps_the_trained_mean_and_trunk(problem):
+    model, loader, (x_test, _) = problem
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    posterior = fit_pno(model, loader, epochs=20, lr=5e-2, samples=16)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    trained = posterior.model.operator.state_dict()
+    changed = {k.split(".")[0] for k, v in trained.items() if not torch.equal(v, before["operator." + k])}
+    assert changed == {"projection_hidden", "projection_out"}  # the score trained the read-out, not the trunk
+    prediction = posterior.predict(x_test)
+    with torch.no_grad():
+        torch.testing.assert_close(prediction.mean, model(x_test), rtol=1e-5, atol=1e-5)
+    assert prediction.std.mean() > 0.5 * SIGMA
 
 
 @pytest.mark.parametrize(

@@ -12,14 +12,23 @@ DOUBLE = {"dtype": torch.float64}
 NOISE, PRIOR = 0.1, 0.3  # a well-conditioned posterior, so that SVI converges in a few hundred steps
 
 
-def problem():
-    """A small 1-D FNO whose read-out is linear in 5 weights, data from it plus noise, and the exact posterior."""
+def problem(noise=NOISE, collinear=0.0):
+    """A small 1-D FNO whose read-out is linear in 5 weights, data from it plus noise, and the exact posterior.
+
+    ``collinear > 0`` makes the read-out's 4 inputs nearly collinear (hidden rows within ``collinear``
+    of each other), so the posterior over the weights is strongly correlated.
+    """
     torch.manual_seed(0)
     model = FNO(1, 1, [4], width=4, n_layers=2, projection_channels=4).double()
+    if collinear:
+        hidden = model.projection_hidden
+        with torch.no_grad():
+            hidden.weight.copy_(hidden.weight[:1] + collinear * torch.randn_like(hidden.weight))
+            hidden.bias.copy_(hidden.bias[:1] + collinear * torch.randn_like(hidden.bias))
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(4, 1, 16, generator=generator, **DOUBLE)
     with torch.no_grad():
-        y = model(x) + NOISE**0.5 * torch.randn(x.shape, generator=generator, **DOUBLE)
+        y = model(x) + noise**0.5 * torch.randn(x.shape, generator=generator, **DOUBLE)
     x_test = torch.randn(2, 1, 16, generator=generator, **DOUBLE)
 
     def design(inputs):
@@ -29,11 +38,11 @@ def problem():
         return torch.cat((rows, torch.ones_like(rows[:, :1])), dim=1)
 
     phi = design(x)
-    covariance = torch.linalg.inv(phi.T @ phi / NOISE + torch.eye(5, **DOUBLE) / PRIOR**2)
-    mean = covariance @ phi.T @ y.reshape(-1) / NOISE
+    covariance = torch.linalg.inv(phi.T @ phi / noise + torch.eye(5, **DOUBLE) / PRIOR**2)
+    mean = covariance @ phi.T @ y.reshape(-1) / noise
     test = design(x_test)
     exact_mean = (test @ mean).view(2, 1, 16)
-    exact_variance = ((test @ covariance) * test).sum(1).view(2, 1, 16) + NOISE
+    exact_variance = ((test @ covariance) * test).sum(1).view(2, 1, 16) + noise
     return model, [(x[:2], y[:2]), (x[2:], y[2:])], x_test, exact_mean, exact_variance
 
 
@@ -48,14 +57,15 @@ def test_svi_readout_head_matches_the_exact_posterior():
     torch.testing.assert_close(prediction.variance, exact_variance, rtol=0.05, atol=0)
 
 
-def test_nuts_readout_head_mixes_and_matches_the_exact_posterior():
-    model, loader, x_test, exact_mean, exact_variance = problem()
-    posterior = uq.fit("pyro_nuts", model, loader, noise_variance=NOISE, prior_scale=PRIOR, points=64,
-                       warmup=100, draws=250, chains=2, samples=500)
+@pytest.mark.parametrize("noise, collinear", [(NOISE, 0.0), (1e-4, 0.01)])
+def test_nuts_readout_head_mixes_and_matches_the_exact_posterior(noise, collinear):
+    model, loader, x_test, exact_mean, exact_variance = problem(noise, collinear)
+    posterior = uq.fit("pyro_nuts", model, loader, noise_variance=noise, prior_scale=PRIOR, warmup=100, draws=250,
+                       chains=2, samples=500)
     summary = posterior.summary()
-    assert summary["points"] == 64 and summary["r_hat_max"] < 1.05
+    assert summary["points"] == 64 and summary["r_hat_max"] < 1.05 and summary["divergences"] == [0, 0]
     prediction = posterior.predict(x_test)
-    epistemic = (exact_variance - NOISE).sqrt()
+    epistemic = (exact_variance - noise).sqrt()
     assert ((prediction.mean - exact_mean).abs() < 0.2 * epistemic).all()
     torch.testing.assert_close(prediction.variance, exact_variance, rtol=0.05, atol=0)
 
