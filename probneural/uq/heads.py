@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -154,42 +154,47 @@ class FrozenTrunk:
         layers = self.head_layers if layers is None else layers
         return self.activation(layers["projection_hidden"](features))
 
-    def _readout_inputs(self, fields: TrainingFields, chunk: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """Per chunk of ``chunk`` fields: the read-out's input `(b, i, P)` and the trained head's residual `(b, c, P)`."""
-        spatial = tuple(fields.targets.shape[2:])
-        for trunk, targets in zip(fields.trunk.split(chunk), fields.targets.split(chunk)):
-            hidden = self.hidden_projection(self.features(trunk, spatial))
+    def _readout_inputs(self, chunks: Iterable[tuple[Tensor, Tensor]]) -> Iterator[tuple[Tensor, Tensor]]:
+        """Per ``(trunk, targets)`` chunk: the read-out's input `(b, i, P)` and the trained head's residual `(b, c, P)`."""
+        for trunk, targets in chunks:
+            hidden = self.hidden_projection(self.features(trunk, tuple(targets.shape[2:])))
             yield hidden.flatten(2), (self.head_layers["projection_out"](hidden) - targets).flatten(2)
 
     @torch.no_grad()
     def residual_variance(self, fields: TrainingFields, chunk: int = 16) -> Tensor:
         """`(c,)` mean squared residual per output channel of the trained head on ``fields`` (normalised units)."""
         total = torch.zeros(fields.targets.shape[1], dtype=torch.float64, device=self.device)
-        for _, residual in self._readout_inputs(fields, chunk):
+        for _, residual in self._readout_inputs(zip(fields.trunk.split(chunk), fields.targets.split(chunk))):
             total += residual.double().square().sum((0, 2))
         return total / (fields.targets[:, 0].numel())
 
     @torch.no_grad()
-    def readout_statistics(self, fields: TrainingFields, chunk: int = 16) -> ReadoutStatistics:
-        """Sufficient statistics of a Gaussian likelihood for the read-out's weights, over every point of ``fields``.
+    def readout_statistics(self, loader: Batches) -> ReadoutStatistics:
+        """Sufficient statistics of a Gaussian likelihood for the read-out's weights, over every point of ``loader``.
 
         The read-out ``projection_out`` is linear in its weights ``w_c = [W_c; b_c]`` `(i + 1,)` given its
         input ``φ`` (the projection's hidden activations, frozen unless ``fourier_layer``): the squared
         error of channel ``c`` at ``w_c = ŵ_c + d`` (``ŵ`` the trained weights) is
         ``Σ r_c² + 2 dᵀ g_c + dᵀ A d`` with ``A = Σ φ̃ φ̃ᵀ``, ``g_c = Σ φ̃ r_c``, ``φ̃ = [φ; 1]`` and
-        ``r`` the trained head's residual; sums over all fields and grid points, in float64.
+        ``r`` the trained head's residual; sums over all ``(x, y)`` batches and grid points, in
+        float64, accumulated batch by batch (the trunk outputs are not kept).
         """
         readout = self.head_layers["projection_out"]
         if readout.bias is None:
             raise ValueError("model: the read-out statistics need a projection_out with a bias")
         gram = cross = squares = 0.0
-        for hidden, residual in self._readout_inputs(fields, chunk):
+        count = 0
+        chunks = ((self.trunk(x), self.encode_targets(y)) for x, y in loader)
+        for hidden, residual in self._readout_inputs(chunks):
             rows = augmented(layer_rows(hidden, readout).double(), bias=True)  # (b P, i + 1)
             residual = layer_rows(residual, readout).double()  # (b P, c)
             gram = gram + rows.T @ rows
             cross = cross + rows.T @ residual
             squares = squares + residual.square().sum(0)
-        return ReadoutStatistics(gram, cross, squares, fields.targets[:, 0].numel())
+            count += rows.shape[0]
+        if count == 0:
+            raise ValueError("loader: expected at least one (x, y) batch; got none")
+        return ReadoutStatistics(gram, cross, squares, count)
 
     def collect(self, loader: Batches) -> TrainingFields:
         """Trunk outputs and normalised targets of every ``(x, y)`` batch of ``loader``, concatenated."""

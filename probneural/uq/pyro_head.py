@@ -337,19 +337,21 @@ def fit_pyro_nuts(
     warmup, draws = check_int("warmup", warmup, 0), check_int("draws", draws, 1)
     chains, max_tree_depth = check_int("chains", chains, 1), check_int("max_tree_depth", max_tree_depth, 1)
     trunk = FrozenTrunk(model)
-    statistics = trunk.readout_statistics(trunk.collect(loader))
+    statistics = trunk.readout_statistics(loader)
     channels = statistics.squares.shape[0]
     if noise_variance is None:
         noise = statistics.squares / statistics.count
     else:
-        noise = torch.full((channels,), check_float("noise_variance", noise_variance, positive=True))
+        noise = torch.full((channels,), check_float("noise_variance", noise_variance, positive=True),
+                           dtype=torch.float64)
     with pyro.get_param_store().scope() as state:
         bayesian = BayesianHead(trunk, "readout", "homoscedastic", noise, prior_scale, dtype, learn_noise=False)
         whitened = _WhitenedReadout(statistics, bayesian.trained, noise, prior_scale, dtype)
         kept, step_sizes, divergences = [], [], []
         for chain in range(chains):
             pyro.set_rng_seed(seed + chain)
-            start = {"z": torch.randn(whitened.shape, dtype=dtype, device=trunk.device)}  # one posterior sd away
+            # dispersed starts: the trained weights plus a draw of the posterior's covariance
+            start = {"z": torch.randn(whitened.shape, dtype=dtype, device=trunk.device)}
             kernel = NUTS(whitened.model, max_tree_depth=max_tree_depth, max_plate_nesting=0,
                           init_strategy=init_to_value(values=start))
             mcmc = MCMC(kernel, num_samples=draws, warmup_steps=warmup, disable_progbar=True)
@@ -357,10 +359,10 @@ def fit_pyro_nuts(
             kept.append(mcmc.get_samples()["z"])
             step_sizes.append(kernel.step_size)
             divergences.append(len(mcmc.diagnostics()["divergences"]["chain 0"]))
-    stacked = torch.stack(kept)  # (chains, draws, c, i + 1)
+    stacked = whitened.weights(torch.stack(kept))  # (chains, draws, c, i + 1) weights
     r_hat = float(gelman_rubin(stacked.flatten(2)).max()) if chains > 1 else None
     picks = torch.linspace(0, chains * draws - 1, samples).round().long()
-    weights = whitened.weights(stacked.flatten(0, 1)[picks])  # (samples, c, i + 1)
+    weights = stacked.flatten(0, 1)[picks]  # (samples, c, i + 1)
     conditioned = [_conditioned(bayesian, whitened.named(w)) for w in weights]
     details = {"head": "readout", "noise_variance": noise.tolist(), "prior_scale": prior_scale,
                "points": statistics.count, "warmup": warmup, "draws": draws, "chains": chains,
@@ -396,8 +398,10 @@ class _WhitenedReadout:
         self.prior_scale = prior_scale
         self.gram = statistics.gram.to(device, dtype)
         self.gradient = statistics.cross.T.to(device, dtype)  # (c, i + 1): g_c = Σ φ̃ r_c
-        precision = self.gram / self.noise[:, None, None] + torch.eye(self.shape[1], dtype=dtype, device=device) / prior_scale**2
-        self.cholesky = torch.linalg.cholesky(precision)  # (c, i + 1, i + 1)
+        # factorised in float64 whatever ``dtype``: A sums millions of points and is ill-conditioned
+        gram, eye = statistics.gram.to(device), torch.eye(self.shape[1], dtype=torch.float64, device=device)
+        precision = gram / noise.to(device, torch.float64)[:, None, None] + eye / prior_scale**2
+        self.cholesky = torch.linalg.cholesky(precision).to(dtype)  # (c, i + 1, i + 1)
 
     def weights(self, z: Tensor) -> Tensor:
         """Weights `(..., c, i + 1)` of whitened coordinates ``z`` `(..., c, i + 1)`."""

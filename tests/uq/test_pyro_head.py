@@ -12,24 +12,11 @@ DOUBLE = {"dtype": torch.float64}
 NOISE, PRIOR = 0.1, 0.3  # a well-conditioned posterior, so that SVI converges in a few hundred steps
 
 
-def problem(noise=NOISE, collinear=0.0):
-    """A small 1-D FNO whose read-out is linear in 5 weights, data from it plus noise, and the exact posterior.
+def exact_posterior(model, x, y, x_test, noise):
+    """Mean and variance `(b, c, 16)` at ``x_test`` of the read-out's Bayesian linear regression, per channel.
 
-    ``collinear > 0`` makes the read-out's 4 inputs nearly collinear (hidden rows within ``collinear``
-    of each other), so the posterior over the weights is strongly correlated.
+    ``noise``: `(c,)` noise variances; the prior is ``N(0, PRIOR²)`` on every weight.
     """
-    torch.manual_seed(0)
-    model = FNO(1, 1, [4], width=4, n_layers=2, projection_channels=4).double()
-    if collinear:
-        hidden = model.projection_hidden
-        with torch.no_grad():
-            hidden.weight.copy_(hidden.weight[:1] + collinear * torch.randn_like(hidden.weight))
-            hidden.bias.copy_(hidden.bias[:1] + collinear * torch.randn_like(hidden.bias))
-    generator = torch.Generator().manual_seed(1)
-    x = torch.randn(4, 1, 16, generator=generator, **DOUBLE)
-    with torch.no_grad():
-        y = model(x) + noise**0.5 * torch.randn(x.shape, generator=generator, **DOUBLE)
-    x_test = torch.randn(2, 1, 16, generator=generator, **DOUBLE)
 
     def design(inputs):
         with torch.no_grad():
@@ -37,12 +24,37 @@ def problem(noise=NOISE, collinear=0.0):
         rows = hidden.transpose(1, 2).reshape(-1, 4)
         return torch.cat((rows, torch.ones_like(rows[:, :1])), dim=1)
 
-    phi = design(x)
-    covariance = torch.linalg.inv(phi.T @ phi / noise + torch.eye(5, **DOUBLE) / PRIOR**2)
-    mean = covariance @ phi.T @ y.reshape(-1) / noise
-    test = design(x_test)
-    exact_mean = (test @ mean).view(2, 1, 16)
-    exact_variance = ((test @ covariance) * test).sum(1).view(2, 1, 16) + noise
+    phi, test = design(x), design(x_test)
+    means, variances = [], []
+    for c, sigma2 in enumerate(noise.tolist()):
+        covariance = torch.linalg.inv(phi.T @ phi / sigma2 + torch.eye(5, **DOUBLE) / PRIOR**2)
+        mean = covariance @ phi.T @ y[:, c].reshape(-1) / sigma2
+        means.append((test @ mean).view(len(x_test), 16))
+        variances.append(((test @ covariance) * test).sum(1).view(len(x_test), 16) + sigma2)
+    return torch.stack(means, 1), torch.stack(variances, 1)
+
+
+def problem(noise=NOISE, collinear=0.0, channels=1):
+    """A small 1-D FNO whose read-out is linear in 5 weights per channel, data from it plus noise, the exact posterior.
+
+    ``noise``: one variance or one per channel. ``collinear > 0`` makes the read-out's 4 inputs nearly
+    collinear (hidden rows within ``collinear`` of each other), so the posterior over the weights is
+    strongly correlated.
+    """
+    torch.manual_seed(0)
+    model = FNO(1, channels, [4], width=4, n_layers=2, projection_channels=4).double()
+    if collinear:
+        hidden = model.projection_hidden
+        with torch.no_grad():
+            hidden.weight.copy_(hidden.weight[:1] + collinear * torch.randn_like(hidden.weight))
+            hidden.bias.copy_(hidden.bias[:1] + collinear * torch.randn_like(hidden.bias))
+    generator = torch.Generator().manual_seed(1)
+    noise = torch.as_tensor(noise, **DOUBLE).expand(channels)
+    x = torch.randn(4, 1, 16, generator=generator, **DOUBLE)
+    with torch.no_grad():
+        y = model(x) + noise.sqrt()[:, None] * torch.randn(4, channels, 16, generator=generator, **DOUBLE)
+    x_test = torch.randn(2, 1, 16, generator=generator, **DOUBLE)
+    exact_mean, exact_variance = exact_posterior(model, x, y, x_test, noise)
     return model, [(x[:2], y[:2]), (x[2:], y[2:])], x_test, exact_mean, exact_variance
 
 
@@ -66,6 +78,22 @@ def test_nuts_readout_head_mixes_and_matches_the_exact_posterior(noise, collinea
     assert summary["points"] == 64 and summary["r_hat_max"] < 1.05 and summary["divergences"] == [0, 0]
     prediction = posterior.predict(x_test)
     epistemic = (exact_variance - noise).sqrt()
+    assert ((prediction.mean - exact_mean).abs() < 0.2 * epistemic).all()
+    torch.testing.assert_close(prediction.variance, exact_variance, rtol=0.05, atol=0)
+
+
+def test_nuts_with_two_channels_takes_each_channels_residual_as_its_noise():
+    model, loader, x_test, _, _ = problem((0.05, 0.4), channels=2)
+    x, y = (torch.cat(parts) for parts in zip(*loader))
+    with torch.no_grad():
+        residual_variance = (model(x) - y).square().mean((0, 2))  # the default noise, per channel
+    exact_mean, exact_variance = exact_posterior(model, x, y, x_test, residual_variance)
+    posterior = uq.fit("pyro_nuts", model, loader, prior_scale=PRIOR, warmup=100, draws=250, chains=2, samples=500)
+    summary = posterior.summary()
+    torch.testing.assert_close(torch.tensor(summary["noise_variance"], **DOUBLE), residual_variance)
+    assert summary["n_random_weights"] == 10 and summary["r_hat_max"] < 1.05
+    prediction = posterior.predict(x_test)
+    epistemic = (exact_variance - residual_variance[:, None]).sqrt()
     assert ((prediction.mean - exact_mean).abs() < 0.2 * epistemic).all()
     torch.testing.assert_close(prediction.variance, exact_variance, rtol=0.05, atol=0)
 
