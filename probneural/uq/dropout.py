@@ -413,8 +413,8 @@ def fit_pno(
     * ``"projection"`` (default, mean-preserving): the trunk is frozen and the draws are the
       trained operator's output plus the zero-mean deviations of the copy's dropout read-out
       (:func:`_passes` with a ``center``); the score trains the projection's hidden layer and
-      read-out weight, which shape only the spread, and the predictive mean stays the trained operator's exactly (the
-      training loss levels off within two epochs on Darcy);
+      read-out weight, which shape only the spread, and the predictive mean stays the trained
+      operator's exactly (the training loss levels off within two epochs on Darcy);
     * ``"all"``: the paper's variant, dropout after every hidden activation and every weight
       trained; from trained weights this costs accuracy (Darcy study: relative L2 +28 % after
       10 epochs), the paper trains with the score from the start.

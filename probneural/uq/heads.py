@@ -155,7 +155,10 @@ class FrozenTrunk:
         return self.activation(layers["projection_hidden"](features))
 
     def _readout_inputs(self, chunks: Iterable[tuple[Tensor, Tensor]]) -> Iterator[tuple[Tensor, Tensor]]:
-        """Per ``(trunk, targets)`` chunk: the read-out's input `(b, i, P)` and the trained head's residual `(b, c, P)`."""
+        """Per ``(trunk, targets)`` chunk: the read-out's input `(b, i, P)` and the trained head's residual `(b, c, P)`.
+
+        ``trunk`` `(b, width, *grid)`, ``targets`` `(b, c, *spatial)` (normalised).
+        """
         for trunk, targets in chunks:
             hidden = self.hidden_projection(self.features(trunk, tuple(targets.shape[2:])))
             yield hidden.flatten(2), (self.head_layers["projection_out"](hidden) - targets).flatten(2)

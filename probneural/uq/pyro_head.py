@@ -366,7 +366,8 @@ def fit_pyro_nuts(
     conditioned = [_conditioned(bayesian, whitened.named(w)) for w in weights]
     details = {"head": "readout", "noise_variance": noise.tolist(), "prior_scale": prior_scale,
                "points": statistics.count, "warmup": warmup, "draws": draws, "chains": chains,
-               "r_hat_max": r_hat, "step_sizes": step_sizes, "divergences": divergences, "n_random_weights": whitened.shape.numel()}
+               "r_hat_max": r_hat, "step_sizes": step_sizes, "divergences": divergences,
+               "n_random_weights": whitened.shape.numel()}
     return PyroPosterior(trunk, bayesian, conditioned, state, details)
 
 
@@ -396,17 +397,21 @@ class _WhitenedReadout:
         self.shape = self.start.shape
         self.noise = noise.to(device, dtype)
         self.prior_scale = prior_scale
-        self.gram = statistics.gram.to(device, dtype)
+        gram = statistics.gram.to(device)  # float64
+        self.gram = gram.to(dtype)
         self.gradient = statistics.cross.T.to(device, dtype)  # (c, i + 1): g_c = Σ φ̃ r_c
         # factorised in float64 whatever ``dtype``: A sums millions of points and is ill-conditioned
-        gram, eye = statistics.gram.to(device), torch.eye(self.shape[1], dtype=torch.float64, device=device)
+        eye = torch.eye(self.shape[1], dtype=torch.float64, device=device)
         precision = gram / noise.to(device, torch.float64)[:, None, None] + eye / prior_scale**2
         self.cholesky = torch.linalg.cholesky(precision).to(dtype)  # (c, i + 1, i + 1)
 
+    def _step(self, z: Tensor) -> Tensor:
+        """``L⁻ᵀ z``: the weights' offset `(..., c, i + 1)` from the trained ones."""
+        return torch.linalg.solve_triangular(self.cholesky.mT, z.unsqueeze(-1), upper=True).squeeze(-1)
+
     def weights(self, z: Tensor) -> Tensor:
         """Weights `(..., c, i + 1)` of whitened coordinates ``z`` `(..., c, i + 1)`."""
-        step = torch.linalg.solve_triangular(self.cholesky.mT, z.unsqueeze(-1), upper=True).squeeze(-1)
-        return self.start + step
+        return self.start + self._step(z)
 
     def named(self, w: Tensor) -> dict[str, Tensor]:
         """The read-out's weight `(c, i)` and bias `(c,)` sites of weights ``w`` `(c, i + 1)`."""
@@ -415,7 +420,7 @@ class _WhitenedReadout:
     def model(self) -> None:
         """Pyro model: ``z`` with the posterior density ``p(y | w(z)) p(w(z))`` (up to a constant)."""
         z = pyro.sample("z", dist.ImproperUniform(constraints.real, (), self.shape))
-        step = self.weights(z) - self.start
+        step = self._step(z)
         squared_error = 2 * (step * self.gradient).sum(-1) + ((step @ self.gram) * step).sum(-1)  # (c,) minus Σ r²
         log_likelihood = -0.5 * (squared_error / self.noise).sum()
         log_prior = -0.5 * (self.start + step).square().sum() / self.prior_scale**2
