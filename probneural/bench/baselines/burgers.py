@@ -3,7 +3,7 @@
 The same discretisation and time stepping as :func:`probneural.data.burgers.solve`
 (nodes ``x_j = j / s``, Fourier pseudo-spectral, 2/3-dealiased ``−(u²/2)_x``, ETDRK4 with
 contour-integral coefficients, the same default step), written the way the method is
-usually written in NumPy (``numpy.fft``, float64, no batching): what a user would run
+usually written in NumPy (``numpy.fft``, no batching): what a user would run
 without our batched torch solver.
 """
 
@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from probneural.bench.baselines import working_dtype
 from probneural.data.burgers import default_dt
 
 __all__ = ["solve_numpy"]
@@ -24,16 +25,18 @@ def solve_numpy(u0: np.ndarray, viscosity: float, t: float, *, dt: float | None 
     """Solve ``u_t + (u²/2)_x = ν u_xx`` on the unit torus for one sample.
 
     Args:
-        u0: `(s,)` initial field on ``x_j = j / s``.
+        u0: `(s,)` initial field on ``x_j = j / s``; float32 is solved in float32 (the ETDRK4
+            coefficients are formed in float64 and rounded), anything else in float64.
         viscosity: ``ν > 0``.
         t: final time ``> 0``.
         dt: largest step; default :func:`probneural.data.burgers.default_dt` of ``viscosity``.
             ``t`` is split into the fewest equal steps ``<= dt``.
 
     Returns:
-        `(s,)` solution ``u(t)``.
+        `(s,)` solution ``u(t)`` in the working dtype.
     """
-    u0 = np.asarray(u0, dtype=np.float64)
+    dtype = working_dtype(u0)
+    u0 = np.asarray(u0, dtype=dtype)
     s = u0.shape[0]
     if dt is None:
         dt = default_dt(viscosity)
@@ -55,6 +58,8 @@ def solve_numpy(u0: np.ndarray, viscosity: float, t: float, *, dt: float | None 
     f1 = h * np.real(np.mean((-4 - lr + np.exp(lr) * (4 - 3 * lr + lr**2)) / lr**3, axis=1))
     f2 = h * np.real(np.mean((2 + lr + np.exp(lr) * (lr - 2)) / lr**3, axis=1))
     f3 = h * np.real(np.mean((-4 - 3 * lr - lr**2 + np.exp(lr) * (4 - lr)) / lr**3, axis=1))
+    e, e2, big_q, f1, f2, f3 = (c.astype(dtype) for c in (e, e2, big_q, f1, f2, f3))
+    g = g.astype(np.result_type(dtype, np.complex64))
 
     def nonlinear(v: np.ndarray) -> np.ndarray:
         w = np.fft.irfft(v * keep, n=s)

@@ -11,6 +11,8 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
 
+from probneural.bench.baselines import working_dtype
+
 __all__ = ["solve_scipy"]
 
 
@@ -18,16 +20,17 @@ def solve_scipy(a: np.ndarray, f: np.ndarray | float = 1.0) -> np.ndarray:
     """Solve ``−∇·(a ∇u) = f`` for one sample.
 
     Args:
-        a: `(s, s)` nodal coefficient.
+        a: `(s, s)` nodal coefficient; float32 is solved in float32, anything else in float64.
         f: `(s, s)` nodal source or a constant.
 
     Returns:
-        `(s, s)` solution with ``u = 0`` on the boundary.
+        `(s, s)` solution with ``u = 0`` on the boundary, in the working dtype.
     """
-    a = np.asarray(a, dtype=np.float64)
+    dtype = working_dtype(a)
+    a = np.asarray(a, dtype=dtype)
     s = a.shape[0]
     m = s - 2
-    f = np.broadcast_to(np.asarray(f, dtype=np.float64), (s, s))
+    f = np.broadcast_to(np.asarray(f, dtype=dtype), (s, s))
     face_x = 0.5 * (a[1:, 1:-1] + a[:-1, 1:-1])  # (s-1, m): between (i, j) and (i+1, j)
     face_y = 0.5 * (a[1:-1, 1:] + a[1:-1, :-1])  # (m, s-1): between (i, j) and (i, j+1)
     diagonal = face_x[:-1] + face_x[1:] + face_y[:, :-1] + face_y[:, 1:]
@@ -39,6 +42,6 @@ def solve_scipy(a: np.ndarray, f: np.ndarray | float = 1.0) -> np.ndarray:
     matrix = scipy.sparse.csr_matrix(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(m * m, m * m)
     )
-    u = np.zeros((s, s))
-    u[1:-1, 1:-1] = scipy.sparse.linalg.spsolve(matrix, f[1:-1, 1:-1].ravel() / (s - 1) ** 2).reshape(m, m)
+    u = np.zeros((s, s), dtype=dtype)
+    u[1:-1, 1:-1] = scipy.sparse.linalg.spsolve(matrix, f[1:-1, 1:-1].ravel() / dtype.type((s - 1) ** 2)).reshape(m, m)
     return u

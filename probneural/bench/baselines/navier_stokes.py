@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from probneural.bench.baselines import working_dtype
 from probneural.data.navier_stokes import DEFAULT_CFL, dealiasing_cutoff
 
 __all__ = ["SpectralTables", "solve_numpy", "spectral_tables", "step_numpy"]
@@ -38,8 +39,9 @@ class SpectralTables(NamedTuple):
     keep: np.ndarray
 
 
-def spectral_tables(resolution: int, viscosity: float) -> SpectralTables:
-    """The float64 :class:`SpectralTables` of an ``s × s`` grid for viscosity ``ν``."""
+def spectral_tables(resolution: int, viscosity: float, dtype: np.dtype = np.dtype(np.float64)) -> SpectralTables:
+    """The :class:`SpectralTables` of an ``s × s`` grid for viscosity ``ν``, formed in float64 and
+    rounded to the real ``dtype`` (its complex counterpart for ``operators``)."""
     kx = np.fft.fftfreq(resolution, d=1.0 / resolution)[:, None]
     ky = np.fft.rfftfreq(resolution, d=1.0 / resolution)[None, :]
     cutoff = dealiasing_cutoff(resolution)
@@ -50,7 +52,8 @@ def spectral_tables(resolution: int, viscosity: float) -> SpectralTables:
     dx, dy = 2j * np.pi * kx, 2j * np.pi * ky
     keep = keep.astype(np.float64)
     operators = np.stack(np.broadcast_arrays(dy * inverse_laplacian, -dx * inverse_laplacian, dx * keep, dy * keep))
-    return SpectralTables(viscosity * laplacian, operators, keep)
+    complex_dtype = np.result_type(dtype, np.complex64)
+    return SpectralTables((viscosity * laplacian).astype(dtype), operators.astype(complex_dtype), keep.astype(dtype))
 
 
 def _explicit(
@@ -107,10 +110,11 @@ def solve_numpy(
     cfl: float = DEFAULT_CFL,
     max_dt: float | None = None,
 ) -> np.ndarray:
-    """Solve the vorticity equation for one sample up to time ``t`` (float64).
+    """Solve the vorticity equation for one sample up to time ``t``.
 
     Args:
-        w0: `(s, s)` initial vorticity on ``(i, j) / s``.
+        w0: `(s, s)` initial vorticity on ``(i, j) / s``; float32 is solved in float32, anything
+            else in float64.
         viscosity: ``ν > 0``.
         t: final time ``>= 0``.
         forcing: `(s, s)` time-independent forcing, or ``None``.
@@ -120,13 +124,14 @@ def solve_numpy(
         max_dt: upper bound on the adaptive step.
 
     Returns:
-        `(s, s)` vorticity at ``t``.
+        `(s, s)` vorticity at ``t`` in the working dtype.
     """
-    w0 = np.asarray(w0, dtype=np.float64)
+    dtype = working_dtype(w0)
+    w0 = np.asarray(w0, dtype=dtype)
     s = w0.shape[0]
-    tables = spectral_tables(s, viscosity)
+    tables = spectral_tables(s, viscosity, dtype)
     w_hat = np.fft.rfft2(w0)
-    forcing_hat = None if forcing is None else np.fft.rfft2(np.asarray(forcing, dtype=np.float64))
+    forcing_hat = None if forcing is None else np.fft.rfft2(np.asarray(forcing, dtype=dtype))
     if dt is not None:
         n_steps = max(1, math.ceil(t / dt * (1 - _LAST_STEP_SLACK)))
         for _ in range(n_steps):
