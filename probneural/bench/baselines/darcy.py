@@ -43,5 +43,6 @@ def solve_scipy(a: np.ndarray, f: np.ndarray | float = 1.0) -> np.ndarray:
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(m * m, m * m)
     )
     u = np.zeros((s, s), dtype=dtype)
-    u[1:-1, 1:-1] = scipy.sparse.linalg.spsolve(matrix, f[1:-1, 1:-1].ravel() / dtype.type((s - 1) ** 2)).reshape(m, m)
+    rhs = f[1:-1, 1:-1].ravel() / dtype.type((s - 1) ** 2)
+    u[1:-1, 1:-1] = scipy.sparse.linalg.spsolve(matrix, rhs).reshape(m, m)
     return u
