@@ -2,8 +2,8 @@
 
 Each case solves the same inputs with both and records samples (or sample-steps) per
 second, their ratio and the largest relative difference between the two solutions (the
-reference must agree to the solvers' accuracy, or the comparison is void). The solvers
-compute in the dtype named by the precision policy (``fp64`` or ``fp32``).
+reference must agree to the solvers' accuracy, or the comparison is void). Both the solvers
+and the references compute in the dtype named by the precision policy (``fp64`` or ``fp32``).
 """
 
 from __future__ import annotations
