@@ -18,8 +18,9 @@ forward-over-reverse (pytorch#123996: "ZeroTensors are immutable").
 Each product is timed on its own by :func:`~probneural.bench.measure`, one after the other.
 On a shared machine the load drifts between those phases, so the suite then also times
 ``repeats`` interleaved rounds (``grad``, ``hvp``, ``double_backward`` back to back, CPU
-sync per call on CUDA) and reports the medians of the per-round ratios, which compare the
-products under the same load.
+sync per call on CUDA; each round starts one product later than the previous one, so that no
+product always follows the same one) and reports the medians and the extremes of the per-round
+ratios, which compare the products under the same load.
 """
 
 from __future__ import annotations
@@ -87,11 +88,19 @@ def _products(
 def _interleaved_ratios(
     products: dict[str, Callable[[], Any]], device: torch.device, rounds: int
 ) -> dict[str, float]:
-    """Medians over ``rounds`` interleaved rounds of ``hvp`` / ``grad`` and ``hvp`` / ``double_backward``."""
+    """Per-round ratios ``hvp`` / ``grad`` and ``hvp`` / ``double_backward`` over ``rounds`` interleaved rounds.
+
+    Round ``r`` runs the three products starting from the ``r``-th (rotating the order).
+
+    Returns:
+        ``hvp_over_{grad,double_backward}_interleaved`` (medians) and the same names with
+        ``_min`` / ``_max`` (extremes over the rounds).
+    """
     names = ("grad", "hvp", "double_backward")
     times: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(rounds):
-        for name in names:
+    for round_ in range(rounds):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
@@ -99,10 +108,12 @@ def _interleaved_ratios(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times[name].append(time.perf_counter() - start)
-    return {
-        f"hvp_over_{name}_interleaved": median(h / t for h, t in zip(times["hvp"], times[name]))
-        for name in ("grad", "double_backward")
-    }
+    metrics = {}
+    for name in ("grad", "double_backward"):
+        ratios = [h / t for h, t in zip(times["hvp"], times[name])]
+        key = f"hvp_over_{name}_interleaved"
+        metrics |= {key: median(ratios), f"{key}_min": min(ratios), f"{key}_max": max(ratios)}
+    return metrics
 
 
 @SUITES.register("hessian")
@@ -148,7 +159,8 @@ def hessian_products(
         ``p_peak_memory_bytes``, then ``memory_source``, the time ratios ``hvp_over_grad``,
         ``hvp_over_double_backward`` and ``ggn_vp_over_grad`` (medians),
         ``hvp_over_grad_interleaved`` and ``hvp_over_double_backward_interleaved`` (medians
-        of per-round ratios over ``repeats`` interleaved rounds, see the module docstring), and
+        of per-round ratios over ``repeats`` interleaved rounds, see the module docstring) with
+        their extremes ``..._interleaved_min`` / ``..._interleaved_max``, and
         ``hvp_double_backward_rel_diff``, the relative difference of the two Hessian-vector
         products (round-off only).
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
-from probneural.bench.hessian_suite import hessian_products
+from probneural.bench.hessian_suite import _interleaved_ratios, hessian_products
 from probneural.bench.records import read_records, write_record
 from probneural.bench.suites import SUITES
 
@@ -29,6 +31,9 @@ def test_hessian_suite_smoke(tmp_path: Path, cpu_environment: dict[str, Any]) ->
     assert metrics["ggn_vp_over_grad"] == pytest.approx(metrics["ggn_vp_ms"] / metrics["grad_ms"])
     assert metrics["hvp_double_backward_rel_diff"] < 1e-4  # float32: the two products agree up to round-off
     assert metrics["parameters"] > 0
+    for name in ("grad", "double_backward"):  # one round: its ratio is the median and both extremes
+        key = f"hvp_over_{name}_interleaved"
+        assert metrics[f"{key}_min"] == metrics[key] == metrics[f"{key}_max"] > 0
     (record,) = read_records([write_record(tmp_path, "hessian", case, metrics, cpu_environment)])
     assert record["metrics"] == metrics
 
@@ -45,3 +50,24 @@ def test_hessian_suite_smoke(tmp_path: Path, cpu_environment: dict[str, Any]) ->
 def test_hessian_suite_rejects_bad_arguments(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         hessian_products(device="cpu", progress=False, **kwargs)
+
+
+def test_interleaved_rounds_rotate_the_order_and_report_the_extremes() -> None:
+    calls: list[str] = []
+    durations = {"grad": [0.01, 0.02, 0.01], "hvp": [0.02, 0.02, 0.06], "double_backward": [0.04, 0.02, 0.03]}
+
+    def product(name: str):
+        def run() -> None:
+            calls.append(name)
+            time.sleep(durations[name][sum(c == name for c in calls) - 1])
+        return run
+
+    metrics = _interleaved_ratios({name: product(name) for name in durations}, torch.device("cpu"), 3)
+    assert calls == ["grad", "hvp", "double_backward", "hvp", "double_backward", "grad",
+                     "double_backward", "grad", "hvp"]
+    # per-round hvp / double_backward: 0.5, 1, 2 (sleep overshoot is small against 10 ms)
+    assert metrics["hvp_over_double_backward_interleaved"] == pytest.approx(1.0, rel=0.2)
+    assert metrics["hvp_over_double_backward_interleaved_min"] == pytest.approx(0.5, rel=0.2)
+    assert metrics["hvp_over_double_backward_interleaved_max"] == pytest.approx(2.0, rel=0.2)
+    assert metrics["hvp_over_grad_interleaved_min"] <= metrics["hvp_over_grad_interleaved"] <= metrics[
+        "hvp_over_grad_interleaved_max"]
