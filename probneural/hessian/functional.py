@@ -9,7 +9,9 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 from torch.func import grad, hessian, jvp
 
-from probneural.hessian.structure import Params, as_tuple, flatten, from_real, real_function, to_real, unflatten
+from probneural.hessian.structure import (
+    Params, as_tuple, check_direction, flatten, from_real, real_function, to_real, unflatten,
+)
 from probneural.operators.spectral_autograd import tangent_only_gradients
 
 __all__ = ["dense", "hvp"]
@@ -34,17 +36,10 @@ def hvp(f: Callable[[Params], Tensor], params: Params, v: Params) -> Params:
         whose real view is the product with the real view of ``v``.
 
     Raises:
-        ValueError: ``v`` does not match ``params``.
+        ValueError: ``v`` does not match ``params``, or ``f`` does not return a 0-d tensor.
     """
     tensors, single = as_tuple(params)
-    directions, _ = as_tuple(v, "v")
-    if len(directions) != len(tensors) or any(
-        d.shape != t.shape or d.dtype != t.dtype for d, t in zip(directions, tensors)
-    ):
-        raise ValueError(
-            "v: expected the structure, shapes and dtypes of params "
-            f"{[(tuple(t.shape), t.dtype) for t in tensors]}; got {[(tuple(d.shape), d.dtype) for d in directions]}"
-        )
+    directions = check_direction(v, tensors)
     g = real_function(f, tensors, single)
     reals = tuple(r.detach() for r in to_real(tensors))
     if torch._C._are_functorch_transforms_active():
@@ -75,16 +70,21 @@ def _forward_over_reverse(
     leaves = tuple(r.detach().requires_grad_() for r in reals)
     with torch.enable_grad(), fwAD.dual_level():
         duals = tuple(fwAD.make_dual(r, d) for r, d in zip(leaves, directions))
-        loss = g(duals)
-        if not isinstance(loss, Tensor) or loss.dim() != 0:
-            raise RuntimeError(
-                f"f: expected a 0-d tensor (a scalar function of params); got {type(loss).__name__}"
-                + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else "")
-            )
+        loss = _check_scalar(g(duals))
         with tangent_only_gradients(duals):  # only the gradient's tangent is returned
             grads = torch.autograd.grad(loss, leaves, allow_unused=True)
         tangents = tuple(None if gr is None else fwAD.unpack_dual(gr).tangent for gr in grads)
     return tuple(torch.zeros_like(r) if t is None else t for t, r in zip(tangents, reals))
+
+
+def _check_scalar(value: object) -> Tensor:
+    """``value`` if it is a 0-d tensor, else a ``ValueError`` naming ``f``."""
+    if not isinstance(value, Tensor) or value.dim() != 0:
+        raise ValueError(
+            f"f: expected a 0-d tensor (a scalar function of params); got {type(value).__name__}"
+            + (f" of shape {tuple(value.shape)}" if isinstance(value, Tensor) else "")
+        )
+    return value
 
 
 def dense(f: Callable[[Params], Tensor], params: Params) -> Tensor:
@@ -96,8 +96,11 @@ def dense(f: Callable[[Params], Tensor], params: Params) -> Tensor:
     Args:
         f: as for :func:`hvp`.
         params: point of evaluation.
+
+    Raises:
+        ValueError: ``f`` does not return a 0-d tensor.
     """
     tensors, single = as_tuple(params)
     reals = tuple(r.detach() for r in to_real(tensors))
     g = real_function(f, tensors, single)
-    return hessian(lambda vector: g(unflatten(vector, reals)))(flatten(reals))
+    return hessian(lambda vector: _check_scalar(g(unflatten(vector, reals))))(flatten(reals))

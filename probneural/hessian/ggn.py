@@ -27,7 +27,7 @@ from torch.func import functional_call, jacrev, jvp, vjp
 
 from probneural.hessian.functional import hvp
 from probneural.hessian.operator import LinearOperator
-from probneural.hessian.structure import Params, as_tuple, cast, flatten, from_real, to_real, unflatten
+from probneural.hessian.structure import Params, as_tuple, cast, check_direction, flatten, from_real, to_real, unflatten
 
 __all__ = [
     "LOSSES",
@@ -81,18 +81,24 @@ def functional_model(
     Returns:
         ``(model_fn, params)``: ``params`` are the detached trainable parameters in the order of
         ``model.named_parameters()``; ``model_fn(params)`` runs ``model`` on ``x`` with them,
-        the input and the floating buffers cast to the dtype of the given parameters (so a
-        float64 copy of the parameters runs the whole forward pass in float64).
+        the input, the frozen parameters and the floating buffers cast to the dtype of the
+        given parameters (so a float64 copy of the parameters runs the whole forward pass in
+        float64, also for a model with frozen parts).
     """
     trainable = [(name, p.detach()) for name, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise ValueError(f"model: expected at least one trainable parameter; {type(model).__name__} has none")
     names = [name for name, _ in trainable]
-    buffers = dict(model.named_buffers())
+    fixed = {name: p.detach() for name, p in model.named_parameters() if not p.requires_grad}
+    fixed.update(model.named_buffers())
 
     def model_fn(values: tuple[Tensor, ...]) -> Tensor:
         dtype = to_real(values[:1])[0].dtype
-        state = {name: b.to(dtype) if b.is_floating_point() else b for name, b in buffers.items()}
+        complex_dtype = torch.promote_types(dtype, torch.complex64)
+        state = {
+            name: t.to(complex_dtype) if t.is_complex() else t.to(dtype) if t.is_floating_point() else t
+            for name, t in fixed.items()
+        }
         state.update(zip(names, values))
         return functional_call(model, state, (x.to(dtype) if x.is_floating_point() else x,))
 
@@ -126,9 +132,12 @@ def ggn_vp(
 
     Returns:
         ``G v`` with the structure of ``params``.
+
+    Raises:
+        ValueError: ``v`` does not match ``params``.
     """
     tensors, single = as_tuple(params)
-    directions, _ = as_tuple(v, "v")
+    directions = check_direction(v, tensors)
     g = _real_model(model_fn, tensors, single)
     reals = tuple(r.detach() for r in to_real(tensors))
     output, jv = jvp(g, (reals,), (to_real(directions),))

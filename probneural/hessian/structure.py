@@ -12,7 +12,7 @@ from typing import Callable, Sequence, Union
 import torch
 from torch import Tensor
 
-__all__ = ["Params", "as_tuple", "cast", "real_function", "to_real", "from_real", "flatten", "unflatten"]
+__all__ = ["Params", "as_tuple", "cast", "check_direction", "real_function", "to_real", "from_real", "flatten", "unflatten"]
 
 Params = Union[Tensor, Sequence[Tensor]]
 
@@ -25,6 +25,20 @@ def as_tuple(params: Params, name: str = "params") -> tuple[tuple[Tensor, ...], 
     if not tensors or not all(isinstance(t, Tensor) for t in tensors):
         raise ValueError(f"{name}: expected a tensor or a non-empty tuple of tensors; got {type(params).__name__}")
     return tensors, False
+
+
+def check_direction(v: Params, tensors: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """``v`` as a tuple of tensors; a ``ValueError`` naming ``v`` unless it matches the structure,
+    shapes and dtypes of ``tensors`` (the parameters)."""
+    directions, _ = as_tuple(v, "v")
+    if len(directions) != len(tensors) or any(
+        d.shape != t.shape or d.dtype != t.dtype for d, t in zip(directions, tensors)
+    ):
+        raise ValueError(
+            "v: expected the structure, shapes and dtypes of params "
+            f"{[(tuple(t.shape), t.dtype) for t in tensors]}; got {[(tuple(d.shape), d.dtype) for d in directions]}"
+        )
+    return directions
 
 
 def cast(params: Params, dtype: torch.dtype | None) -> Params:

@@ -79,6 +79,23 @@ def test_lanczos_top_eigenvalues_match_eigvalsh():
     torch.testing.assert_close(vectors.T @ vectors, torch.eye(4, dtype=torch.double), rtol=0, atol=1e-10)
 
 
+def test_lanczos_finds_repeated_eigenvalues_with_their_multiplicity():
+    # 2 I has a one-dimensional Krylov space from any start vector: Lanczos must restart to return k pairs
+    identity = hessian.LinearOperator(4, lambda v: 2 * v, dtype=torch.double, device=torch.device("cpu"))
+    values, vectors = hessian.lanczos(identity, 3)
+    torch.testing.assert_close(values, torch.full((3,), 2.0, dtype=torch.double))
+    torch.testing.assert_close(vectors.T @ vectors, torch.eye(3, dtype=torch.double), rtol=0, atol=1e-12)
+    # a spectrum {5, 5, 5, 1, ..., 1}: the triple top eigenvalue and the next, with orthonormal eigenvectors
+    torch.manual_seed(5)
+    Q, _ = torch.linalg.qr(torch.randn(30, 30, dtype=torch.double))
+    A = Q @ torch.diag(torch.cat((torch.full((3,), 5.0), torch.ones(27))).double()) @ Q.T
+    operator = hessian.LinearOperator(30, lambda v: A @ v, dtype=torch.double, device=torch.device("cpu"))
+    values, vectors = hessian.lanczos(operator, 4, n_iter=12)
+    torch.testing.assert_close(values, torch.tensor([5.0, 5.0, 5.0, 1.0], dtype=torch.double), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(A @ vectors, vectors * values, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(vectors.T @ vectors, torch.eye(4, dtype=torch.double), rtol=0, atol=1e-10)
+
+
 def test_lanczos_on_the_ggn_of_an_fno():
     model_fn, params = small_fno()
     operator = hessian.ggn_operator(model_fn, params)
@@ -103,6 +120,10 @@ def test_bad_arguments():
         operator.matvec(torch.zeros(4, dtype=torch.float64))
     with pytest.raises(ValueError, match="k: expected"):
         hessian.lanczos(operator, 5)
+    with pytest.raises(ValueError, match="k must be an int"):
+        hessian.lanczos(operator, 2.5)
+    with pytest.raises(ValueError, match="n_iter must be an int"):
+        hessian.lanczos(operator, 2, n_iter=2.5)
     with pytest.raises(ValueError, match="no exact diagonal"):
         operator.diagonal()
     with pytest.raises(ValueError, match="loss: expected one of"):

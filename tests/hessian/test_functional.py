@@ -157,5 +157,7 @@ def test_hvp_of_unused_and_linear_parameters_is_zero():
 
 
 def test_non_scalar_function_is_rejected():
-    with pytest.raises(RuntimeError, match="expected a 0-d tensor"):
+    with pytest.raises(ValueError, match="f: expected a 0-d tensor"):
         hessian.hvp(lambda p: p * 2, torch.zeros(3), torch.zeros(3))
+    with pytest.raises(ValueError, match=r"f: expected a 0-d tensor .* of shape \(3,\)"):
+        hessian.dense(lambda p: p**2, torch.zeros(3))

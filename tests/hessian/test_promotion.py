@@ -91,3 +91,26 @@ def test_cast_keeps_structure_and_complex_entries():
     for bad in (torch.int64, torch.complex128, "float64"):
         with pytest.raises(ValueError, match="dtype: expected None or a real floating dtype"):
             cast(r, bad)
+
+
+@pytest.mark.parametrize("kind", ["ggn", "kfac", "last_layer"])
+def test_promotion_with_frozen_parts_matches_the_float64_reference(kind):
+    # frozen parameters (the lifting here, a frozen trunk in the posterior heads) run in float64 too
+    model, reference_model, x = models()
+    for m in (model, reference_model):
+        m.lifting.requires_grad_(False)
+    reference = build(kind, reference_model, x.double(), None)
+    promoted = build(kind, model, x, torch.float64)
+    V = torch.randn(reference.size, 3, dtype=torch.float64)
+    assert relative_error(promoted.matmat(V), reference.matmat(V)) < 1e-12
+
+
+def test_ggn_vp_names_a_mismatched_direction():
+    from probneural.hessian import ggn_vp
+
+    model, _, x = models()
+    model_fn, params = functional_model(model, x)
+    with pytest.raises(ValueError, match="v: expected the structure, shapes and dtypes of params"):
+        ggn_vp(model_fn, params, tuple(p[..., :1] for p in params))
+    with pytest.raises(ValueError, match="v: expected"):
+        ggn_vp(model_fn, params, tuple(p.double() for p in params))
