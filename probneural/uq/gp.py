@@ -396,7 +396,8 @@ def fit_gp_svgp(
         learn_inducing: optimise the inducing inputs (else they stay where initialised).
         hyperparameters: optimise kernel and noise (else they keep their initial values: outputscale
             the residuals' variance, noise half of it, lengthscales ``√d``, as ``gp_exact`` with
-            ``epochs=0``) and fit only the variational distribution.
+            ``epochs=0``). The variational distribution, the inducing inputs (``learn_inducing``)
+            and, for several channels, the LMC mixing are fitted either way.
         epochs: passes over all training points, fractional allowed (``0.25``: a random quarter of
             them, each once). Neighbouring grid points of a field carry nearly the same information,
             so a fraction of a pass usually fits as well as a whole one at a fraction of the cost.
@@ -452,7 +453,12 @@ def fit_gp_svgp(
     total = n_fields * per_field
     elbo = gpytorch.mlls.VariationalELBO(likelihood, gp, num_data=total)
     inputs.projection.requires_grad_(joint)
-    parameters = list(gp.hyperparameters()) + list(likelihood.parameters()) if hyperparameters else []
+    # the inducing inputs (if learnt) and the LMC mixing are trained with or without the hyperparameters
+    structural = ("inducing_points", "lmc_coefficients")
+    named = list(gp.named_hyperparameters())
+    parameters = [p for name, p in named if name.endswith(structural)]
+    if hyperparameters:
+        parameters += [p for name, p in named if not name.endswith(structural)] + list(likelihood.parameters())
     parameters += list(inputs.projection.parameters()) if joint else []
     optimizer = torch.optim.Adam(parameters, lr=lr) if parameters else None
     natural = gpytorch.optim.NGD(gp.variational_parameters(), num_data=total, lr=natural_lr)

@@ -130,6 +130,23 @@ def test_svgp_mixes_latent_gps_into_several_channels():
     assert draws.shape == (3, 2, 2, 16) and torch.isfinite(draws).all()
 
 
+@pytest.mark.parametrize("hyperparameters", [True, False])
+def test_svgp_learns_inducing_inputs_and_mixing_with_or_without_hyperparameters(hyperparameters):
+    model, loader, _ = problem(channels=2)
+    options = {"inducing": 6, "latents": 2, "epochs": 5, "batch_points": 32, "lr": 0.05, "seed": 3,
+               "hyperparameters": hyperparameters}
+
+    def fit(**changes):
+        torch.manual_seed(7)  # GPyTorch draws the initial LMC mixing from the global generator
+        return uq.fit("gp_svgp", model, loader, **(options | changes))
+
+    fixed, learnt, untrained = fit(learn_inducing=False), fit(learn_inducing=True), fit(epochs=0)
+    assert (learnt.latent.anchors - fixed.latent.anchors).abs().max() > 1e-3
+    assert (learnt.latent.mixing - untrained.latent.mixing).abs().max() > 1e-3
+    outputscale = [r.summary()["outputscale"] for r in (fixed, untrained)]
+    assert (outputscale[0] == outputscale[1]) is not hyperparameters  # kernel fixed only without hyperparameters
+
+
 def test_joint_training_moves_the_projection_and_frozen_training_does_not():
     model, loader, _ = problem()
     before = model.projection_out.weight.detach().clone()
