@@ -41,7 +41,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from probneural.uq.posterior import METHODS, Batches, Posterior
-from probneural.uq.prediction import GaussianPrediction, Prediction, cat, check_alpha, normal_quantile
+from probneural.uq.prediction import (
+    GaussianPrediction, Prediction, affine_arguments, cat, check_alpha, normal_quantile,
+)
 from probneural.validation import check_float
 
 __all__ = ["ConformalPosterior", "ConformalPrediction", "ConformalScores", "conformal_rank", "fit_conformal"]
@@ -170,7 +172,8 @@ class ConformalPrediction(Prediction):
     def crps(self, y: Tensor) -> Tensor:
         return self.scaled.crps(y)
 
-    def affine(self, scale: Tensor, shift: Tensor) -> ConformalPrediction:
+    def affine(self, scale: Tensor | float, shift: Tensor | float) -> ConformalPrediction:
+        scale, shift = affine_arguments(scale, shift, self._mean)
         unit = self.unit * scale.abs()
         return ConformalPrediction(self._mean * scale + shift, unit, self.scaled.affine(scale, shift), self.scores)
 

@@ -88,7 +88,11 @@ class Prediction(ABC):
 
     @abstractmethod
     def crps(self, y: Tensor) -> Tensor:
-        """Pointwise CRPS of the marginals at ``y`` `(b, c, *spatial)`; returns `(b, c, *spatial)`."""
+        """Pointwise CRPS of the marginals at ``y`` `(b, c, *spatial)`; returns `(b, c, *spatial)`.
+
+        Raises:
+            ValueError: ``y`` does not have the prediction's shape.
+        """
 
     @abstractmethod
     def affine(self, scale: Tensor, shift: Tensor) -> Prediction:
@@ -135,7 +139,27 @@ def _chunks(n: int, draw_size: int, budget: int = 2**24) -> list[int]:
     return [min(per, n - start) for start in range(0, n, per)]
 
 
-def _affine_arguments(scale: Tensor | float, shift: Tensor | float, like: Tensor) -> tuple[Tensor, Tensor]:
+def _broadcast_to(name: str, value: Tensor | float, like: Tensor) -> Tensor:
+    """``value`` as a tensor of ``like``'s dtype and device expanded to its shape; a ``ValueError`` naming ``name`` if
+    it does not broadcast."""
+    value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    try:
+        return value.expand(like.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{name}: expected a shape that broadcasts to {tuple(like.shape)}; got {tuple(value.shape)}"
+        ) from None
+
+
+def _check_target(y: Tensor, mean: Tensor) -> Tensor:
+    """``y`` if it has the shape of ``mean``, else a ``ValueError`` naming ``y`` (no silent broadcasting)."""
+    if not isinstance(y, Tensor) or y.shape != mean.shape:
+        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"y: expected a tensor of the prediction's shape {tuple(mean.shape)}; got {shape}")
+    return y
+
+
+def affine_arguments(scale: Tensor | float, shift: Tensor | float, like: Tensor) -> tuple[Tensor, Tensor]:
     """``scale`` and ``shift`` as tensors of ``like``'s dtype and device, checked to broadcast to its shape."""
     out = []
     for name, value in (("scale", scale), ("shift", shift)):
@@ -163,7 +187,7 @@ class GaussianPrediction(Prediction):
     """
 
     def __init__(self, mean: Tensor, diagonal: Tensor, factor: Tensor | None = None) -> None:
-        diagonal = torch.as_tensor(diagonal, dtype=mean.dtype, device=mean.device).expand_as(mean)
+        diagonal = _broadcast_to("diagonal", diagonal, mean)
         if (diagonal < 0).any():
             raise ValueError("diagonal: expected non-negative variances")
         if factor is not None and (factor.dim() != mean.dim() + 1 or factor.shape[0] != mean.shape[0]
@@ -201,7 +225,7 @@ class GaussianPrediction(Prediction):
         return self._mean - z * std, self._mean + z * std
 
     def crps(self, y: Tensor) -> Tensor:
-        return gaussian_crps(self._mean, self.std, y)
+        return gaussian_crps(self._mean, self.std, _check_target(y, self._mean))
 
     def simultaneous_interval(
         self, alpha: float, *, n_samples: int = 1000, generator: torch.Generator | None = None
@@ -215,7 +239,7 @@ class GaussianPrediction(Prediction):
         return self._mean - q * std, self._mean + q * std
 
     def affine(self, scale: Tensor, shift: Tensor) -> GaussianPrediction:
-        scale, shift = _affine_arguments(scale, shift, self._mean)
+        scale, shift = affine_arguments(scale, shift, self._mean)
         # the factor's rank axis sits after the batch axis: align scale with (b, c, *spatial) first
         factor = None if self.factor is None else self.factor * scale.expand_as(self._mean).unsqueeze(1)
         return GaussianPrediction(self._mean * scale + shift, self.diagonal * scale.square(), factor)
@@ -250,7 +274,7 @@ class MixturePrediction(Prediction):
     def __init__(self, centers: Tensor, noise: Tensor | float = 0.0) -> None:
         if centers.dim() < 3:
             raise ValueError(f"centers: expected shape (m, b, c, *spatial); got {tuple(centers.shape)}")
-        noise = torch.as_tensor(noise, dtype=centers.dtype, device=centers.device).expand(centers.shape[1:])
+        noise = _broadcast_to("noise", noise, centers[0])
         if (noise < 0).any():
             raise ValueError("noise: expected non-negative variances")
         self.centers = centers
@@ -332,6 +356,7 @@ class MixturePrediction(Prediction):
         """Closed form for Gaussian mixtures (Grimit et al. 2006):
         ``(1/m) Σ_m E|X_m − y| − (1/2m²) Σ_{m,l} E|X_m − X_l|``."""
         centers, noise = self.centers, self.noise
+        y = _check_target(y, noise)
         m = centers.shape[0]
         first = sum(_expected_abs(centers[i] - y, noise) for i in range(m)) / m
         second = sum(_expected_abs(centers[i] - centers[j], 2.0 * noise) for i in range(m) for j in range(i + 1, m))
@@ -341,7 +366,7 @@ class MixturePrediction(Prediction):
         return first - 0.5 * second
 
     def affine(self, scale: Tensor, shift: Tensor) -> MixturePrediction:
-        scale, shift = _affine_arguments(scale, shift, self.noise)
+        scale, shift = affine_arguments(scale, shift, self.noise)
         return MixturePrediction(self.centers * scale + shift, self.noise * scale.square())
 
     def select(self, index: slice | Tensor) -> MixturePrediction:

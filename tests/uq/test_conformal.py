@@ -194,6 +194,10 @@ def test_affine_and_select_keep_the_bands_consistent():
     torch.testing.assert_close(moved.variance, 4 * pred.variance)
     slo, shi = pred.simultaneous_interval(ALPHA)
     torch.testing.assert_close(moved.simultaneous_interval(ALPHA)[1], scale * slo + shift)
+    numbers = pred.affine(-2.0, 1.0)  # plain numbers, as for the other predictions
+    torch.testing.assert_close(numbers.interval(0.2)[0], lo2)
+    with pytest.raises(ValueError, match="scale: expected a shape that broadcasts"):
+        pred.affine(torch.ones(7, dtype=torch.float64), 0.0)
     picked = pred.select(slice(1, 3))
     torch.testing.assert_close(picked.interval(0.2)[0], lo[1:3])
     torch.testing.assert_close(picked.mean, pred.mean[1:3])

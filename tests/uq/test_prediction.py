@@ -305,6 +305,10 @@ def _bad_calls():
         ("factor", lambda: GaussianPrediction(mean, mean.abs(), torch.ones(1, 3, 2, 3, dtype=F64))),
         ("centers", lambda: MixturePrediction(torch.ones(3, 2, dtype=F64))),
         ("noise", lambda: MixturePrediction(mixture.centers, -1.0)),
+        ("diagonal", lambda: GaussianPrediction(mean, torch.ones(4, dtype=F64))),
+        ("noise", lambda: MixturePrediction(mixture.centers, torch.ones(7, dtype=F64))),
+        ("y", lambda: low_rank.crps(mean[:, 0])),  # (b, *spatial) would broadcast silently against (b, c, ...)
+        ("y", lambda: mixture.crps(mixture.mean[..., :1])),
         ("scale", lambda: low_rank.affine(torch.ones(3, 1, 1, 1, dtype=F64), 0.0)),
         ("shift", lambda: mixture.affine(1.0, torch.ones(5, dtype=F64))),
         ("predictions", lambda: cat([])),
