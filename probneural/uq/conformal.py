@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from probneural.uq.posterior import METHODS, Batches, Posterior
+from probneural.uq.posterior import METHODS, Batches, Posterior, switched_mode
 from probneural.uq.prediction import (
     GaussianPrediction, Prediction, affine_arguments, cat, check_alpha, normal_quantile,
 )
@@ -197,13 +197,8 @@ def _base_prediction(model: Posterior | nn.Module, x: Tensor) -> tuple[Predictio
     if isinstance(model, Posterior):
         prediction = model.predict(x)
         return prediction, prediction.std.detach()
-    training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            mean = model(x)
-    finally:
-        model.train(training)
+    with switched_mode(model, False), torch.no_grad():
+        mean = model(x)
     ones = torch.ones_like(mean)
     return GaussianPrediction(mean, ones), ones
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from probneural.operators.fno import DROPOUT_LAYERS, FNO
 from probneural.train.normalized import NormalizedOperator
-from probneural.uq.posterior import METHODS, Batches, Posterior, model_parameters, normalized_parts
+from probneural.uq.posterior import METHODS, Batches, Posterior, model_parameters, normalized_parts, switched_mode
 from probneural.uq.prediction import MixturePrediction
 from probneural.uq.training import residual_variance, train_operator
 from probneural.validation import check_float, check_int
@@ -141,21 +141,9 @@ def _passes(model: nn.Module, x: Tensor, n: int, center: FNO | None = None) -> T
 
 
 @contextmanager
-def _modes_restored(model: nn.Module) -> Iterator[None]:
-    """Every module's train/eval mode is put back on exit."""
-    modes = [(module, module.training) for module in model.modules()]
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-@contextmanager
 def _only_dropout_random(model: nn.Module) -> Iterator[None]:
     """Evaluation mode except for the dropout layers; every module's mode is restored afterwards."""
-    with _modes_restored(model):
-        model.eval()
+    with switched_mode(model, False):
         for layer in _dropout_layers(model):
             layer.train()
         yield
@@ -173,6 +161,7 @@ def stochastic_passes(model: nn.Module, x: Tensor, n: int) -> Tensor:
     Returns:
         `(n, b, c_out, *spatial)` draws.
     """
+    n = check_int("n", n, 1)
     device, dtype = model_parameters(model)
     with _only_dropout_random(model):
         return _passes(model, x.to(device, dtype), n)
@@ -186,8 +175,8 @@ def weight_scaled_pass(model: nn.Module, x: Tensor) -> Tensor:
     Every module's mode is restored afterwards.
     """
     device, dtype = model_parameters(model)
-    with _modes_restored(model):
-        return model.eval()(x.to(device, dtype))
+    with switched_mode(model, False):
+        return model(x.to(device, dtype))
 
 
 def _check_draws(draws: Tensor, y: Tensor) -> None:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from probneural.operators.registry import build, name_of
 from probneural.train.normalized import NormalizedOperator
 from probneural.train.trainer import load_model
-from probneural.uq.posterior import METHODS, Batches, Posterior, model_parameters, normalized_parts
+from probneural.uq.posterior import METHODS, Batches, Posterior, model_parameters, normalized_parts, switched_mode
 from probneural.uq.prediction import MixturePrediction
 from probneural.uq.training import residual_variance, seeded, train_operator
 from probneural.validation import check_float, check_int
@@ -76,13 +76,14 @@ def _reset_copy(operator: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def _member_predictions(members: list[nn.Module], x: Tensor) -> Tensor:
-    """`(m, b, c_out, *spatial)` predictions of the members (eval mode) at ``x`` `(b, c_in, *spatial)`."""
+    """`(m, b, c_out, *spatial)` predictions of the members at ``x`` `(b, c_in, *spatial)` (in evaluation mode,
+    each member's own modes restored after)."""
     device, dtype = model_parameters(members[0])
     x = x.to(device, dtype)
     predictions = []
     for member in members:
-        member.eval()
-        predictions.append(member(x))
+        with switched_mode(member, False):
+            predictions.append(member(x))
     return torch.stack(predictions)
 
 

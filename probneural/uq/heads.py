@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from probneural.hessian.kfac import augmented, layer_rows
 from probneural.operators.fno import FNO
-from probneural.uq.posterior import Batches, model_parameters, normalized_parts, to_data_units
+from probneural.uq.posterior import Batches, model_parameters, normalized_parts, switched_mode, to_data_units
 from probneural.uq.prediction import Prediction
 
 __all__ = ["FrozenTrunk", "ReadoutStatistics", "TrainingFields", "check_dtype", "without_autocast", "random_points"]
@@ -126,14 +126,10 @@ class FrozenTrunk:
         """`(b, width, *grid)` trunk output of data-unit inputs ``x`` `(b, c_in, *spatial)`."""
         x = x.to(self.device, self.dtype)
         z = self.x_normalizer.encode(x) if self.x_normalizer is not None else x
-        was_training = self.operator.training
-        self.operator.eval()
-        try:
+        with switched_mode(self.operator, False):
             if self.fourier_layer:
                 return self.operator.hidden(z, len(self.operator.spectral) - 1)
             return torch.cat([self.operator.features(chunk) for chunk in z.split(self.operator.chunk_size(z))])
-        finally:
-            self.operator.train(was_training)
 
     def encode_targets(self, y: Tensor) -> Tensor:
         y = y.to(self.device, self.dtype)

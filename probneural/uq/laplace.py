@@ -47,7 +47,9 @@ from probneural.hessian.ggn import ggn_vp
 from probneural.hessian.kfac import KroneckerBlock, SpectralKroneckerBlock, recording
 from probneural.hessian.operator import LinearOperator
 from probneural.hessian.structure import flatten, unflatten
-from probneural.uq.posterior import METHODS, Batches, Posterior, model_parameters, normalized_parts, to_data_units
+from probneural.uq.posterior import (
+    METHODS, Batches, Posterior, model_parameters, normalized_parts, switched_mode, to_data_units,
+)
 from probneural.uq.prediction import GaussianPrediction
 from probneural.validation import check_float, check_int
 
@@ -365,16 +367,12 @@ class LaplacePosterior(Posterior):
         device, dtype = model_parameters(self.operator)
         x = x.to(device, dtype)
         z = self.x_normalizer.encode(x) if self.x_normalizer is not None else x
-        was_training = self.operator.training
-        self.operator.eval()
-        try:
+        with switched_mode(self.operator, False):
             if self.structure is Structure.LAST_LAYER:
                 mean, phi = self.curvature.readout_features(self.operator, z)
                 factor = self.curvature.factor(phi, self.prior_precision, self.noise_variance.to(device))
             else:
                 mean, factor = self._linearised(z)
-        finally:
-            self.operator.train(was_training)
         noise = self.noise_variance.to(device, dtype).view(1, -1, *([1] * (mean.dim() - 2)))
         return to_data_units(GaussianPrediction(mean, noise.expand_as(mean), factor), self.y_normalizer)
 
@@ -478,14 +476,10 @@ def fit_laplace(
                         y_normalizer.encode(y) if y_normalizer is not None else y))
     if not batches:
         raise ValueError("loader: expected at least one (x, y) batch; got none")
-    was_training = operator.training
-    operator.eval()
-    try:
+    with switched_mode(operator, False):
         squared_errors, counts = _residual_statistics(operator, batches)
         curvature = _curvature(structure, operator, [x for x, _ in batches], rank=rank,
                                curvature_samples=curvature_samples, subset=subset, seed=seed)
-    finally:
-        operator.train(was_training)
     evidence = curvature.marginal_likelihood(squared_errors, counts)
     groups = evidence.counts.numel()
     fixed_noise = None

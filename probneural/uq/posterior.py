@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Iterable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +24,10 @@ from probneural.train.normalized import NormalizedOperator
 from probneural.uq.prediction import Prediction, cat
 from probneural.validation import check_int
 
-__all__ = ["METHODS", "Batches", "Posterior", "fit", "model_parameters", "normalized_parts", "predict_in_batches", "to_data_units"]
+__all__ = [
+    "METHODS", "Batches", "Posterior", "fit", "model_parameters", "normalized_parts", "predict_in_batches",
+    "switched_mode", "to_data_units",
+]
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 
@@ -96,6 +100,19 @@ def to_data_units(prediction: Prediction, y_normalizer: ChannelNormalizer | None
     mean = prediction.mean
     scale = y_normalizer.decode_variance(torch.ones_like(mean[:1])).sqrt()
     return prediction.affine(scale, y_normalizer.decode(torch.zeros_like(mean[:1])))
+
+
+@contextmanager
+def switched_mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
+    """``model`` in training (``True``) or evaluation (``False``) mode within; on exit every module of it gets
+    its own previous mode back (a caller's model is never left switched, even by an exception)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.train(training)
+    try:
+        yield model
+    finally:
+        for module, previous in modes:
+            module.training = previous
 
 
 def model_parameters(model: nn.Module) -> tuple[torch.device, torch.dtype]:

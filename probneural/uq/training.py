@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from probneural.train.losses import relative_l2
 from probneural.train.trainer import NonFiniteLossError
-from probneural.uq.posterior import Batches, model_parameters
+from probneural.uq.posterior import Batches, model_parameters, switched_mode
 from probneural.validation import check_float, check_int
 
 __all__ = ["residual_variance", "seeded", "train_operator"]
@@ -82,18 +82,13 @@ def train_operator(
     device, dtype = model_parameters(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    was_training = model.training
-    model.train()
     history: list[float] = []
-    try:
-        with seeded(seed, device):
-            bar = tqdm(range(epochs), desc="train", unit="epoch", disable=not progress)
-            for epoch in bar:
-                history.append(_epoch(model, loader, loss, optimizer, epoch, device, dtype))
-                scheduler.step()
-                bar.set_postfix(loss=f"{history[-1]:.4g}")
-    finally:
-        model.train(was_training)
+    with switched_mode(model, True), seeded(seed, device):
+        bar = tqdm(range(epochs), desc="train", unit="epoch", disable=not progress)
+        for epoch in bar:
+            history.append(_epoch(model, loader, loss, optimizer, epoch, device, dtype))
+            scheduler.step()
+            bar.set_postfix(loss=f"{history[-1]:.4g}")
     return history
 
 

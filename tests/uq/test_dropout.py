@@ -145,6 +145,8 @@ def test_dropout_copy_of_an_fno_keeps_weights_normalisers_and_the_eval_output(pr
     draws = stochastic_passes(copy, x_test, 3)
     assert draws.shape == (3, *x_test.shape) and not torch.allclose(draws[0], draws[1])
     assert not copy.training  # modes are restored after the passes
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
+        stochastic_passes(copy, x_test, 0)
 
 
 def test_projection_dropout_leaves_the_features_deterministic_and_the_mask_mean_exact(problem):

@@ -126,6 +126,15 @@ def ensemble(problem):
     return fit_ensemble(model, loader, members=3, epochs=6, lr=1e-2, seed=0)
 
 
+def test_predict_leaves_the_callers_model_in_its_mode(problem, ensemble):
+    model, _, _, (x_test, _) = problem
+    model.train()
+    model.operator.projection_hidden.eval()  # a mixed state, restored module by module
+    ensemble.predict(x_test)
+    assert model.training and not model.operator.projection_hidden.training and model.operator.lifting.training
+    model.eval()
+
+
 def test_members_differ_and_the_mixture_averages_them(problem, ensemble):
     model, _, _, (x_test, _) = problem
     prediction = ensemble.predict(x_test)
