@@ -162,7 +162,8 @@ def fit_ensemble(
     """Fit a deep ensemble around a trained operator.
 
     Member ``k`` is :func:`reinitialised_copy` ``(model, seed + k)`` trained from scratch with
-    :func:`~probneural.uq.training.train_operator` (``seed + k`` also fixes its batch order);
+    :func:`~probneural.uq.training.train_operator` (``seed + k`` also fixes its batch order when
+    ``loader`` shuffles; the CLI's loaders read in order, so there members differ by initialisation);
     ``epochs`` and ``lr`` should match the recipe that trained ``model``. With ``include_model`` the
     given model itself (not a copy) is member 0 and ``members − 1`` are trained. Members trained
     elsewhere join through ``member_runs`` (e.g. the runs of ``python -m probneural.train -m seed=1,2``,

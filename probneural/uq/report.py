@@ -44,10 +44,13 @@ from probneural.uq.posterior import METHODS, Posterior, fit, model_parameters, p
 from probneural.uq.prediction import Prediction, check_alpha
 from probneural.validation import check_int
 
-__all__ = ["FIT_SPLITS", "SCORES", "UQSpec", "posterior_record", "run_uq", "summary_lines", "write_uq_report"]
+__all__ = ["FIT_SPLITS", "HELD_OUT_METHODS", "SCORES", "UQSpec", "posterior_record", "run_uq", "summary_lines", "write_uq_report"]
 
 FIT_SPLITS = ("train", "calibration")
 """Splits a method can be fitted on: the training data, or a held-out calibration set (split conformal)."""
+
+HELD_OUT_METHODS = frozenset({"conformal"})
+"""Methods whose guarantee needs data disjoint from the training data: fitted on ``"calibration"`` only."""
 
 SCORES = ("rel_l2", "nll", "crps", "energy_score", "coverage", "width", "function_coverage", "calibration_error",
           "ood_auroc")
@@ -86,7 +89,8 @@ class UQSpec:
     Raises:
         KeyError: an unregistered ``method`` or ``base`` (listing the registered ones).
         ValueError: naming ``options`` or ``base_options`` with an option the method does not have,
-            ``fit_split`` not in :data:`FIT_SPLITS`, or ``base_options`` without ``base``.
+            ``fit_split`` not in :data:`FIT_SPLITS` (or not ``"calibration"`` for a method of
+            :data:`HELD_OUT_METHODS`), or ``base_options`` without ``base``.
     """
 
     name: str
@@ -102,13 +106,17 @@ class UQSpec:
         object.__setattr__(self, "options", _method_options(self.method, self.options, "options"))
         if self.fit_split not in FIT_SPLITS:
             raise ValueError(f"fit_split: expected one of {list(FIT_SPLITS)}; got {self.fit_split!r}")
+        if self.method in HELD_OUT_METHODS and self.fit_split != "calibration":
+            raise ValueError(f"fit_split: {self.method!r} needs held-out data (its coverage guarantee does not hold "
+                             f"on the training data); expected 'calibration', got {self.fit_split!r}")
         if self.base is None and self.base_options:
             raise ValueError(f"base_options: given without a base method; got {dict(self.base_options)}")
         if self.base is not None:
             object.__setattr__(self, "base_options", _method_options(self.base, self.base_options, "base_options"))
 
     def fit(
-        self, model: nn.Module, splits: Mapping[str, OperatorDataset], *, batch_size: int = 32, progress: bool = True
+        self, model: nn.Module, splits: Mapping[str, OperatorDataset], *, batch_size: int = 32, progress: bool = True,
+        seed: int | None = None,
     ) -> Posterior:
         """Fit the method (after its base, if any) to the trained ``model``.
 
@@ -120,6 +128,8 @@ class UQSpec:
             batch_size: samples per batch of the fitting loaders.
             progress: show the methods' progress bars (for methods with a ``progress`` option
                 that ``options`` does not set).
+            seed: the seed of methods with a ``seed`` option that ``options`` does not set (the
+                run's seed; ``None`` leaves the methods' defaults).
 
         Returns:
             The fitted posterior (``method`` fitted on ``splits[fit_split]``).
@@ -138,9 +148,11 @@ class UQSpec:
             return DataLoader(splits[split].to(device, dtype), batch_size=batch_size, shuffle=False)
 
         def fitted(method: str, target: nn.Module | Posterior, split: str, options: Mapping[str, Any]) -> Posterior:
-            if "progress" in inspect.signature(METHODS.get(method)).parameters:
-                options = {"progress": progress, **options}
-            return fit(method, target, loader(split), **options)
+            parameters = inspect.signature(METHODS.get(method)).parameters
+            defaults = {"progress": progress} if "progress" in parameters else {}
+            if seed is not None and "seed" in parameters:
+                defaults["seed"] = check_int("seed", seed, 0)
+            return fit(method, target, loader(split), **(defaults | dict(options)))
 
         target = model if self.base is None else fitted(self.base, model, "train", self.base_options)
         return fitted(self.method, target, self.fit_split, self.options)
@@ -360,7 +372,8 @@ def run_uq(
             ``"zero_shot"`` and ``"shift_<name>"``. Every split but train and calibration is
             evaluated; each ``shift_*`` split gets its ``ood_auroc`` against ``"test"``.
         out_dir: the report's directory.
-        alpha, n_samples, n_plot_samples, seed: see :func:`write_uq_report`.
+        alpha, n_samples, n_plot_samples, seed: see :func:`write_uq_report`; ``seed`` also seeds the
+            method (see :meth:`UQSpec.fit`).
         batch_size: samples per fitting batch and per prediction.
         progress: show the methods' progress bars.
         title: the report's heading (default: the spec's name and method).
@@ -370,7 +383,7 @@ def run_uq(
     """
     device, dtype = model_parameters(model)
     splits = {name: data.to(device, dtype) for name, data in splits.items()}
-    posterior = spec.fit(model, splits, batch_size=batch_size, progress=progress)
+    posterior = spec.fit(model, splits, batch_size=batch_size, progress=progress, seed=seed)
     tests = {name: data for name, data in splits.items() if name not in FIT_SPLITS}
     return write_uq_report(
         out_dir, posterior, tests,

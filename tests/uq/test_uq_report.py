@@ -87,9 +87,25 @@ def test_spec_checks_methods_and_options_before_any_work():
     with pytest.raises(ValueError, match=r"base_options: method 'laplace' has no option\(s\) \['members'\]"):
         UQSpec("x", "conformal", fit_split="calibration", base="laplace", base_options={"members": 3})
     with pytest.raises(ValueError, match="base_options: given without a base method"):
-        UQSpec("x", "conformal", base_options={"structure": "kfac"})
+        UQSpec("x", "conformal", fit_split="calibration", base_options={"structure": "kfac"})
     with pytest.raises(ValueError, match=r"fit_split: expected one of \['train', 'calibration'\]; got 'test'"):
         UQSpec("x", "conformal", fit_split="test")
+    with pytest.raises(ValueError, match="fit_split: 'conformal' needs held-out data"):
+        UQSpec("x", "conformal", fit_split="train")
+
+
+def test_spec_seeds_the_methods_with_the_run_seed(monkeypatch):
+    seen = []
+    monkeypatch.setattr("probneural.uq.report.fit", lambda method, target, loader, **options: seen.append(
+        (method, options)) or target)
+    splits = {"train": noisy(2, (8,), 0.1, 0), "calibration": noisy(2, (8,), 0.1, 1)}
+    model = nn.Linear(1, 1)
+    UQSpec("l", "laplace").fit(model, splits, seed=5, progress=False)
+    UQSpec("l", "laplace", {"seed": 2}).fit(model, splits, seed=5, progress=False)  # an explicit option wins
+    UQSpec("l", "laplace").fit(model, splits, progress=False)  # no run seed: the method's default
+    UQSpec("c", "conformal", fit_split="calibration", base="ensemble").fit(model, splits, seed=7, progress=False)
+    assert [options.get("seed") for _, options in seen] == [5, 2, None, 7, None]  # conformal has no seed option
+    assert [method for method, _ in seen][-2:] == ["ensemble", "conformal"]
 
 
 def test_run_uq_fits_conformal_on_a_laplace_base_with_the_calibration_split(tmp_path):
