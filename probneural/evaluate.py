@@ -27,7 +27,7 @@ from probneural.config.data import build_splits, load_run_data
 from probneural.config.paths import CONFIG_DIR
 from probneural.io import atomic_write
 from probneural.train import load_model, resolve_device
-from probneural.uq.report import UQSpec, run_uq, summary_lines
+from probneural.uq.report import UQSpec, check_report_options, run_uq, summary_lines
 
 register_schemas()
 
@@ -36,8 +36,10 @@ register_schemas()
 def main(cfg: DictConfig) -> dict:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     run_dir = Path(cfg.run_dir)
-    # every mistake (unknown method or option, missing run or checkpoint) stops before data are generated
+    # every mistake (unknown method or option name, a bad report option, missing run or checkpoint) stops
+    # before data are generated; a method's option values are checked when it runs
     spec = UQSpec(**to_kwargs(cfg.uq))
+    check_report_options(cfg.alpha, cfg.batch_size, cfg.n_samples, cfg.n_plot_samples)
     data = load_run_data(run_dir)
     if cfg.n_calibration is not None:
         data.n_calibration = cfg.n_calibration

@@ -10,8 +10,9 @@ from omegaconf import DictConfig, OmegaConf
 from probneural.config.instantiate import to_kwargs
 from probneural.config.schema import register_schemas
 from probneural.data import OperatorDataset, generate
+from probneural.data.problems import field_layout
 
-__all__ = ["build_splits", "load_run_data", "split_label"]
+__all__ = ["build_splits", "check_model_fits_data", "load_run_data", "split_label"]
 
 
 def split_label(kind: str, dataset: OperatorDataset) -> str:
@@ -30,6 +31,24 @@ def _shift_changes(data: DictConfig, options: dict[str, object]) -> dict[str, di
             raise ValueError(f"data.shifts.{name}: unknown option(s) {unknown}; expected some of {valid}")
         shifts[name] = changes
     return shifts
+
+
+def check_model_fits_data(model: DictConfig, data: DictConfig) -> None:
+    """A ``ValueError`` naming ``model.modes``, ``model.in_channels`` or ``model.out_channels`` when the
+    model config cannot take the data ``data`` describes (checked before any data are generated).
+
+    Model configs without these keys are not checked.
+    """
+    axes, in_channels, out_channels = field_layout(data.problem, **to_kwargs(data.options))
+    problem = f"data.problem={data.problem}" + (f" (task {data.options.task})" if "task" in data.options else "")
+    if "modes" in model and len(model.modes) != axes:
+        example = "[16]" if axes == 1 else "[12, 12]"
+        raise ValueError(f"model.modes: {problem} has {axes} spatial axis/axes but model.modes={list(model.modes)} "
+                         f"has {len(model.modes)}; set e.g. model.modes={example}")
+    for key, channels in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if key in model and model[key] != channels:
+            raise ValueError(f"model.{key}: {problem} has {channels} {key.split('_')[0]}put channel(s); "
+                             f"got model.{key}={model[key]}")
 
 
 def load_run_data(run_dir: str | Path) -> DictConfig:

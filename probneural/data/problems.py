@@ -6,6 +6,7 @@ the keyword arguments; an unknown name fails with the list of valid names.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 from probneural.data import allen_cahn, burgers, darcy, kuramoto_sivashinsky, navier_stokes
@@ -18,6 +19,26 @@ PROBLEMS.register("burgers")(burgers.generate)
 PROBLEMS.register("kuramoto_sivashinsky")(kuramoto_sivashinsky.generate)
 PROBLEMS.register("allen_cahn")(allen_cahn.generate)
 PROBLEMS.register("navier_stokes")(navier_stokes.generate)
+
+
+# spatial axes of each problem's fields (the generators' grids)
+_SPATIAL_AXES = {"darcy": 2, "burgers": 1, "kuramoto_sivashinsky": 1, "allen_cahn": 1, "navier_stokes": 2}
+
+
+def field_layout(problem: str, **options: Any) -> tuple[int, int, int]:
+    """``(spatial axes, input channels, output channels)`` of the data ``problem`` generates with the
+    generator ``options``, known without generating anything (to check a model against it).
+
+    Every problem maps one input field to one output field, except Navier–Stokes ``task="rollout"``:
+    ``n_input_steps`` snapshots in, ``n_output_steps`` out.
+    """
+    generator = PROBLEMS.get(problem)
+    if problem == "navier_stokes":
+        defaults = {name: p.default for name, p in inspect.signature(generator).parameters.items()}
+        settings = defaults | options
+        if settings["task"] == "rollout":
+            return _SPATIAL_AXES[problem], settings["n_input_steps"], settings["n_output_steps"]
+    return _SPATIAL_AXES[problem], 1, 1
 
 
 def generate(problem: str, **kwargs: Any) -> OperatorDataset:

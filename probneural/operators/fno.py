@@ -79,6 +79,9 @@ class FNO(nn.Module):
         output `(b, out_channels, *spatial)`. The same weights run on any such grid.
     """
 
+    EXECUTION_OPTIONS = ("cpu_chunk_bytes",)
+    """Options that change how the operator runs, not what it computes (a checkpoint resumes across them)."""
+
     def __init__(
         self,
         in_channels: int,

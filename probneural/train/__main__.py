@@ -21,12 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from probneural.bench.environment import capture_environment
 from probneural.config import instantiate, register_schemas, to_kwargs
-from probneural.config.data import build_splits, split_label
+from probneural.config.data import build_splits, check_model_fits_data, split_label
 from probneural.config.paths import CONFIG_DIR
 from probneural.io import atomic_write
 from probneural.train.report import write_training_report
 from probneural.train.trainer import Trainer, normalize
-from probneural.uq.report import FIT_SPLITS, UQSpec, run_uq, summary_lines
+from probneural.uq.report import FIT_SPLITS, UQSpec, check_report_options, run_uq, summary_lines
 
 register_schemas()
 
@@ -40,8 +40,12 @@ def main(cfg: DictConfig) -> dict:
     environment = capture_environment(cfg.precision.name, cfg.device.name, list(HydraConfig.get().overrides.task))
     atomic_write(run_dir / "environment.json", lambda tmp: tmp.write_text(json.dumps(environment, indent=1)))
 
-    # model, trainer and UQ method first: a bad option fails before any data is generated
+    # model, trainer, UQ method and report options first: a bad option fails before any data is generated
+    # (a UQ method's option names here, their values when the method runs)
     uq = None if cfg.uq is None else UQSpec(**to_kwargs(cfg.uq))
+    if uq is not None:
+        check_report_options(cfg.report.alpha, cfg.trainer.batch_size, cfg.report.n_samples, cfg.report.n_plot_samples)
+    check_model_fits_data(cfg.model, cfg.data)
     torch.manual_seed(cfg.seed)
     operator = instantiate(cfg.model)
     trainer = Trainer(

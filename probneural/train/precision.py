@@ -1,9 +1,10 @@
-"""Precision as a policy: what autocasts, what stays in float32, what the posterior algebra uses.
+"""Precision as a policy: what autocasts and what stays in float32.
 
 ``bf16`` means: pointwise layers under autocast in bfloat16, FFTs and the spectral
 contraction in float32 (torch has no bf16 complex FFT; the spectral layer promotes its
-input), posterior linear algebra in float32, no grad scaler. ``fp16`` adds a grad scaler.
-``fp64`` runs everything, parameters included, in float64.
+input), no grad scaler. ``fp16`` adds a grad scaler. ``fp64`` runs everything, parameters
+included, in float64. Posterior methods are outside the policy: Laplace and the posterior
+heads run their linear algebra in float64 (their ``dtype`` options) and autocast off.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ class PrecisionPolicy:
         param_dtype: dtype of parameters and of the data fed to the model.
         autocast_dtype: dtype autocast uses for pointwise layers, or ``None`` for no autocast.
         fft_dtype: real dtype of FFTs and the spectral contraction.
-        linalg_dtype: dtype of posterior linear algebra (Laplace, GP heads).
         grad_scaler: whether training scales the loss (needed for fp16 only).
     """
 
@@ -42,7 +42,6 @@ class PrecisionPolicy:
     param_dtype: torch.dtype
     autocast_dtype: torch.dtype | None
     fft_dtype: torch.dtype
-    linalg_dtype: torch.dtype
     grad_scaler: bool
 
     @classmethod
@@ -55,10 +54,10 @@ class PrecisionPolicy:
             raise ValueError(f"precision: expected one of {valid}; got {name!r}") from None
         f32, f64 = torch.float32, torch.float64
         table = {
-            Precision.FP32: (f32, None, f32, f32, False),
-            Precision.FP64: (f64, None, f64, f64, False),
-            Precision.BF16: (f32, torch.bfloat16, f32, f32, False),
-            Precision.FP16: (f32, torch.float16, f32, f32, True),
+            Precision.FP32: (f32, None, f32, False),
+            Precision.FP64: (f64, None, f64, False),
+            Precision.BF16: (f32, torch.bfloat16, f32, False),
+            Precision.FP16: (f32, torch.float16, f32, True),
         }
         return cls(precision, *table[precision])
 
@@ -93,7 +92,6 @@ class PrecisionPolicy:
             "param_dtype": str(self.param_dtype).removeprefix("torch."),
             "autocast_dtype": str(self.autocast_dtype).removeprefix("torch.") if self.autocast_dtype else "none",
             "fft_dtype": str(self.fft_dtype).removeprefix("torch."),
-            "linalg_dtype": str(self.linalg_dtype).removeprefix("torch."),
         }
 
 

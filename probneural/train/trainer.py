@@ -58,7 +58,8 @@ def _same_model(saved: dict[str, Any], model: nn.Module) -> bool:
     """Whether checkpoint metadata ``saved`` describes ``model``.
 
     Constructor options added after the checkpoint was written count as their defaults, so a
-    checkpoint of an older version still resumes when the model is the same.
+    checkpoint of an older version still resumes when the model is the same; the operator's
+    ``EXECUTION_OPTIONS`` (how it runs, not what it computes) are not compared.
     """
     current = _model_meta(model)
     operator = model.operator if isinstance(model, NormalizedOperator) else model
@@ -68,7 +69,12 @@ def _same_model(saved: dict[str, Any], model: nn.Module) -> bool:
         if parameter.default is not inspect.Parameter.empty
     }
     saved = {**saved, "config": {**defaults, **saved.get("config", {})}}
-    return saved == current
+    execution = getattr(type(operator), "EXECUTION_OPTIONS", ())
+
+    def compared(meta: dict[str, Any]) -> dict[str, Any]:
+        return {**meta, "config": {k: v for k, v in meta["config"].items() if k not in execution}}
+
+    return compared(saved) == compared(current)
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:

@@ -44,7 +44,7 @@ from probneural.uq.posterior import METHODS, Posterior, fit, model_parameters, p
 from probneural.uq.prediction import Prediction, check_alpha
 from probneural.validation import check_int
 
-__all__ = ["FIT_SPLITS", "HELD_OUT_METHODS", "SCORES", "UQSpec", "posterior_record", "run_uq", "summary_lines", "write_uq_report"]
+__all__ = ["FIT_SPLITS", "HELD_OUT_METHODS", "SCORES", "UQSpec", "check_report_options", "posterior_record", "run_uq", "summary_lines", "write_uq_report"]
 
 FIT_SPLITS = ("train", "calibration")
 """Splits a method can be fitted on: the training data, or a held-out calibration set (split conformal)."""
@@ -184,6 +184,14 @@ def _band_coverage(pred: Prediction, y: torch.Tensor, alpha: float, n_samples: i
     return inside.to(torch.float64).mean().item()
 
 
+def check_report_options(alpha: float, batch_size: int, n_samples: int, n_plot_samples: int
+                         ) -> tuple[float, int, int, int]:
+    """The report's options, checked (see :func:`write_uq_report`): entry points call this before any
+    training or fitting, so that a bad value fails at once rather than after the work."""
+    return (check_alpha(alpha), check_int("batch_size", batch_size, 1), check_int("n_samples", n_samples, 2),
+            check_int("n_plot_samples", n_plot_samples, 0))
+
+
 def write_uq_report(
     out_dir: str | Path,
     posterior: Posterior,
@@ -227,10 +235,7 @@ def write_uq_report(
         ValueError: naming ``splits`` (empty), ``reference`` or ``ood`` (not a split), ``alpha``,
             ``batch_size``, ``n_samples`` or ``n_plot_samples``.
     """
-    alpha = check_alpha(alpha)
-    batch_size = check_int("batch_size", batch_size, 1)
-    n_samples = check_int("n_samples", n_samples, 2)
-    n_plot_samples = check_int("n_plot_samples", n_plot_samples, 0)
+    alpha, batch_size, n_samples, n_plot_samples = check_report_options(alpha, batch_size, n_samples, n_plot_samples)
     if not splits:
         raise ValueError("splits: expected at least one named test set; got none")
     unknown = sorted(set(ood) - set(splits))

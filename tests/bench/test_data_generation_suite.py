@@ -30,3 +30,7 @@ def test_bad_arguments_are_named():
         data_generation(n_samples=1, n_reference=2, progress=False)
     with pytest.raises(ValueError, match="repeats must be"):
         data_generation(repeats=0, progress=False)
+    with pytest.raises(ValueError, match=r"darcy_resolution: expected n with \(darcy_solve_resolution - 1\) = 420"):
+        data_generation(darcy_resolution=64, progress=False)
+    with pytest.raises(ValueError, match="burgers_resolution: expected a divisor of burgers_solve_resolution = 8192"):
+        data_generation(burgers_resolution=1000, progress=False)

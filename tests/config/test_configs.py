@@ -14,8 +14,9 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from probneural.config import instantiate, register_schemas
+from probneural.config import instantiate, register_schemas, to_kwargs
 from probneural.config.paths import CONFIG_DIR
+from probneural.data.problems import field_layout
 from probneural.operators import FNO
 
 register_schemas()
@@ -35,6 +36,9 @@ def test_every_experiment_composes_and_builds_its_model(experiment):
     model = instantiate(cfg.model)
     assert isinstance(model, FNO)
     assert model.config["modes"] == list(cfg.model.modes)
+    from probneural.config.data import check_model_fits_data
+
+    check_model_fits_data(cfg.model, cfg.data)  # every experiment's model takes its data
 
 
 def test_darcy_fno_is_the_paper_setting():
@@ -205,8 +209,40 @@ def test_every_data_config_generates_its_splits_and_shifts(problem, tmp_path):
                                    f"data.cache_dir={tmp_path}", *TINY_DATA[problem]])
     splits = build_splits(cfg.data, progress=False)
     assert set(splits) == {"train", "test", *(f"shift_{name}" for name in cfg.data.shifts)} and len(cfg.data.shifts) >= 2
+    axes, in_channels, out_channels = field_layout(problem, **to_kwargs(cfg.data.options))  # known before generating
+    x, y = splits["train"].x, splits["train"].y
+    assert (x.dim() - 2, x.shape[1], y.shape[1]) == (axes, in_channels, out_channels)
     for name, changes in cfg.data.shifts.items():
         shifted = splits[f"shift_{name}"]
         assert shifted.metadata["problem"] == problem
         assert shifted.x.shape[1:] == splits["test"].x.shape[1:] or "resolution" in changes
         assert not torch.equal(shifted.y, splits["test"].y)
+
+
+def test_navier_stokes_rollout_layout_is_known_before_generating(tmp_path):
+    from probneural.config.data import build_splits
+
+    cfg = compose_config("train", ["data=navier_stokes", "data.n_train=1", "data.n_test=1", "data.n_shift=1",
+                                   "data.options.task=rollout", "data.options.n_input_steps=2",
+                                   "data.options.n_output_steps=3", "data.options.snapshot_interval=0.01",
+                                   f"data.cache_dir={tmp_path}", *TINY_DATA["navier_stokes"]])
+    train = build_splits(cfg.data, progress=False)["train"]
+    assert field_layout("navier_stokes", **to_kwargs(cfg.data.options)) == (2, 2, 3) == (
+        train.x.dim() - 2, train.x.shape[1], train.y.shape[1])
+
+
+@pytest.mark.parametrize("overrides, error", [
+    (["data=burgers"], r"model.modes: data.problem=burgers has 1 spatial axis/axes but model.modes=\[12, 12\]"),
+    (["data=navier_stokes", "data.options.task=rollout"],
+     r"model.in_channels: data.problem=navier_stokes \(task rollout\) has 10 input channel\(s\); got model.in_channels=1"),
+    (["data=navier_stokes", "data.options.task=rollout", "model.in_channels=10"],
+     r"model.out_channels: .* has 10 output channel\(s\); got model.out_channels=1"),
+])
+def test_a_model_that_cannot_take_the_data_is_named_before_generating(overrides, error):
+    from probneural.config.data import check_model_fits_data
+
+    cfg = compose_config("train", overrides)
+    with pytest.raises(ValueError, match=error):
+        check_model_fits_data(cfg.model, cfg.data)
+    fitting = compose_config("train", ["data=burgers", "model.modes=[16]"])
+    check_model_fits_data(fitting.model, fitting.data)

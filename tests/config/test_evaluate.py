@@ -124,3 +124,12 @@ def test_train_uq_hook_and_evaluate_cli(tmp_path):
         assert (run / "uq" / name / "environment.json").is_file()
     assert results["posterior"]["base"]["method"] == "laplace"
     assert len(list((tmp_path / "cache").iterdir())) == 4  # train, test, shift, calibration: each made once
+
+
+def test_bad_report_options_fail_before_any_data_or_training(tmp_path):
+    result = run_cli(
+        "probneural.train", "experiment=quickstart", "uq=laplace", "report.alpha=2", "device=cpu", "progress=false",
+        f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+    )
+    assert result.returncode != 0 and "alpha" in result.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run" / "checkpoints").exists()

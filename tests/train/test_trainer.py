@@ -189,3 +189,5 @@ def test_a_checkpoint_written_before_a_new_constructor_option_still_describes_th
     assert _same_model(older, model)
     assert not _same_model(older, FNO(1, 1, [4], width=8, dropout=0.1))
     assert not _same_model({**saved, "config": {**saved["config"], "width": 16}}, model)
+    # how the operator runs (CPU batch chunking) does not make it another model
+    assert _same_model(saved, FNO(1, 1, [4], width=8, cpu_chunk_bytes=None))
