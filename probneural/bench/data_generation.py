@@ -137,12 +137,18 @@ def data_generation(
     if n_reference > n_samples:
         raise ValueError(f"n_reference must be <= n_samples = {n_samples}, got {n_reference}")
     # the records name the kept grids: they must be what striding the solve grids gives
-    if darcy_resolution < 2 or (darcy_solve_resolution - 1) % (darcy_resolution - 1):
-        raise ValueError(f"darcy_resolution: expected n with (darcy_solve_resolution - 1) = "
-                         f"{darcy_solve_resolution - 1} a multiple of n - 1; got {darcy_resolution}")
-    if burgers_resolution < 1 or burgers_solve_resolution % burgers_resolution:
-        raise ValueError(f"burgers_resolution: expected a divisor of burgers_solve_resolution = "
-                         f"{burgers_solve_resolution}; got {burgers_resolution}")
+    if "darcy" in problems:
+        check_int("darcy_solve_resolution", darcy_solve_resolution, 3)
+        if check_int("darcy_resolution", darcy_resolution, 2) and (darcy_solve_resolution - 1) % (darcy_resolution - 1):
+            raise ValueError(f"darcy_resolution: expected n with (darcy_solve_resolution - 1) = "
+                             f"{darcy_solve_resolution - 1} a multiple of n - 1; got {darcy_resolution}")
+    if "burgers" in problems:
+        check_int("burgers_solve_resolution", burgers_solve_resolution, 1)
+        if burgers_solve_resolution % check_int("burgers_resolution", burgers_resolution, 1):
+            raise ValueError(f"burgers_resolution: expected a divisor of burgers_solve_resolution = "
+                             f"{burgers_solve_resolution}; got {burgers_resolution}")
+    if "navier_stokes" in problems:
+        check_int("navier_stokes_resolution", navier_stokes_resolution, 4)
     if precision not in _DTYPES:
         raise ValueError(f"precision must be one of {sorted(_DTYPES)} for the data_generation suite, got {precision!r}")
     unknown = sorted(set(problems) - {"darcy", "burgers", "navier_stokes"})

@@ -33,6 +33,8 @@ def field_layout(problem: str, **options: Any) -> tuple[int, int, int]:
     ``n_input_steps`` snapshots in, ``n_output_steps`` out.
     """
     generator = PROBLEMS.get(problem)
+    if problem not in _SPATIAL_AXES:
+        raise ValueError(f"problem: {problem!r} is registered without a field layout; add it to _SPATIAL_AXES")
     if problem == "navier_stokes":
         defaults = {name: p.default for name, p in inspect.signature(generator).parameters.items()}
         settings = defaults | options

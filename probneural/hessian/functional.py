@@ -43,7 +43,7 @@ def hvp(f: Callable[[Params], Tensor], params: Params, v: Params) -> Params:
     g = real_function(f, tensors, single)
     reals = tuple(r.detach() for r in to_real(tensors))
     if torch._C._are_functorch_transforms_active():
-        _, product = jvp(grad(g), (reals,), (to_real(directions),))
+        _, product = jvp(grad(lambda r: _check_scalar(g(r))), (reals,), (to_real(directions),))
     else:
         product = _forward_over_reverse(g, reals, to_real(directions))
     result = from_real(product, tensors)

@@ -12,7 +12,9 @@ from typing import Callable, Sequence, Union
 import torch
 from torch import Tensor
 
-__all__ = ["Params", "as_tuple", "cast", "check_direction", "real_function", "to_real", "from_real", "flatten", "unflatten"]
+__all__ = [
+    "Params", "as_tuple", "cast", "check_direction", "real_function", "to_real", "from_real", "flatten", "unflatten",
+]
 
 Params = Union[Tensor, Sequence[Tensor]]
 

@@ -3,8 +3,9 @@
 ``bf16`` means: pointwise layers under autocast in bfloat16, FFTs and the spectral
 contraction in float32 (torch has no bf16 complex FFT; the spectral layer promotes its
 input), no grad scaler. ``fp16`` adds a grad scaler. ``fp64`` runs everything, parameters
-included, in float64. Posterior methods are outside the policy: Laplace and the posterior
-heads run their linear algebra in float64 (their ``dtype`` options) and autocast off.
+included, in float64. Posterior methods are outside the policy: Laplace solves its posterior
+algebra in float64 (its curvature products run in the model's dtype), the GP and Pyro heads in
+their ``dtype`` option (float64 by default), all with autocast off.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from probneural.train.losses import relative_h1, relative_l2
-from probneural.uq.prediction import MixturePrediction, Prediction, check_alpha
+from probneural.uq.prediction import MixturePrediction, Prediction, check_alpha, check_target
 from probneural.validation import check_int
 
 __all__ = ["auroc", "calibration_curve", "energy_score", "evaluate"]
@@ -216,13 +216,7 @@ def _check_target(pred: Prediction, y: Tensor) -> Tensor:
     """``y`` in ``pred.mean``'s dtype and device, checked to match its shape and be finite."""
     if not isinstance(pred, Prediction):
         raise ValueError(f"pred: expected a Prediction; got {type(pred).__name__}")
-    mean = pred.mean
-    y = torch.as_tensor(y, dtype=mean.dtype, device=mean.device)
-    if y.shape != mean.shape:
-        raise ValueError(f"y: expected the prediction's shape {tuple(mean.shape)}; got {tuple(y.shape)}")
-    if not bool(torch.isfinite(y).all()):
-        raise ValueError("y: expected finite values; got NaN or Inf")
-    return y
+    return check_target(y, pred.mean)
 
 
 def _gaussian_nll(mean: Tensor, variance: Tensor, y: Tensor) -> Tensor:

@@ -139,41 +139,32 @@ def _chunks(n: int, draw_size: int, budget: int = 2**24) -> list[int]:
     return [min(per, n - start) for start in range(0, n, per)]
 
 
-def _broadcast_to(name: str, value: Tensor | float, like: Tensor) -> Tensor:
-    """``value`` as a tensor of ``like``'s dtype and device expanded to its shape; a ``ValueError`` naming ``name`` if
-    it does not broadcast."""
+def broadcastable(name: str, value: Tensor | float, like: Tensor) -> Tensor:
+    """``value`` as a tensor of ``like``'s dtype and device, checked to broadcast to ``like``'s shape (a
+    ``ValueError`` naming ``name`` otherwise)."""
     value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     try:
-        return value.expand(like.shape)
+        shape = torch.broadcast_shapes(value.shape, like.shape)
     except RuntimeError:
-        raise ValueError(
-            f"{name}: expected a shape that broadcasts to {tuple(like.shape)}; got {tuple(value.shape)}"
-        ) from None
+        shape = None
+    if shape != like.shape:
+        raise ValueError(f"{name}: expected a shape that broadcasts to {tuple(like.shape)}; got {tuple(value.shape)}")
+    return value
 
 
-def _check_target(y: Tensor, mean: Tensor) -> Tensor:
-    """``y`` if it has the shape of ``mean``, else a ``ValueError`` naming ``y`` (no silent broadcasting)."""
-    if not isinstance(y, Tensor) or y.shape != mean.shape:
-        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
-        raise ValueError(f"y: expected a tensor of the prediction's shape {tuple(mean.shape)}; got {shape}")
+def check_target(y: Tensor, like: Tensor) -> Tensor:
+    """``y`` in ``like``'s dtype and device, checked to have its shape (no silent broadcasting) and be finite."""
+    y = torch.as_tensor(y, dtype=like.dtype, device=like.device)
+    if y.shape != like.shape:
+        raise ValueError(f"y: expected the prediction's shape {tuple(like.shape)}; got {tuple(y.shape)}")
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError("y: expected finite values; got NaN or Inf")
     return y
 
 
 def affine_arguments(scale: Tensor | float, shift: Tensor | float, like: Tensor) -> tuple[Tensor, Tensor]:
     """``scale`` and ``shift`` as tensors of ``like``'s dtype and device, checked to broadcast to its shape."""
-    out = []
-    for name, value in (("scale", scale), ("shift", shift)):
-        value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-        try:
-            shape = torch.broadcast_shapes(value.shape, like.shape)
-        except RuntimeError:
-            shape = None
-        if shape != like.shape:
-            raise ValueError(
-                f"{name}: expected a shape that broadcasts to {tuple(like.shape)}; got {tuple(value.shape)}"
-            )
-        out.append(value)
-    return out[0], out[1]
+    return broadcastable("scale", scale, like), broadcastable("shift", shift, like)
 
 
 class GaussianPrediction(Prediction):
@@ -187,7 +178,7 @@ class GaussianPrediction(Prediction):
     """
 
     def __init__(self, mean: Tensor, diagonal: Tensor, factor: Tensor | None = None) -> None:
-        diagonal = _broadcast_to("diagonal", diagonal, mean)
+        diagonal = broadcastable("diagonal", diagonal, mean).expand_as(mean)
         if (diagonal < 0).any():
             raise ValueError("diagonal: expected non-negative variances")
         if factor is not None and (factor.dim() != mean.dim() + 1 or factor.shape[0] != mean.shape[0]
@@ -225,7 +216,7 @@ class GaussianPrediction(Prediction):
         return self._mean - z * std, self._mean + z * std
 
     def crps(self, y: Tensor) -> Tensor:
-        return gaussian_crps(self._mean, self.std, _check_target(y, self._mean))
+        return gaussian_crps(self._mean, self.std, check_target(y, self._mean))
 
     def simultaneous_interval(
         self, alpha: float, *, n_samples: int = 1000, generator: torch.Generator | None = None
@@ -274,7 +265,7 @@ class MixturePrediction(Prediction):
     def __init__(self, centers: Tensor, noise: Tensor | float = 0.0) -> None:
         if centers.dim() < 3:
             raise ValueError(f"centers: expected shape (m, b, c, *spatial); got {tuple(centers.shape)}")
-        noise = _broadcast_to("noise", noise, centers[0])
+        noise = broadcastable("noise", noise, centers[0]).expand(centers.shape[1:])
         if (noise < 0).any():
             raise ValueError("noise: expected non-negative variances")
         self.centers = centers
@@ -356,7 +347,7 @@ class MixturePrediction(Prediction):
         """Closed form for Gaussian mixtures (Grimit et al. 2006):
         ``(1/m) Σ_m E|X_m − y| − (1/2m²) Σ_{m,l} E|X_m − X_l|``."""
         centers, noise = self.centers, self.noise
-        y = _check_target(y, noise)
+        y = check_target(y, noise)
         m = centers.shape[0]
         first = sum(_expected_abs(centers[i] - y, noise) for i in range(m)) / m
         second = sum(_expected_abs(centers[i] - centers[j], 2.0 * noise) for i in range(m) for j in range(i + 1, m))

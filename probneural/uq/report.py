@@ -44,7 +44,10 @@ from probneural.uq.posterior import METHODS, Posterior, fit, model_parameters, p
 from probneural.uq.prediction import Prediction, check_alpha
 from probneural.validation import check_int
 
-__all__ = ["FIT_SPLITS", "HELD_OUT_METHODS", "SCORES", "UQSpec", "check_report_options", "posterior_record", "run_uq", "summary_lines", "write_uq_report"]
+__all__ = [
+    "FIT_SPLITS", "HELD_OUT_METHODS", "SCORES", "UQSpec", "check_report_options", "posterior_record", "run_uq",
+    "summary_lines", "write_uq_report",
+]
 
 FIT_SPLITS = ("train", "calibration")
 """Splits a method can be fitted on: the training data, or a held-out calibration set (split conformal)."""
@@ -81,7 +84,8 @@ class UQSpec:
         name: what the results are called (the report's directory name, e.g. ``"laplace_kfac"``).
         method: a registered method (``probneural.uq.METHODS.names()``).
         options: its keyword options (its defaults otherwise).
-        fit_split: ``"train"``, or ``"calibration"`` for methods fitted on held-out data (conformal).
+        fit_split: ``"train"``, or ``"calibration"`` for methods fitted on held-out data (conformal);
+            ``None`` (default): ``"calibration"`` for :data:`HELD_OUT_METHODS`, else ``"train"``.
         base: a registered method first fitted on the training split; its posterior, instead of the
             operator, is what ``method`` is fitted to (conformal bands on a Laplace posterior).
         base_options: ``base``'s keyword options.
@@ -90,13 +94,14 @@ class UQSpec:
         KeyError: an unregistered ``method`` or ``base`` (listing the registered ones).
         ValueError: naming ``options`` or ``base_options`` with an option the method does not have,
             ``fit_split`` not in :data:`FIT_SPLITS` (or not ``"calibration"`` for a method of
-            :data:`HELD_OUT_METHODS`), or ``base_options`` without ``base``.
+            :data:`HELD_OUT_METHODS`), a ``base`` of :data:`HELD_OUT_METHODS`, or ``base_options``
+            without ``base``.
     """
 
     name: str
     method: str
     options: Mapping[str, Any] = field(default_factory=dict)
-    fit_split: str = "train"
+    fit_split: str | None = None
     base: str | None = None
     base_options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -104,6 +109,8 @@ class UQSpec:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name: expected a non-empty string; got {self.name!r}")
         object.__setattr__(self, "options", _method_options(self.method, self.options, "options"))
+        if self.fit_split is None:
+            object.__setattr__(self, "fit_split", "calibration" if self.method in HELD_OUT_METHODS else "train")
         if self.fit_split not in FIT_SPLITS:
             raise ValueError(f"fit_split: expected one of {list(FIT_SPLITS)}; got {self.fit_split!r}")
         if self.method in HELD_OUT_METHODS and self.fit_split != "calibration":
@@ -113,6 +120,8 @@ class UQSpec:
             raise ValueError(f"base_options: given without a base method; got {dict(self.base_options)}")
         if self.base is not None:
             object.__setattr__(self, "base_options", _method_options(self.base, self.base_options, "base_options"))
+            if self.base in HELD_OUT_METHODS:
+                raise ValueError(f"base: {self.base!r} needs held-out data, but a base is fitted on the training split")
 
     def fit(
         self, model: nn.Module, splits: Mapping[str, OperatorDataset], *, batch_size: int = 32, progress: bool = True,

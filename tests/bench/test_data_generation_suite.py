@@ -34,3 +34,7 @@ def test_bad_arguments_are_named():
         data_generation(darcy_resolution=64, progress=False)
     with pytest.raises(ValueError, match="burgers_resolution: expected a divisor of burgers_solve_resolution = 8192"):
         data_generation(burgers_resolution=1000, progress=False)
+    with pytest.raises(ValueError, match="darcy_resolution must be an int"):
+        data_generation(darcy_resolution=85.0, progress=False)
+    with pytest.raises(ValueError, match="repeats must be"):  # a bad Darcy grid does not matter without Darcy
+        data_generation(problems=["burgers"], darcy_resolution=64, repeats=0, progress=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -52,22 +51,23 @@ def test_hessian_suite_rejects_bad_arguments(kwargs, match) -> None:
         hessian_products(device="cpu", progress=False, **kwargs)
 
 
-def test_interleaved_rounds_rotate_the_order_and_report_the_extremes() -> None:
+def test_interleaved_rounds_rotate_the_order_and_report_the_extremes(monkeypatch) -> None:
+    clock = [0.0]
+    monkeypatch.setattr("probneural.bench.hessian_suite.time.perf_counter", lambda: clock[0])
     calls: list[str] = []
-    durations = {"grad": [0.01, 0.02, 0.01], "hvp": [0.02, 0.02, 0.06], "double_backward": [0.04, 0.02, 0.03]}
+    durations = {"grad": [1.0, 2.0, 1.0], "hvp": [2.0, 2.0, 6.0], "double_backward": [4.0, 2.0, 3.0]}
 
     def product(name: str):
         def run() -> None:
             calls.append(name)
-            time.sleep(durations[name][sum(c == name for c in calls) - 1])
+            clock[0] += durations[name][calls.count(name) - 1]
         return run
 
     metrics = _interleaved_ratios({name: product(name) for name in durations}, torch.device("cpu"), 3)
     assert calls == ["grad", "hvp", "double_backward", "hvp", "double_backward", "grad",
                      "double_backward", "grad", "hvp"]
-    # per-round hvp / double_backward: 0.5, 1, 2 (sleep overshoot is small against 10 ms)
-    assert metrics["hvp_over_double_backward_interleaved"] == pytest.approx(1.0, rel=0.2)
-    assert metrics["hvp_over_double_backward_interleaved_min"] == pytest.approx(0.5, rel=0.2)
-    assert metrics["hvp_over_double_backward_interleaved_max"] == pytest.approx(2.0, rel=0.2)
-    assert metrics["hvp_over_grad_interleaved_min"] <= metrics["hvp_over_grad_interleaved"] <= metrics[
-        "hvp_over_grad_interleaved_max"]
+    # per round, hvp / double_backward: 0.5, 1, 2; hvp / grad: 2, 1, 6
+    assert (metrics["hvp_over_double_backward_interleaved_min"], metrics["hvp_over_double_backward_interleaved"],
+            metrics["hvp_over_double_backward_interleaved_max"]) == (0.5, 1.0, 2.0)
+    assert (metrics["hvp_over_grad_interleaved_min"], metrics["hvp_over_grad_interleaved"],
+            metrics["hvp_over_grad_interleaved_max"]) == (1.0, 2.0, 6.0)

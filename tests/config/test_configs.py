@@ -234,7 +234,8 @@ def test_navier_stokes_rollout_layout_is_known_before_generating(tmp_path):
 @pytest.mark.parametrize("overrides, error", [
     (["data=burgers"], r"model.modes: data.problem=burgers has 1 spatial axis/axes but model.modes=\[12, 12\]"),
     (["data=navier_stokes", "data.options.task=rollout"],
-     r"model.in_channels: data.problem=navier_stokes \(task rollout\) has 10 input channel\(s\); got model.in_channels=1"),
+     r"model.in_channels: data.problem=navier_stokes \(task rollout\) has 10 input channel\(s\); "
+     r"got model.in_channels=1"),
     (["data=navier_stokes", "data.options.task=rollout", "model.in_channels=10"],
      r"model.out_channels: .* has 10 output channel\(s\); got model.out_channels=1"),
 ])

@@ -161,3 +161,5 @@ def test_non_scalar_function_is_rejected():
         hessian.hvp(lambda p: p * 2, torch.zeros(3), torch.zeros(3))
     with pytest.raises(ValueError, match=r"f: expected a 0-d tensor .* of shape \(3,\)"):
         hessian.dense(lambda p: p**2, torch.zeros(3))
+    with pytest.raises(ValueError, match="f: expected a 0-d tensor"):  # inside a torch.func transform too
+        torch.func.vmap(lambda v: hessian.hvp(lambda p: p * 2, torch.zeros(3), v))(torch.zeros(2, 3))

@@ -92,6 +92,9 @@ def test_spec_checks_methods_and_options_before_any_work():
         UQSpec("x", "conformal", fit_split="test")
     with pytest.raises(ValueError, match="fit_split: 'conformal' needs held-out data"):
         UQSpec("x", "conformal", fit_split="train")
+    with pytest.raises(ValueError, match="base: 'conformal' needs held-out data"):
+        UQSpec("x", "conformal", fit_split="calibration", base="conformal")
+    assert UQSpec("x", "conformal").fit_split == "calibration" and UQSpec("x", "laplace").fit_split == "train"
 
 
 def test_spec_seeds_the_methods_with_the_run_seed(monkeypatch):

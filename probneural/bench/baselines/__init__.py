@@ -13,5 +13,5 @@ __all__ = ["working_dtype"]
 
 
 def working_dtype(x: object) -> np.dtype:
-    """``float32`` if ``x`` is a float32 array, else ``float64``: the real dtype a reference computes in."""
-    return np.dtype(np.float32) if getattr(x, "dtype", None) == np.float32 else np.dtype(np.float64)
+    """``float32`` if ``x`` is a float32 NumPy array, else ``float64``: the real dtype a reference computes in."""
+    return np.dtype(np.float32) if isinstance(x, np.ndarray) and x.dtype == np.float32 else np.dtype(np.float64)
