@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 
 import json
 import time
@@ -47,6 +48,17 @@ class NonFiniteLossError(FloatingPointError):
 def normalize(operator: nn.Module, train: OperatorDataset) -> NormalizedOperator:
     """Wrap ``operator`` with channel normalisers fitted on the training split ``train``."""
     return NormalizedOperator(operator, ChannelNormalizer.fit(train.x), ChannelNormalizer.fit(train.y))
+
+
+def _retarget_cosine(scheduler: Any, optimizer: Any, epochs: int) -> None:
+    """A resumed cosine schedule re-targeted to ``epochs``: the rate from here on is that of a fresh
+    ``epochs``-long cosine at the epochs already done (``CosineAnnealingLR`` steps recursively from
+    the current rate, so changing ``T_max`` alone would keep a finished run's zero rate)."""
+    scheduler.T_max = epochs
+    done, floor = scheduler.last_epoch, scheduler.eta_min
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = floor + (base - floor) * (1 + math.cos(math.pi * done / epochs)) / 2
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def _model_meta(model: nn.Module) -> dict[str, Any]:
@@ -305,8 +317,8 @@ class Trainer:
                 model.load_state_dict(checkpoint.section("model"))
                 restore_optimizer(optimizer, checkpoint)
                 scheduler.load_state_dict(checkpoint.meta["scheduler"]["state"])
-                if self.scheduler_name == "cosine":
-                    scheduler.T_max = self.epochs  # a longer run re-targets the cosine to its new end
+                if self.scheduler_name == "cosine" and scheduler.T_max != self.epochs:
+                    _retarget_cosine(scheduler, optimizer, self.epochs)
                 scaler.load_state_dict(checkpoint.meta["grad_scaler"])
                 restore_rng(checkpoint)
                 start = checkpoint.meta["epoch"]

@@ -58,6 +58,15 @@ def test_resume_reproduces_an_uninterrupted_run_bit_for_bit(darcy_small, tmp_pat
     assert [r["train_loss"] for r in resumed_history] == [r["train_loss"] for r in history]
 
 
+def test_resuming_a_finished_cosine_run_for_more_epochs_follows_the_longer_schedule(darcy_small, tmp_path):
+    train, test = darcy_small
+    fresh = trainer(tmp_path / "fresh", 4, scheduler="cosine").fit(make_model(train), train, test)
+    trainer(tmp_path / "extended", 2, scheduler="cosine").fit(make_model(train), train, test)  # ends at rate 0
+    extended = trainer(tmp_path / "extended", 4, scheduler="cosine").fit(make_model(train), train, test, resume=True)
+    assert [r["lr"] for r in extended[2:]] == pytest.approx([r["lr"] for r in fresh[2:]], rel=1e-12)
+    assert extended[3]["lr"] > 0 and extended[3]["train_loss"] != extended[2]["train_loss"]
+
+
 def test_load_model_rebuilds_the_trained_model(darcy_small, tmp_path):
     train, test = darcy_small
     model = make_model(train)
