@@ -31,7 +31,7 @@ import probneural
 from probneural.data import generation
 from probneural.data.dataset import OperatorDataset
 from probneural.data.grf import grf_neumann
-from probneural.validation import check_floating_dtype, check_int
+from probneural.validation import check_float, check_floating_dtype, check_int
 
 _DEFAULT_RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 _PAPER_FINE_RESOLUTION = 421
@@ -176,7 +176,7 @@ def solve_with_info(
         a, f = a.unsqueeze(0), f.unsqueeze(0)
     if rtol is None:
         rtol = _DEFAULT_RTOL[a.dtype]
-    elif not 0 < rtol < 1:
+    elif not 0 < check_float("rtol", rtol) < 1:
         raise ValueError(f"rtol must lie in (0, 1), got {rtol!r}")
     if max_iter is None:
         contrast = (a.amax() / a.amin()).item()
@@ -348,7 +348,7 @@ def generate(
     stride = _check_solve_resolution(resolution, solve_resolution)
     check_floating_dtype("dtype", dtype)
     check_int("seed", seed, 0)
-    if len(contrast) != 2:
+    if not isinstance(contrast, (tuple, list)) or len(contrast) != 2:
         raise ValueError(f"contrast must be a pair (high, low), got {contrast!r}")
     _check_contrast(*contrast)
     high, low = float(contrast[0]), float(contrast[1])

@@ -315,6 +315,7 @@ def integrate(
 
     Raises:
         ValueError: ``linear`` has the wrong shape or ``dt`` is not a positive number.
+        RuntimeError: the solution became non-finite (the step is too large for the data).
     """
     resolution = u0.shape[-1]
     modes = resolution // 2 + 1
@@ -344,6 +345,11 @@ def integrate(
                 nc = nonlinear(torch.addcmul(c.exp_half * a, c.q, 2 * nb - nv))
                 v = (c.exp * v).addcmul_(c.f1, nv).addcmul_(f2_twice, na.add_(nb)).addcmul_(c.f3, nc)
             u = torch.fft.irfft(v, n=resolution)
+            if not bool(torch.isfinite(u).all()):
+                raise RuntimeError(
+                    f"the solution became non-finite before t = {target:g} (ETDRK4 step {h:g}): the step is too "
+                    "large for this data; reduce dt, or the amplitude of the initial condition"
+                )
             now = target
         out[:, index] = u
     return out

@@ -35,6 +35,9 @@ def _batches(
                 raise RuntimeError(
                     f"sample_batch({start}, {count}) returned {x.shape[0]} inputs and {y.shape[0]} outputs"
                 )
+            if not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(y).all())):  # before anything is cached
+                raise RuntimeError(f"{description}: samples {start}..{start + count - 1} are not finite; "
+                                   "the solver diverged for these generation parameters")
             yield start, x, y
             bar.update(count)
 

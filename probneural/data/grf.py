@@ -4,8 +4,10 @@ A field is ``u = Σ_k sqrt(λ_k) ξ_k φ_k`` with ``φ_k`` the eigenfunctions of
 for the boundary condition (orthonormal in ``L²`` of the unit cube), ``ξ_k`` i.i.d.
 ``N(0, 1)`` and ``λ_k = sigma² (μ_k + τ²)^(−α)``, ``μ_k`` the Laplacian eigenvalue. The
 sum is truncated to the modes the grid resolves. The constant mode ``k = 0`` is dropped
-(``λ_0 = 0``), so every sample has zero spatial mean; this follows the FNO generators
-(Li et al. 2021), whose Darcy script removes the mean mode of the cosine expansion.
+(``λ_0 = 0``), so every sample has zero spatial mean (exactly in the continuum and under the
+trapezoidal rule on the nodes; the plain node average of a Neumann field is not zero); this
+follows the FNO generators (Li et al. 2021), whose Darcy script removes the mean mode of the
+cosine expansion.
 
 ``sigma`` defaults to ``τ^(α − d/2)``, the FNO scripts' normalisation, which makes the
 point variance nearly independent of ``τ`` (the KL sum scales like ``τ^(d − 2α)``).
@@ -22,7 +24,7 @@ import math
 import torch
 
 from probneural.data.seeding import standard_normal
-from probneural.validation import check_int
+from probneural.validation import check_float, check_int
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -32,10 +34,8 @@ def _check_args(n: int, resolution: int, dim: int, alpha: float, tau: float, dty
     check_int("resolution", resolution, 2)
     if dim not in (1, 2, 3):
         raise ValueError(f"dim must be 1, 2 or 3, got {dim!r}")
-    if not (math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be a finite positive number, got {alpha!r}")
-    if not (math.isfinite(tau) and tau > 0):
-        raise ValueError(f"tau must be a finite positive number, got {tau!r}")
+    check_float("alpha", alpha, positive=True)
+    check_float("tau", tau, positive=True)
     if dtype not in _FLOAT_DTYPES:
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
 

@@ -161,6 +161,9 @@ class FNO(nn.Module):
             )
         if x.shape[1] != self.in_channels:
             raise ValueError(f"x: expected {self.in_channels} input channels; got shape {tuple(x.shape)}")
+        dtype = self.lifting.weight.dtype
+        if x.dtype in (torch.float32, torch.float64) and x.dtype != dtype:
+            raise ValueError(f"x: expected the operator's dtype {dtype}; got {x.dtype} (cast one to the other)")
         spatial = tuple(x.shape[2:])
         needed = tuple(2 * m for m in self.modes)
         if any(n < r for n, r in zip(spatial, needed)):

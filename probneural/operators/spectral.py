@@ -151,9 +151,10 @@ class SpectralConv(nn.Module):
         input `(b, in_channels, *spatial)` with ``spatial[i] >= 2 * modes[i]``;
         output `(b, out_channels, *spatial)`.
 
-    The layer always computes in its weights' dtype (float32 or float64), also under
-    autocast: half-precision inputs are promoted and autocast is disabled inside, as the
-    precision policy prescribes for the spectral path (its ``fft_dtype``).
+    The layer computes in its input's dtype when that is float32 or float64 (the weights are
+    cast to it), also under autocast: half-precision inputs are promoted to the weights' dtype
+    and autocast is disabled inside, as the precision policy prescribes for the spectral path
+    (its ``fft_dtype``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, modes: Sequence[int]) -> None:

@@ -164,3 +164,18 @@ def test_inconsistent_batches_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"sample shape \(1, 5, 4\).*expected"):
         load_or_build(tmp_path, PARAMS, wrong_shape)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_diverged_batch_is_refused_before_anything_is_cached(tmp_path):
+    def sample_batch(start, count):
+        y = torch.ones(count, 1, 4)
+        y[0, 0, 0] = float("nan") if start == 2 else 1.0
+        return torch.ones(count, 1, 4), y
+
+    params = {"problem": "toy", "n": 4}
+    grid = (torch.linspace(0, 1, 4),)
+    with pytest.raises(RuntimeError, match="samples 2..3 are not finite"):
+        generation.build(params, 4, sample_batch, grid, batch_size=2, cache_dir=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []  # no file, no temporary
+    with pytest.raises(RuntimeError, match="samples 2..3 are not finite"):  # without a cache too
+        generation.build(params, 4, sample_batch, grid, batch_size=2, progress=False)

@@ -184,3 +184,11 @@ def test_runs_on_the_device_of_the_data(device):
     k = etdrk4.wavenumbers(s, device=device)
     out = etdrk4.integrate(u0, -0.1 * k**2, etdrk4.quadratic_advection(k, s, torch.float64), [0.1], 0.05)
     assert out.device.type == device.type and out.dtype == torch.float64
+
+
+def test_a_diverging_solution_is_an_error_not_nan():
+    from probneural.data import burgers
+
+    x = torch.arange(64, dtype=torch.float64) / 64
+    with pytest.raises(RuntimeError, match=r"non-finite before t = 0.5 .* reduce dt"):
+        burgers.solve(50 * torch.sin(2 * math.pi * x)[None], 1e-3, 0.5)

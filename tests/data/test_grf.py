@@ -121,3 +121,17 @@ def test_invalid_arguments(kwargs, name):
     args = {"n": 2, "resolution": 8, **kwargs}
     with pytest.raises(ValueError, match=name):
         grf_neumann(args.pop("n"), args.pop("resolution"), **args)
+
+
+def test_non_numeric_parameters_are_named():
+    from probneural.data import darcy
+    from probneural.data.grf import grf_neumann
+
+    with pytest.raises(ValueError, match="alpha must be a finite real number"):
+        grf_neumann(2, 9, alpha="2")
+    with pytest.raises(ValueError, match="tau must be a finite real number"):
+        grf_neumann(2, 9, tau=True)
+    with pytest.raises(ValueError, match=r"contrast must be a pair \(high, low\), got 5"):
+        darcy.generate(2, 9, contrast=5, progress=False)
+    with pytest.raises(ValueError, match="rtol must be a finite real number"):
+        darcy.solve(torch.ones(9, 9), rtol="a")
