@@ -124,7 +124,8 @@ def merge_table(records: Sequence[dict[str, Any]]) -> str:
         records: records as returned by :func:`probneural.bench.read_records`.
 
     Returns:
-        The table as Markdown text (no trailing newline).
+        The table as Markdown text (no trailing newline), followed by a note counting the
+        records not shown when several share a case and an environment column (the newest is).
 
     Raises:
         ValueError: ``records`` is empty.
@@ -140,6 +141,10 @@ def merge_table(records: Sequence[dict[str, Any]]) -> str:
         label = f"{row[0]} · {_case_label(case, list(case))}" if case else row[0]
         cells = [_cell(grid.cells.get((row, column))) for column in grid.columns]
         lines.append("| " + " | ".join(_escape(text) for text in [label, *cells]) + " |")
+    hidden = len(records) - len(grid.cells)
+    if hidden:
+        lines += ["", f"{hidden} older record(s) not shown: each cell holds the newest record of its case and "
+                      "environment (device, precision, host, allocator, threads)."]
     return "\n".join(lines)
 
 

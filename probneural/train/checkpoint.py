@@ -4,12 +4,13 @@ Layout of a checkpoint directory::
 
     epoch-0007.safetensors   every tensor: model weights, normalisers, optimizer state, RNG state
     epoch-0007.json          everything else: constructor arguments, epoch, optimizer and
-                             scheduler settings, package version, git commit, and the sha256
-                             of the .safetensors file
+                             scheduler settings, package version, git commit, the sha256
+                             of the .safetensors file and the sha256 of this metadata itself
 
 Both files are written to a temporary name and renamed into place, the JSON last: it is the
 commit marker, so a kill at any moment leaves the previous checkpoint intact and the new one
-either complete or invisible. Reading verifies the checksum; nothing is ever unpickled.
+either complete or invisible. Reading verifies both checksums (checkpoints written before the
+metadata checksum existed are read without it); nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -74,6 +75,12 @@ def git_commit(cwd: Path | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+def _meta_sha256(meta: dict[str, Any]) -> str:
+    """sha256 of the metadata without its own checksum, in a canonical JSON form."""
+    content = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def _sha256(path: Path) -> str:
@@ -163,6 +170,7 @@ def save_checkpoint(
     weights = directory / f"{stem}.safetensors"
     atomic_write(weights, lambda tmp: save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp)))
     meta["weights_sha256"] = _sha256(weights)
+    meta["meta_sha256"] = _meta_sha256(meta)
     handle = directory / f"{stem}.json"
     atomic_write(handle, lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
     for old in checkpoints(directory)[:-keep] if keep > 0 else []:
@@ -196,7 +204,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
     Raises:
         CheckpointError: missing files, unreadable JSON, checksum mismatch (a corrupted or
-            modified weights file) or an unsupported format version.
+            modified weights or metadata file) or an unsupported format version.
     """
     path = Path(path)
     if path.is_dir():
@@ -220,6 +228,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint: {handle} has format_version {meta.get('format_version') if isinstance(meta, dict) else None!r}; "
             f"expected {FORMAT_VERSION}"
         )
+    if "meta_sha256" in meta and meta["meta_sha256"] != _meta_sha256(meta):
+        raise CheckpointError(f"checkpoint: metadata file {handle} is corrupted or was modified (its sha256 differs)")
     if not weights.is_file():
         raise CheckpointError(f"checkpoint: weights file {weights} does not exist")
     actual = _sha256(weights)

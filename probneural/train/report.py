@@ -32,7 +32,8 @@ def write_training_report(
     """Evaluate ``model`` on every split, plot samples and learning curves, write ``report.md``.
 
     Args:
-        run_dir: directory receiving ``report.md``, ``samples_<split>.png`` and ``learning_curves.png``.
+        run_dir: directory receiving ``report.md``, ``samples_<i>.png`` (the ``i``-th split) and
+            ``learning_curves.png``.
         model: trained raw-to-raw model.
         splits: named test sets, e.g. ``{"test (s=33)": ..., "zero-shot (s=65)": ...}``.
         history: per-epoch records from :meth:`Trainer.fit`.

@@ -51,7 +51,7 @@ def normalize(operator: nn.Module, train: OperatorDataset) -> NormalizedOperator
 
 
 def _retarget_cosine(scheduler: Any, optimizer: Any, epochs: int) -> None:
-    """A resumed cosine schedule re-targeted to ``epochs``: the rate from here on is that of a fresh
+    """A resumed cosine schedule re-targeted to ``epochs``: from here on the rate is a fresh
     ``epochs``-long cosine at the epochs already done (``CosineAnnealingLR`` steps recursively from
     the current rate, so changing ``T_max`` alone would keep a finished run's zero rate)."""
     scheduler.T_max = epochs
@@ -203,8 +203,10 @@ class Trainer:
             raise ValueError(f"scheduler: expected one of {SCHEDULERS}; got {scheduler!r}")
         for name, value in (("epochs", epochs), ("batch_size", batch_size), ("step_size", step_size),
                             ("checkpoint_keep", checkpoint_keep)):
-            if value < 1:
-                raise ValueError(f"{name}: expected a positive integer; got {value}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer; got {value!r}")
+        if loss not in LOSSES.names():
+            raise ValueError(f"loss: expected one of {LOSSES.names()}; got {loss!r}")
         for name, value in (("lr", lr), ("gamma", gamma), ("grad_clip", grad_clip if grad_clip is not None else 1.0)):
             if not value > 0:
                 raise ValueError(f"{name}: expected a positive number; got {value}")

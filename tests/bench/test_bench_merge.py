@@ -46,9 +46,10 @@ def test_same_label_columns_are_told_apart_and_newest_record_wins(
         {"suite": "s", "case": case, "metrics": {"train_step_ms": 2.0}, "environment": newer},
         {"suite": "s", "case": case, "metrics": {"train_step_ms": 5.0}, "environment": other},
     ]
-    header, _, row = merge_table(records).splitlines()
+    header, _, row, _, note = merge_table(records).splitlines()
     assert "host=twin" in header and f"host={cpu_environment['hostname']}" in header
     assert "step 2.0 ms" in row and "step 1.0 ms" not in row
+    assert note.startswith("1 older record(s) not shown")
 
 
 def test_plot_writes_a_png(tmp_path: Path, cpu_environment: dict[str, Any], gpu_environment: dict[str, Any]) -> None:

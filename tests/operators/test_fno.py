@@ -98,3 +98,16 @@ def test_bad_constructor_arguments(kwargs, match):
 def test_unknown_operator_name_lists_valid_names():
     with pytest.raises(KeyError, match="expected one of: fno"):
         build("fn0", in_channels=1, out_channels=1, modes=(2,))
+
+
+def test_positional_grid_names_an_unknown_kind():
+    from probneural.operators.fno import positional_grid
+
+    with pytest.raises(ValueError, match=r"kind: expected one of \('nodes', 'periodic'\); got 'cell'"):
+        positional_grid(torch.zeros(1, 1, 5), "cell")
+
+
+def test_an_input_of_another_float_dtype_is_named():
+    model = FNO(1, 1, (2, 2), width=4, n_layers=1).double()
+    with pytest.raises(ValueError, match="x: expected the operator's dtype torch.float64; got torch.float32"):
+        model(torch.zeros(1, 1, 8, 8))
