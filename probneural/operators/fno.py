@@ -202,6 +202,8 @@ class FNO(nn.Module):
             `(b, width, *padded)`; :meth:`unpad` crops it back to ``spatial``.
         """
         self.check_input(x)
+        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 0 <= n_layers <= len(self.spectral):
+            raise ValueError(f"n_layers: expected an int in [0, {len(self.spectral)}]; got {n_layers!r}")
         if self.grid is not None:
             x = torch.cat((x, positional_grid(x, self.grid)), dim=1)
         h = self.lifting(x)

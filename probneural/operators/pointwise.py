@@ -19,6 +19,7 @@ from probneural.operators.spectral_autograd import FULL as _FULL
 from probneural.operators.spectral_autograd import SKIP as _SKIP
 from probneural.operators.spectral_autograd import TANGENT as _TANGENT
 from probneural.operators.spectral_autograd import apply, has_tangent, tangent_only
+from probneural.validation import check_int
 
 __all__ = ["AffineGrad", "Pointwise", "PointwiseAffine", "pointwise_affine"]
 
@@ -227,8 +228,8 @@ class Pointwise(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
         super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
+        self.in_channels = check_int("in_channels", in_channels, 1)
+        self.out_channels = check_int("out_channels", out_channels, 1)
         bound = 1.0 / math.sqrt(in_channels)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(out_channels).uniform_(-bound, bound)) if bias else None

@@ -39,6 +39,9 @@ def gradients(u: Tensor) -> tuple[Tensor, ...]:
     Returns one `(b, c, *spatial)` tensor per spatial axis.
     """
     axes = tuple(range(2, u.dim()))
+    if any(u.shape[a] < 3 for a in axes):
+        raise ValueError(f"u: second-order differences need at least 3 points per spatial axis; got shape "
+                         f"{tuple(u.shape)}")
     spacing = [1.0 / (u.shape[a] - 1) for a in axes]
     return torch.gradient(u, spacing=spacing, dim=axes, edge_order=2)
 

@@ -111,3 +111,16 @@ def test_an_input_of_another_float_dtype_is_named():
     model = FNO(1, 1, (2, 2), width=4, n_layers=1).double()
     with pytest.raises(ValueError, match="x: expected the operator's dtype torch.float64; got torch.float32"):
         model(torch.zeros(1, 1, 8, 8))
+
+
+def test_bad_layer_counts_and_channel_counts_are_named():
+    from probneural.operators.pointwise import Pointwise
+    from probneural.train.losses import relative_h1
+
+    model = FNO(1, 1, (2, 2), width=4, n_layers=2)
+    with pytest.raises(ValueError, match=r"n_layers: expected an int in \[0, 2\]; got 5"):
+        model.hidden(torch.zeros(1, 1, 8, 8), 5)
+    with pytest.raises(ValueError, match="in_channels must be an int >= 1"):
+        Pointwise(0, 3)
+    with pytest.raises(ValueError, match="at least 3 points per spatial axis"):
+        relative_h1(torch.zeros(1, 1, 2), torch.ones(1, 1, 2))
