@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from probneural.uq.posterior import METHODS, Batches, Posterior, switched_mode
+from probneural.uq.posterior import METHODS, Batches, Posterior, model_parameters, switched_mode
 from probneural.uq.prediction import (
     GaussianPrediction, Prediction, affine_arguments, cat, check_alpha, normal_quantile,
 )
@@ -197,8 +197,9 @@ def _base_prediction(model: Posterior | nn.Module, x: Tensor) -> tuple[Predictio
     if isinstance(model, Posterior):
         prediction = model.predict(x)
         return prediction, prediction.std.detach()
+    device, dtype = model_parameters(model)
     with switched_mode(model, False), torch.no_grad():
-        mean = model(x)
+        mean = model(x.to(device, dtype))
     ones = torch.ones_like(mean)
     return GaussianPrediction(mean, ones), ones
 

@@ -111,7 +111,7 @@ class MarginalLikelihood:
 
         def values() -> tuple[Tensor, Tensor]:
             delta = log_delta.exp() if log_delta is not None else torch.tensor(prior_precision, dtype=_LINALG)
-            sigma2 = log_sigma2.exp() if log_sigma2 is not None else noise_variance.to(_LINALG)
+            sigma2 = log_sigma2.exp() if log_sigma2 is not None else noise_variance.to(initial_noise)
             return delta, sigma2
 
         if free:
@@ -136,7 +136,8 @@ def _residual_statistics(operator: nn.Module, batches: list[tuple[Tensor, Tensor
         for x, y in batches:
             residual = (operator(x) - y).to(_LINALG)
             squared = squared + residual.square().transpose(0, 1).reshape(residual.shape[1], -1).sum(1)
-            counts = counts + torch.full((residual.shape[1],), residual[:, 0].numel(), dtype=_LINALG)
+            counts = counts + torch.full((residual.shape[1],), residual[:, 0].numel(), dtype=_LINALG,
+                                         device=residual.device)
     return squared, counts
 
 
@@ -269,6 +270,7 @@ class _AllWeights:
     def __init__(self, operator: nn.Module, segments: list[_Segment], n_params: int) -> None:
         self.segments = segments
         self.n_params = n_params
+        self.device = model_parameters(operator)[0]
         covered = sum(s.stop - s.start for s in segments)
         if covered != n_params:
             raise RuntimeError(f"curvature segments cover {covered} of {n_params} weights")
@@ -282,10 +284,10 @@ class _AllWeights:
                                   self.map_norm, self.n_params)
 
     def sample(self, n: int, prior_precision: float, noise_variance: float, generator: torch.Generator) -> Tensor:
-        """`(n, P)` draws of ``Δθ ~ N(0, P⁻¹)`` in float64."""
-        draws = torch.empty(n, self.n_params, dtype=_LINALG)
+        """`(n, P)` draws of ``Δθ ~ N(0, P⁻¹)`` in float64 on the operator's device (``generator``: a CPU one)."""
+        draws = torch.empty(n, self.n_params, dtype=_LINALG, device=self.device)
         for segment in self.segments:
-            z = torch.randn(n, segment.stop - segment.start, generator=generator, dtype=_LINALG)
+            z = torch.randn(n, segment.stop - segment.start, generator=generator, dtype=_LINALG).to(self.device)
             draws[:, segment.start : segment.stop] = segment.sample(z, prior_precision, noise_variance)
         return draws
 
@@ -384,7 +386,7 @@ class LaplacePosterior(Posterior):
         mean = None
         with torch.no_grad():
             for draw in draws:
-                tangent = unflatten(draw.to(params[0].dtype), params)
+                tangent = unflatten(draw.to(params[0].device, params[0].dtype), params)
                 mean, column = jvp(model_fn, (params,), (tangent,))
                 columns.append(column)
         return mean, torch.stack(columns, dim=1) / math.sqrt(len(columns))

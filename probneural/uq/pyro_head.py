@@ -34,7 +34,11 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable
+import random
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import numpy as np
 
 import pyro
 import pyro.distributions as dist
@@ -51,6 +55,7 @@ from probneural.operators.pointwise import Pointwise
 from probneural.uq.heads import FrozenTrunk, ReadoutStatistics, check_dtype, without_autocast
 from probneural.uq.posterior import METHODS, Batches, Posterior
 from probneural.uq.prediction import MixturePrediction
+from probneural.uq.training import seeded
 from probneural.validation import check_float, check_int
 
 __all__ = ["BayesianHead", "PyroPosterior", "fit_pyro_nuts", "fit_pyro_svi"]
@@ -259,8 +264,7 @@ def fit_pyro_svi(
     fields = trunk.collect(loader)
     spatial, sizes = tuple(fields.targets.shape[2:]), (fields.targets.shape[0], fields.points)
     generator = torch.Generator().manual_seed(seed)
-    with pyro.get_param_store().scope() as state:
-        pyro.set_rng_seed(seed)
+    with pyro.get_param_store().scope() as state, _pyro_seeded(seed, trunk.device):
         start = trunk.residual_variance(fields) if noise_variance is None else noise_variance
         bayesian = BayesianHead(trunk, head, noise, start, prior_scale, dtype, learn_noise=noise_variance is None)
 
@@ -344,7 +348,7 @@ def fit_pyro_nuts(
     else:
         noise = torch.full((channels,), check_float("noise_variance", noise_variance, positive=True),
                            dtype=torch.float64)
-    with pyro.get_param_store().scope() as state:
+    with pyro.get_param_store().scope() as state, _pyro_seeded(seed, trunk.device):
         bayesian = BayesianHead(trunk, "readout", "homoscedastic", noise, prior_scale, dtype, learn_noise=False)
         whitened = _WhitenedReadout(statistics, bayesian.trained, noise, prior_scale, dtype)
         kept, step_sizes, divergences = [], [], []
@@ -369,6 +373,20 @@ def fit_pyro_nuts(
                "r_hat_max": r_hat, "step_sizes": step_sizes, "divergences": divergences,
                "n_random_weights": whitened.shape.numel()}
     return PyroPosterior(trunk, bayesian, conditioned, state, details)
+
+
+@contextmanager
+def _pyro_seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """``pyro.set_rng_seed(seed)`` (torch, NumPy and ``random``) within; the caller's generators are restored
+    afterwards, so a fit does not change the random stream around it. The block may reseed (NUTS per chain)."""
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    with seeded(seed, device):
+        pyro.set_rng_seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)
+            random.setstate(python_state)
 
 
 class _WhitenedReadout:

@@ -263,3 +263,15 @@ def test_errors_name_the_argument():
         post.predict(x.repeat(1, 2, 1))
     with pytest.raises(KeyError, match="conformal"):
         uq.fit("conformall", model, [(x, y)])
+
+
+def test_a_point_predictor_gets_inputs_in_its_own_dtype():
+    from probneural.operators import FNO
+
+    torch.manual_seed(0)
+    operator = FNO(1, 1, [2], width=4, n_layers=1)  # float32, which names a float64 input
+    x = torch.randn(24, 1, 8, dtype=torch.float64)
+    y = x + 0.1 * torch.randn(x.shape, dtype=torch.float64)
+    posterior = fit_conformal(operator, [(x[:12], y[:12]), (x[12:], y[12:])], alpha=ALPHA)
+    with torch.no_grad():
+        torch.testing.assert_close(posterior.predict(x).mean, operator(x.float()))

@@ -125,3 +125,25 @@ def test_bad_options_are_named():
         uq.fit("pyro_svi", model, loader, guide="flow")
     with pytest.raises(ValueError, match="noise_variance: a fixed noise variance needs"):
         uq.fit("pyro_svi", model, loader, noise="heteroscedastic", noise_variance=0.1)
+
+
+@pytest.mark.parametrize("method, options", [("pyro_svi", {"epochs": 2, "samples": 4}),
+                                             ("pyro_nuts", {"warmup": 5, "draws": 5, "chains": 2, "samples": 4})])
+def test_a_fit_leaves_the_callers_random_streams_alone(method, options):
+    import random
+
+    import numpy as np
+
+    model, loader, _, _, _ = problem()
+
+    def streams():
+        return torch.rand(2), np.random.rand(2), random.random()
+
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)
+    expected = streams()
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)
+    first = uq.fit(method, model, loader, seed=4, **options)
+    after = streams()
+    assert torch.equal(after[0], expected[0]) and np.array_equal(after[1], expected[1]) and after[2] == expected[2]
+    again = uq.fit(method, model, loader, seed=4, **options)  # and the seed still fixes the fit
+    torch.testing.assert_close(again.predict(loader[0][0]).mean, first.predict(loader[0][0]).mean, rtol=0, atol=0)
