@@ -56,7 +56,8 @@ def main(cfg: DictConfig) -> dict:
         spec, model, splits, out_dir,
         alpha=cfg.alpha, batch_size=cfg.batch_size, n_samples=cfg.n_samples, n_plot_samples=cfg.n_plot_samples,
         seed=cfg.seed, progress=cfg.progress,
-        title=f"{data.problem}: {spec.name} on {run_dir.resolve().name}",
+        title=f"{data.problem}: {spec.name} on {run_dir.resolve().name}"
+        + ("" if cfg.checkpoint is None else f" ({cfg.checkpoint})"),
     )
     print(f"report: {out_dir / 'report.md'} (fit {results['fit_seconds']:.1f} s)")
     for line in summary_lines(results):

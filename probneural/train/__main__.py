@@ -34,8 +34,13 @@ register_schemas()
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    # a resumed run keeps the configuration it started with and records the resuming one beside it
-    config_name = "config.resumed.yaml" if cfg.resume else "config.yaml"
+    # a resumed run keeps the configuration it started with and records the resuming one beside it (a
+    # first run with resume=true has nothing to resume: it writes config.yaml); the cache directory is
+    # recorded absolute, so that evaluate finds the data from any working directory
+    if cfg.data.cache_dir is not None:
+        cfg.data.cache_dir = str(Path(cfg.data.cache_dir).resolve())
+    resuming = cfg.resume and (run_dir / "config.yaml").is_file()
+    config_name = "config.resumed.yaml" if resuming else "config.yaml"
     atomic_write(run_dir / config_name, lambda tmp: tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True)))
     environment = capture_environment(cfg.precision.name, cfg.device.name, list(HydraConfig.get().overrides.task))
     atomic_write(run_dir / "environment.json", lambda tmp: tmp.write_text(json.dumps(environment, indent=1)))
@@ -77,6 +82,7 @@ def main(cfg: DictConfig) -> dict:
             alpha=cfg.report.alpha, batch_size=cfg.trainer.batch_size, n_samples=cfg.report.n_samples,
             n_plot_samples=cfg.report.n_plot_samples, seed=cfg.seed, progress=cfg.progress, title=f"{title}: {uq.name}",
         )
+        atomic_write(out_dir / "environment.json", lambda tmp: tmp.write_text(json.dumps(environment, indent=1)))
         print(f"uncertainty report: {out_dir / 'report.md'} (fit {uq_results['fit_seconds']:.1f} s)")
         for line in summary_lines(uq_results):
             print(f"  {line}")

@@ -111,8 +111,8 @@ def test_train_cli_writes_a_complete_run_directory_and_resumes(tmp_path):
     args = ["probneural.train", "experiment=quickstart", "data.n_train=16", "data.n_test=4", "data.n_zero_shot=2",
             "data.resolution=17", "data.zero_shot_resolution=33", "data.options.solve_resolution=33",
             "model.modes=[4,4]", "model.width=8", "trainer.epochs=2", "trainer.batch_size=8", "progress=false",
-            f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}"]
-    result = run_cli(*args, cwd=tmp_path)
+            "data.cache_dir=cache", f"hydra.run.dir={run}"]
+    result = run_cli(*args[:-1], "resume=true", args[-1], cwd=tmp_path)  # nothing to resume: a first run
     assert result.returncode == 0, result.stderr
     for name in ("config.yaml", "environment.json", "metrics.jsonl", "report.md", "learning_curves.png", "samples_0.png"):
         assert (run / name).is_file(), name
@@ -121,6 +121,8 @@ def test_train_cli_writes_a_complete_run_directory_and_resumes(tmp_path):
     assert "test (s=17×17)" in report and "zero_shot (s=33×33)" in report and "trainable parameters" in report
     resolved = OmegaConf.load(run / "config.yaml")
     assert resolved.trainer.epochs == 2 and "${" not in (run / "config.yaml").read_text()
+    assert not (run / "config.resumed.yaml").exists()
+    assert resolved.data.cache_dir == str(tmp_path / "cache")  # recorded absolute: evaluate runs from anywhere
     assert json.loads((run / "environment.json").read_text())["versions"]["torch"] == torch.__version__
 
     first = (run / "metrics.jsonl").read_text().splitlines()

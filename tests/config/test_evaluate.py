@@ -110,6 +110,7 @@ def test_train_uq_hook_and_evaluate_cli(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "uncertainty report:" in result.stdout and "calibration" not in (run / "report.md").read_text()
+    assert (run / "uq" / "laplace" / "environment.json").is_file()
     splits = ["test", "shift_contrast"]
     laplace = check_uq_report(run / "uq" / "laplace", "laplace", splits)
     assert laplace["posterior"]["summary"]["structure"] == "last_layer"
