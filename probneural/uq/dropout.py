@@ -30,7 +30,7 @@ from probneural.operators.fno import DROPOUT_LAYERS, FNO
 from probneural.train.normalized import NormalizedOperator
 from probneural.uq.posterior import METHODS, Batches, Posterior, model_parameters, normalized_parts, switched_mode
 from probneural.uq.prediction import MixturePrediction
-from probneural.uq.training import residual_variance, train_operator
+from probneural.uq.training import residual_variance, seeded, train_operator
 from probneural.validation import check_float, check_int
 
 __all__ = [
@@ -265,15 +265,20 @@ class DropoutPosterior(Posterior):
             whose output is the predictive mean; ``None``: ``model``'s weight-scaled pass. When it
             is given, ``model``'s own weight-scaled pass is not the predictive mean (only the
             deviations of its passes are used).
+        seed: seed of the prediction masks: call ``k`` of :meth:`predict` draws them from
+            ``seed + k`` (the caller's random stream untouched), so a run's predictions repeat
+            exactly; other batchings draw other masks.
     """
 
     def __init__(self, model: nn.Module, samples: int, noise: Tensor, details: dict[str, Any],
-                 center: nn.Module | None = None) -> None:
+                 center: nn.Module | None = None, seed: int = 0) -> None:
         self.model = model
         self.samples = samples
         self.noise = noise
         self.details = details
         self.center = model if center is None else center
+        self.seed = seed
+        self._calls = 0
 
     def predict(self, x: Tensor) -> MixturePrediction:
         """``MixturePrediction`` of ``samples`` stochastic passes `(samples, b, c_out, *spatial)` and the noise.
@@ -284,7 +289,9 @@ class DropoutPosterior(Posterior):
         ``√(S/(S−1))``: the mixture's mean carries no Monte Carlo error and its spread is the
         unbiased sample variance of the passes.
         """
-        draws = stochastic_passes(self.model, x, self.samples)
+        with seeded(self.seed + self._calls, model_parameters(self.model)[0]):
+            draws = stochastic_passes(self.model, x, self.samples)
+        self._calls += 1
         if not _readout_dropout(self.model):
             return MixturePrediction(draws, self.noise)
         deviations = (draws - draws.mean(0)) * math.sqrt(self.samples / (self.samples - 1))
@@ -334,7 +341,7 @@ def fit_mc_dropout(
         lr: initial fine-tuning learning rate (cosine to 0).
         weight_decay: Adam's weight decay.
         samples: stochastic passes per prediction (``>= 2``).
-        seed: fixes the dropout masks of fine-tuning.
+        seed: fixes the dropout masks of fine-tuning and of the predictions (see :class:`DropoutPosterior`).
         progress: show a progress bar over epochs.
 
     Returns:
@@ -348,7 +355,7 @@ def fit_mc_dropout(
     stochastic.eval()  # the weight-scaled pass: one deterministic pass instead of ``samples`` random ones
     noise = residual_variance(stochastic, loader, device=device, dtype=dtype)
     return DropoutPosterior(stochastic, samples, noise, {"p": p, "layers": layers, "epochs": epochs,
-                                                          "train_losses": losses})
+                                                          "train_losses": losses}, seed=seed)
 
 
 class _Draws(nn.Module):
@@ -422,7 +429,7 @@ def fit_pno(
         epochs: training epochs (``>= 0``).
         lr: initial learning rate (cosine to 0).
         weight_decay: Adam's weight decay.
-        seed: fixes the dropout masks of training.
+        seed: fixes the dropout masks of training and of the predictions (see :class:`DropoutPosterior`).
         progress: show a progress bar over epochs.
 
     Returns:
@@ -447,4 +454,4 @@ def fit_pno(
     noise = torch.zeros((), dtype=dtype, device=device)
     details = {"p": p, "layers": layers, "score": score, "train_samples": train_samples, "epochs": epochs,
                "train_losses": losses}
-    return DropoutPosterior(stochastic, samples, noise, details, center)
+    return DropoutPosterior(stochastic, samples, noise, details, center, seed=seed)

@@ -222,7 +222,7 @@ def test_readout_dropout_predictions_are_recentred_on_the_exact_mask_mean(proble
     prediction = posterior.predict(x_test)
     with torch.no_grad():
         torch.testing.assert_close(prediction.mean, model(x_test), rtol=1e-5, atol=1e-6)
-    torch.manual_seed(3)
+    torch.manual_seed(posterior.seed)  # predict's first call draws its masks from the posterior's seed
     passes = stochastic_passes(posterior.model, x_test, 32)
     torch.testing.assert_close(prediction.variance, passes.var(0) + posterior.noise, rtol=1e-4, atol=1e-7)
     assert not posterior.model.training  # modes restored after the weight-scaled pass
@@ -295,3 +295,18 @@ def test_bad_pno_options_name_the_argument(problem, kwargs, match):
     model, loader, _ = problem
     with pytest.raises(ValueError, match=match):
         fit_pno(model, loader, **kwargs)
+
+
+def test_prediction_masks_follow_the_seed_and_leave_the_callers_stream_alone(problem):
+    model, loader, (x_test, _) = problem
+    first = uq.fit("mc_dropout", model, loader, samples=8, seed=3)
+    second = uq.fit("mc_dropout", model, loader, samples=8, seed=3)
+    other = uq.fit("mc_dropout", model, loader, samples=8, seed=4)
+    torch.manual_seed(0)
+    expected = torch.rand(2)
+    torch.manual_seed(0)
+    a, b = first.predict(x_test), first.predict(x_test)  # calls 0 and 1: masks from seeds 3 and 4
+    assert torch.equal(torch.rand(2), expected)  # the caller's stream is untouched
+    assert torch.equal(a.centers, second.predict(x_test).centers)  # the same seed repeats a run exactly
+    assert not torch.equal(a.centers, b.centers)
+    assert torch.equal(b.centers, other.predict(x_test).centers)
