@@ -58,7 +58,6 @@ def _retarget_cosine(scheduler: Any, optimizer: Any, epochs: int) -> None:
     done, floor = scheduler.last_epoch, scheduler.eta_min
     for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
         group["lr"] = floor + (base - floor) * (1 + math.cos(math.pi * done / epochs)) / 2
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def _model_meta(model: nn.Module) -> dict[str, Any]:

@@ -166,8 +166,9 @@ def fit_ensemble(
     ``loader`` shuffles; the CLI's loaders read in order, so there members differ by initialisation).
     Member seeds follow the run seeds of ``python -m probneural.train -m seed=...``, so ensembles
     fitted with seeds closer than ``members`` share members: space them by ``members`` (``seed=0,5,10``
-    for five) for independent ensembles. ``epochs`` and ``lr`` should match the recipe that trained ``model``. With ``include_model`` the
-    given model itself (not a copy) is member 0 and ``members − 1`` are trained. Members trained
+    for five) for independent ensembles. ``epochs`` and ``lr`` should match the recipe that trained
+    ``model``. With ``include_model`` the given model itself (not a copy) is member 0 and
+    ``members − 1`` are trained. Members trained
     elsewhere join through ``member_runs`` (e.g. the runs of ``python -m probneural.train -m seed=1,2``,
     in parallel on other machines) and count towards ``members``.
 
