@@ -11,7 +11,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("operators", "data", "hessian", "train", "uq", "bench", "config")
+_SUBMODULES = ("operators", "data", "hessian", "train", "uq", "bench", "config", "allocator")
 
 __all__ = ["__version__", *_SUBMODULES]
 

@@ -17,6 +17,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from probneural.allocator import keep_freed_memory
 from probneural.bench.environment import capture_environment
 from probneural.bench.suites import run_suite
 from probneural.config import register_schemas, to_kwargs
@@ -28,6 +29,8 @@ register_schemas()
 @hydra.main(config_path=str(CONFIG_DIR), config_name="benchmark", version_base="1.3")
 def main(cfg: DictConfig) -> list[Path]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     torch.manual_seed(cfg.seed)
     environment = capture_environment(cfg.precision.name, cfg.device.name, list(HydraConfig.get().overrides.task))
     paths = run_suite(

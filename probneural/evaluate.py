@@ -21,6 +21,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from probneural.allocator import keep_freed_memory
 from probneural.bench.environment import capture_environment
 from probneural.config import register_schemas, to_kwargs
 from probneural.config.data import build_splits, load_run_data
@@ -36,6 +37,8 @@ register_schemas()
 def main(cfg: DictConfig) -> dict:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     run_dir = Path(cfg.run_dir)
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     # every mistake (unknown method or option name, a bad report option, missing run or checkpoint) stops
     # before data are generated; a method's option values are checked when it runs
     spec = UQSpec(**to_kwargs(cfg.uq))

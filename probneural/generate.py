@@ -16,6 +16,7 @@ import time
 import hydra
 from omegaconf import DictConfig
 
+from probneural.allocator import keep_freed_memory
 from probneural.config import register_schemas
 from probneural.config.data import build_splits, split_label
 from probneural.config.paths import CONFIG_DIR
@@ -25,6 +26,8 @@ register_schemas()
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="generate", version_base="1.3")
 def main(cfg: DictConfig) -> dict[str, tuple[int, ...]]:
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     if cfg.data.cache_dir is None:
         raise ValueError("data.cache_dir must be set: pre-generation writes to the on-disk cache")
     started = time.perf_counter()

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 import probneural
+from probneural.allocator import allocator_setting
 from probneural.train.checkpoint import git_commit
 from probneural.train.precision import PrecisionPolicy, resolve_device
 
@@ -102,7 +103,8 @@ def capture_environment(
         (type and name; on CUDA also memory, capability, CUDA, cuDNN and driver versions),
         ``versions`` (python, torch, probneural, numpy), ``torch_num_threads``,
         ``precision`` (:meth:`PrecisionPolicy.as_dict`), ``git_commit``, ``overrides``,
-        ``allocator`` (the ``GLIBC_TUNABLES`` environment variable, or ``"default"``) and
+        ``allocator`` (:func:`probneural.allocator.allocator_setting`: ``GLIBC_TUNABLES``, the
+        in-process ``mallopt`` setting of the entry points, or ``"default"``) and
         ``timestamp`` (UTC, ISO 8601).
 
     Raises:
@@ -131,6 +133,6 @@ def capture_environment(
         "precision": policy.as_dict(),
         "git_commit": git_commit(),
         "overrides": list(overrides or []),
-        "allocator": os.environ.get("GLIBC_TUNABLES") or "default",
+        "allocator": allocator_setting(),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

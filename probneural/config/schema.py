@@ -238,6 +238,7 @@ class TrainAppConfig:
     seed: int = 0
     resume: bool = False
     progress: bool = True
+    keep_freed_memory: bool = True
 
 
 @dataclass
@@ -263,6 +264,7 @@ class EvaluateAppConfig:
     n_plot_samples: int = 4
     seed: int = 0
     progress: bool = True
+    keep_freed_memory: bool = True
 
 
 @dataclass
@@ -366,6 +368,7 @@ class BenchmarkAppConfig:
     precision: PrecisionConfig = MISSING
     seed: int = 0
     progress: bool = True
+    keep_freed_memory: bool = True
 
 
 @dataclass
@@ -374,6 +377,7 @@ class GenerateAppConfig:
 
     data: Any = MISSING
     progress: bool = True
+    keep_freed_memory: bool = True
 
 
 def register_schemas() -> None:

@@ -19,6 +19,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from probneural.allocator import keep_freed_memory
 from probneural.bench.environment import capture_environment
 from probneural.config import instantiate, register_schemas, to_kwargs
 from probneural.config.data import build_splits, check_model_fits_data, split_label
@@ -34,6 +35,8 @@ register_schemas()
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     # a resumed run keeps the configuration it started with and records the resuming one beside it (a
     # first run with resume=true has nothing to resume: it writes config.yaml); the cache directory is
     # recorded absolute, so that evaluate finds the data from any working directory

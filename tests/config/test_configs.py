@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -123,7 +124,10 @@ def test_train_cli_writes_a_complete_run_directory_and_resumes(tmp_path):
     assert resolved.trainer.epochs == 2 and "${" not in (run / "config.yaml").read_text()
     assert not (run / "config.resumed.yaml").exists()
     assert resolved.data.cache_dir == str(tmp_path / "cache")  # recorded absolute: evaluate runs from anywhere
-    assert json.loads((run / "environment.json").read_text())["versions"]["torch"] == torch.__version__
+    environment = json.loads((run / "environment.json").read_text())
+    assert environment["versions"]["torch"] == torch.__version__
+    if platform.libc_ver()[0] == "glibc":  # the entry point kept freed memory in the heap (keep_freed_memory)
+        assert environment["allocator"].startswith("mallopt")
 
     first = (run / "metrics.jsonl").read_text().splitlines()
     config = (run / "config.yaml").read_text()
