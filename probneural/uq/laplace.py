@@ -11,7 +11,8 @@ Structures of ``G`` (:class:`Structure`):
 
 * ``last_layer``: the exact GGN of the linear read-out (``projection_out`` of an FNO) in closed form,
   ``G = Λ ⊗ Σ φ̃ φ̃ᵀ``; the posterior over the read-out is a full Gaussian and the predictive is
-  exact, with a factor ``φ̃(x)ᵀ L_c`` of rank ``features + 1``. Observation noise per output channel.
+  exact, with a factor ``φ̃(x)ᵀ L_c`` of rank ``features + 1`` per channel (channels independent). Observation
+  noise per output channel.
 * ``diagonal``: all weights (the complex spectral weights through their real view), a Monte Carlo
   estimate of the GGN diagonal (:func:`~probneural.hessian.ggn_diagonal_mc`).
 * ``kfac``: all weights; K-FAC blocks for the linear, pointwise and spectral layers (the spectral
@@ -175,10 +176,21 @@ class _LastLayer:
         return output, phi
 
     def factor(self, phi: Tensor, prior_precision: float, noise_variance: Tensor) -> Tensor:
-        """`(b, i [+ 1], c, *spatial)` factor ``φ̃ᵀ L_c`` with ``L_c L_cᵀ = Σ_c``."""
+        """`(b, c (i [+ 1]), c, *spatial)` factor with ``φ̃ᵀ L_c`` in the block of channel ``c``, ``L_c L_cᵀ = Σ_c``.
+
+        The read-outs of different channels are independent a posteriori (the GGN is
+        ``diag(1/σ²) ⊗ Σ φ̃ φ̃ᵀ`` and the prior isotropic), so channel ``c``'s factor occupies
+        its own ``i [+ 1]`` columns and is zero in the others' (one shared set of columns would
+        correlate the channels' deviations completely).
+        """
         scales = (self.values / noise_variance[:, None] + prior_precision).rsqrt()  # (c, m)
         roots = self.vectors.unsqueeze(0) * scales.unsqueeze(1)  # (c, i + 1, m): U diag(scale)
-        return torch.einsum("bj...,cjm->bmc...", phi, roots.to(phi.dtype))
+        per_channel = torch.einsum("bj...,cjm->bcm...", phi, roots.to(phi.dtype))  # (b, c, m, *spatial)
+        batch, channels, rank, *spatial = per_channel.shape
+        factor = per_channel.new_zeros((batch, channels, rank, channels, *spatial))
+        for channel in range(channels):
+            factor[:, channel, :, channel] = per_channel[:, channel]
+        return factor.view(batch, channels * rank, channels, *spatial)
 
 
 class _Segment(ABC):

@@ -79,6 +79,36 @@ def test_last_layer_equals_bayesian_linear_regression():
         torch.testing.assert_close(prediction.mean, model(x_test), rtol=0, atol=0)
 
 
+def test_last_layer_channels_are_independent_with_their_own_noise():
+    """Two output channels: each is Bayesian linear regression with its own noise, and the
+    channels' posterior deviations are uncorrelated (the joint covariance is block diagonal)."""
+    delta, noise = 2.0, (0.09, 0.3)
+    model = RandomFeatures().double()
+    model.readout = Pointwise(5, 2).double()
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(20, 2, 8, generator=generator, **DOUBLE)
+    phi = design(model, x)
+    targets = torch.cat([torch.sin(x[:, :1] * (2 + c)) + noise[c] ** 0.5 * torch.randn(20, 1, 8, generator=generator,
+                                                                                   **DOUBLE) for c in range(2)], 1)
+    covariances = []
+    for c in range(2):
+        mean, covariance = bayesian_linear_regression(phi, targets[:, c].reshape(-1), delta, noise[c])
+        covariances.append(covariance)
+        with torch.no_grad():
+            model.readout.weight[c].copy_(mean[:-1])
+            model.readout.bias[c].copy_(mean[-1])
+    posterior = uq.fit("laplace", model, [(x, targets)], prior_precision=delta,
+                       noise_variance=torch.tensor(noise, **DOUBLE))
+    x_test = torch.randn(3, 2, 8, generator=torch.Generator().manual_seed(2), **DOUBLE)
+    prediction = posterior.predict(x_test)
+    phi_test = design(model, x_test).view(3, 8, -1)
+    for i in range(3):
+        joint = dense_covariance(prediction, i)  # over (channel, point)
+        expected = torch.block_diag(*[phi_test[i] @ covariances[c] @ phi_test[i].T + noise[c] * torch.eye(8, **DOUBLE)
+                                      for c in range(2)])
+        torch.testing.assert_close(joint, expected, rtol=1e-10, atol=1e-12)
+
+
 def test_marginal_likelihood_is_the_exact_evidence_of_the_linear_model():
     delta, sigma2 = 2.0, 0.09
     model, x, y, phi, _ = linear_problem(delta, sigma2)
