@@ -25,6 +25,7 @@ from probneural.config import instantiate, register_schemas, to_kwargs
 from probneural.config.data import build_splits, check_model_fits_data, split_label
 from probneural.config.paths import CONFIG_DIR
 from probneural.io import atomic_write
+from probneural.train.checkpoint import check_no_checkpoints
 from probneural.train.report import write_training_report
 from probneural.train.trainer import Trainer, normalize
 from probneural.uq.report import FIT_SPLITS, UQSpec, check_report_options, run_uq, summary_lines
@@ -42,6 +43,8 @@ def main(cfg: DictConfig) -> dict:
     # recorded absolute, so that evaluate finds the data from any working directory
     if cfg.data.cache_dir is not None:
         cfg.data.cache_dir = str(Path(cfg.data.cache_dir).resolve())
+    if not cfg.resume:  # before anything is written: a run directory in use belongs to its run
+        check_no_checkpoints(run_dir)
     resuming = cfg.resume and (run_dir / "config.yaml").is_file()
     config_name = "config.resumed.yaml" if resuming else "config.yaml"
     atomic_write(run_dir / config_name, lambda tmp: tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True)))

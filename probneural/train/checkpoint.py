@@ -9,7 +9,8 @@ Layout of a checkpoint directory::
 
 Both files are written to a temporary name and renamed into place, the JSON last: it is the
 commit marker, so a kill at any moment leaves the previous checkpoint intact and the new one
-either complete or invisible. Reading verifies both checksums (checkpoints written before the
+either complete or invisible (re-saving an existing epoch removes its JSON first: a kill then leaves
+that epoch without a checkpoint, never with one that fails its checksum). Reading verifies both checksums (checkpoints written before the
 metadata checksum existed are read without it); nothing is ever unpickled.
 """
 
@@ -33,6 +34,7 @@ from probneural.io import atomic_write
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "check_no_checkpoints",
     "git_commit",
     "checkpoints",
     "latest_checkpoint",
@@ -167,15 +169,19 @@ def save_checkpoint(
         meta["scheduler"] = {"class": type(scheduler).__name__, "state": scheduler.state_dict()}
     if grad_scaler is not None:
         meta["grad_scaler"] = grad_scaler.state_dict()
-    weights = directory / f"{stem}.safetensors"
+    json.dumps(meta)  # metadata that cannot be written fails here, before any file is touched
+    weights, handle = directory / f"{stem}.safetensors", directory / f"{stem}.json"
+    # re-saving an epoch withdraws its handle first: while the weights are replaced no handle points
+    # at them (a crash then leaves no checkpoint of this epoch, never one whose weights fail their checksum)
+    handle.unlink(missing_ok=True)
     atomic_write(weights, lambda tmp: save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp)))
     meta["weights_sha256"] = _sha256(weights)
     meta["meta_sha256"] = _meta_sha256(meta)
-    handle = directory / f"{stem}.json"
     atomic_write(handle, lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
     for old in checkpoints(directory)[:-keep] if keep > 0 else []:
-        old.unlink(missing_ok=True)
-        old.with_suffix(".safetensors").unlink(missing_ok=True)
+        if old != handle:  # never the checkpoint just written, whatever epochs lie beside it
+            old.unlink(missing_ok=True)
+            old.with_suffix(".safetensors").unlink(missing_ok=True)
     return handle
 
 
@@ -186,6 +192,23 @@ def checkpoints(directory: str | Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in directory.glob("epoch-*.json") if (m := _NAME.match(p.name))]
     return [p for _, p in sorted(found)]
+
+
+def check_no_checkpoints(run_dir: str | Path) -> None:
+    """Refuse to start a fresh run in ``run_dir`` when ``run_dir/checkpoints`` holds checkpoints.
+
+    Its checkpoints and metrics would mix with the other run's (pruning keeps the highest
+    epochs, so the new run's would be deleted as they are written).
+
+    Raises:
+        ValueError: naming ``run_dir``, its newest checkpoint and ``resume``.
+    """
+    existing = latest_checkpoint(Path(run_dir) / "checkpoints")
+    if existing is not None:
+        raise ValueError(
+            f"run_dir: {run_dir} already holds checkpoints (newest {existing.name}); "
+            "resume to continue that run, or use a new run_dir"
+        )
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:

@@ -23,6 +23,7 @@ from probneural.io import atomic_write
 from probneural.train.checkpoint import (
     Checkpoint,
     CheckpointError,
+    check_no_checkpoints,
     checkpoints,
     latest_checkpoint,
     load_checkpoint,
@@ -33,6 +34,7 @@ from probneural.train.checkpoint import (
 from probneural.train.losses import LOSSES, relative_h1, relative_l2
 from probneural.train.normalized import NormalizedOperator
 from probneural.train.precision import PrecisionPolicy, resolve_device
+from probneural.validation import check_int
 
 __all__ = ["NonFiniteLossError", "Trainer", "evaluate", "load_model", "normalize"]
 
@@ -129,7 +131,11 @@ def evaluate(
     """Test relative L2 and H1 errors of ``model`` on ``dataset`` (means over samples).
 
     ``device`` and ``precision`` default to those of the model's parameters.
+
+    Raises:
+        ValueError: ``batch_size`` is not a positive integer.
     """
+    check_int("batch_size", batch_size, 1)
     parameter = next(model.parameters())
     device = parameter.device if device is None else resolve_device(device)
     policy = PrecisionPolicy.from_name(precision or ("fp64" if parameter.dtype == torch.float64 else "fp32"))
@@ -305,7 +311,11 @@ class Trainer:
 
         Raises:
             NonFiniteLossError: when a batch loss is NaN or Inf.
+            ValueError: ``resume`` is false but ``run_dir`` already holds checkpoints (a fresh run
+                would mix its checkpoints and metrics with another run's).
         """
+        if self.checkpoint_dir is not None and not resume:
+            check_no_checkpoints(self.checkpoint_dir.parent)
         device, policy = self.device, self.policy
         policy.cast_module(model, device)
         optimizer, scheduler = self.make_optimizer(model)

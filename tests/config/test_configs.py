@@ -131,6 +131,9 @@ def test_train_cli_writes_a_complete_run_directory_and_resumes(tmp_path):
 
     first = (run / "metrics.jsonl").read_text().splitlines()
     config = (run / "config.yaml").read_text()
+    result = run_cli(*args[:-3], "trainer.epochs=3", "optim.lr=0.01", *args[-2:], cwd=tmp_path)  # no resume
+    assert result.returncode != 0 and "already holds checkpoints" in result.stderr
+    assert (run / "config.yaml").read_text() == config and (run / "metrics.jsonl").read_text().splitlines() == first
     result = run_cli(*args[:-3], "trainer.epochs=3", "resume=true", *args[-2:], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = (run / "metrics.jsonl").read_text().splitlines()

@@ -20,6 +20,8 @@ from probneural.train import (
     PrecisionPolicy,
     normalize,
 )
+from probneural.train import checkpoint as checkpoint_module
+from probneural.train.checkpoint import save_checkpoint
 
 
 def make_model(train, seed=0):
@@ -80,6 +82,56 @@ def test_only_the_newest_checkpoints_are_kept(darcy_small, tmp_path):
     trainer(tmp_path, 3, checkpoint_keep=2).fit(make_model(train), train)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["epoch-0002.json", "epoch-0002.safetensors", "epoch-0003.json", "epoch-0003.safetensors"]
+
+
+def test_a_fresh_run_refuses_a_run_directory_with_checkpoints(darcy_small, tmp_path):
+    train, _ = darcy_small
+    trainer(tmp_path, 3).fit(make_model(train), train)
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    with pytest.raises(ValueError, match=r"run_dir: .* already holds checkpoints \(newest epoch-0003.json\); resume"):
+        trainer(tmp_path, 2, lr=5e-3).fit(make_model(train), train)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+
+
+def test_saving_never_corrupts_a_checkpoint(darcy_small, tmp_path):
+    """Metadata that cannot be written fails before any file changes; a re-saved epoch is never
+    left pointing at other weights; the checkpoint just written is never pruned."""
+    train, _ = darcy_small
+    model = make_model(train)
+    meta = {"name": "fno", "config": {}}
+    directory = tmp_path / "checkpoints"
+    handle = save_checkpoint(directory, 3, model=model, model_meta=meta, extra={"val": 0.5})
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        save_checkpoint(directory, 3, model=model, model_meta=meta, extra={"val": object()})
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
+    load_checkpoint(handle)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    calls = []
+
+    def crash_after_the_weights(path, write, real=checkpoint_module.atomic_write):
+        calls.append(path.name)
+        if path.suffix == ".json":
+            raise KeyboardInterrupt  # killed between the weights and the handle
+        return real(path, write)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpoint_module, "atomic_write", crash_after_the_weights)
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint(directory, 3, model=model, model_meta=meta)
+    assert calls == ["epoch-0003.safetensors", "epoch-0003.json"]
+    assert latest_checkpoint(directory) is None  # no handle vouches for the replaced weights
+    save_checkpoint(directory, 5, model=model, model_meta=meta, keep=1)
+    lower = save_checkpoint(directory, 4, model=model, model_meta=meta, keep=1)
+    assert lower.is_file() and load_checkpoint(lower).meta["epoch"] == 4
+
+
+def test_evaluate_refuses_a_bad_batch_size(darcy_small):
+    train, test = darcy_small
+    for batch_size in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="batch_size"):
+            evaluate(make_model(train), test, batch_size=batch_size)
 
 
 def test_corrupted_or_tampered_checkpoint_raises_a_clear_error(darcy_small, tmp_path):
