@@ -17,7 +17,8 @@ def lanczos(operator: LinearOperator, k: int, *, n_iter: int | None = None, seed
     Runs ``n_iter`` Lanczos steps (default ``min(P, max(2k + 10, 30))``), orthogonalising every
     new vector against all previous ones twice (full reorthogonalisation, so no ghost
     eigenvalues), then diagonalises the tridiagonal matrix in float64. When the Krylov space
-    closes (an invariant subspace, e.g. an eigenvalue of multiplicity above one seen from one
+    closes (the new vector's norm is at rounding level relative to the largest ``|α|, β`` seen,
+    so the test does not depend on the operator's scale; an invariant subspace, e.g. an eigenvalue of multiplicity above one seen from one
     start vector), the iteration restarts from a fresh random vector orthogonal to the basis:
     the operator maps the new block orthogonally to the old one, so the tridiagonal matrix
     only gains a zero off-diagonal entry, and repeated eigenvalues are found with their
@@ -44,6 +45,7 @@ def lanczos(operator: LinearOperator, k: int, *, n_iter: int | None = None, seed
     alpha = torch.zeros(n_iter, dtype=torch.float64)
     beta = torch.zeros(n_iter, dtype=torch.float64)  # beta[j] = 0 where the iteration restarted
     q = _start_vector(basis[:0], generator)
+    scale = 0.0  # largest |α|, β so far: a lower bound of the operator's norm
     for j in range(n_iter):
         basis[j] = q
         w = operator.matvec(q)
@@ -52,7 +54,8 @@ def lanczos(operator: LinearOperator, k: int, *, n_iter: int | None = None, seed
         if j + 1 == n_iter:
             break
         norm = w.norm().item()
-        if norm <= 1e3 * torch.finfo(operator.dtype).eps * max(abs(alpha[j].item()), 1.0):
+        scale = max(scale, abs(alpha[j].item()), beta[j - 1].item() if j else 0.0)
+        if norm <= 1e3 * torch.finfo(operator.dtype).eps * scale:  # relative: any scale of the operator
             q = _start_vector(basis[: j + 1], generator)  # invariant subspace: restart
         else:
             beta[j] = norm

@@ -79,6 +79,22 @@ def test_lanczos_top_eigenvalues_match_eigvalsh():
     torch.testing.assert_close(vectors.T @ vectors, torch.eye(4, dtype=torch.double), rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lanczos_does_not_depend_on_the_scale_of_the_operator(dtype):
+    """A small operator (a mean-reduced loss, a flat minimum) is not mistaken for an invariant subspace."""
+    torch.manual_seed(6)
+    Q, _ = torch.linalg.qr(torch.randn(200, 200, dtype=torch.double))
+    spectrum = torch.logspace(0, -3, 200, dtype=torch.double)
+    errors = {}
+    for scale in (1.0, 1e-6, 1e-12):
+        A = (Q @ torch.diag(spectrum * scale) @ Q.T).to(dtype)
+        operator = hessian.LinearOperator(200, lambda v, A=A: A @ v, dtype=dtype, device=torch.device("cpu"))
+        values, _ = hessian.lanczos(operator, 5, n_iter=60)
+        errors[scale] = ((values.double() / scale - spectrum[:5]).abs() / spectrum[:5]).max().item()
+    assert errors[1.0] < (1e-4 if dtype == torch.float32 else 1e-8), errors
+    assert max(errors.values()) < 3 * errors[1.0] + 10 * torch.finfo(dtype).eps, errors
+
+
 def test_lanczos_finds_repeated_eigenvalues_with_their_multiplicity():
     # 2 I has a one-dimensional Krylov space from any start vector: Lanczos must restart to return k pairs
     identity = hessian.LinearOperator(4, lambda v: 2 * v, dtype=torch.double, device=torch.device("cpu"))
