@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
+from spectral_reference import fft_spectral_forward
 
 from probneural.operators import FNO, OPERATORS, build, name_of, positional_grid
 
@@ -124,3 +128,31 @@ def test_bad_layer_counts_and_channel_counts_are_named():
         Pointwise(0, 3)
     with pytest.raises(ValueError, match="at least 3 points per spatial axis"):
         relative_h1(torch.zeros(1, 1, 2), torch.ones(1, 1, 2))
+
+
+def test_forward_equals_the_fno_composed_by_hand():
+    """Lifting of the input and its node coordinates, zero padding, Fourier layers ``K h + W h``
+    with the exact GELU ``x Φ(x)`` after every layer but the last, cropping, then the two-layer
+    projection: written out with einsums, the textbook FFT layer and ``erf`` in float64."""
+    torch.manual_seed(3)
+    model = FNO(2, 3, (3, 4), width=5, n_layers=3, projection_channels=7, positional_grid="nodes",
+                padding=0.25).double()
+    x = torch.randn(2, 2, 12, 10, dtype=torch.float64)
+
+    def affine(layer, h):
+        return torch.einsum("oi,bi...->bo...", layer.weight, h) + layer.bias.view(1, -1, *([1] * (h.dim() - 2)))
+
+    def gelu(h):
+        return h * 0.5 * (1 + torch.erf(h / math.sqrt(2)))
+
+    nodes = torch.meshgrid(torch.linspace(0, 1, 12, dtype=torch.float64),
+                           torch.linspace(0, 1, 10, dtype=torch.float64), indexing="ij")
+    h = affine(model.lifting, torch.cat((x, torch.stack(nodes).expand(2, 2, 12, 10)), dim=1))
+    h = F.pad(h, (0, 2, 0, 3))  # round(0.25 n) zeros after each axis: 12 -> 15, 10 -> 12
+    for i in range(3):
+        h = fft_spectral_forward(model.spectral[i], h) + affine(model.skips[i], h)
+        h = gelu(h) if i < 2 else h
+    h = h[..., :12, :10]
+    expected = affine(model.projection_out, gelu(affine(model.projection_hidden, h)))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-12, atol=1e-12)

@@ -17,6 +17,8 @@ import torch
 from torch.autograd import forward_ad, gradcheck, gradgradcheck
 from torch.func import functional_call
 
+from spectral_reference import fft_spectral_forward
+
 from probneural import hessian
 from probneural.operators import FNO, SpectralConv, spectral_contract
 from probneural.operators.spectral_autograd import (
@@ -171,28 +173,6 @@ def test_constant_matmul_gradchecks_and_skips_the_matrix():
     _, expected = torch.func.jvp(torch.func.grad(f(torch.matmul)), (z.detach(),), (v,))
     _, actual = torch.func.jvp(torch.func.grad(f(constant_matmul)), (z.detach(),), (v,))
     assert_equal_to_1e12(actual, expected)
-
-
-def fft_spectral_forward(layer: SpectralConv, x: torch.Tensor) -> torch.Tensor:
-    """The textbook spectral layer: rfftn, keep the modes, complex einsum, zero-fill, irfftn."""
-    spatial = x.shape[2:]
-    dims = tuple(range(2, x.dim()))
-    x_ft = torch.fft.rfftn(x, dim=dims)[..., : layer.modes[-1]]
-    for axis, m in enumerate(layer.modes[:-1]):
-        kept = torch.cat((torch.arange(m), torch.arange(spatial[axis] - m, spatial[axis])))
-        x_ft = x_ft.index_select(2 + axis, kept)
-    weight = torch.complex(layer.weight[..., 0], layer.weight[..., 1])
-    axes = "klm"[: layer.dim]
-    y_ft = torch.einsum(f"bi{axes},{axes}io->bo{axes}", x_ft, weight)
-    for axis, m in enumerate(layer.modes[:-1]):
-        gap = list(y_ft.shape)
-        gap[2 + axis] = spatial[axis] - 2 * m
-        low, high = y_ft.split(m, dim=2 + axis)
-        y_ft = torch.cat((low, y_ft.new_zeros(gap), high), dim=2 + axis)
-    gap = list(y_ft.shape)
-    gap[-1] = spatial[-1] // 2 + 1 - layer.modes[-1]
-    y_ft = torch.cat((y_ft, y_ft.new_zeros(gap)), dim=-1)
-    return torch.fft.irfftn(y_ft, s=spatial, dim=dims)
 
 
 FNOS = {  # modes, grid: small FNOs in 1, 2 and 3 spatial dimensions
