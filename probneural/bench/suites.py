@@ -375,7 +375,8 @@ def run_suite(
     """Run the suite registered as ``name`` and write one JSON record per case to ``out_dir``.
 
     Args:
-        name: a name in :data:`SUITES` (``"throughput"``, ``"compare_neuralop"``).
+        name: a name in :data:`SUITES` (``"throughput"``, ``"compare_neuralop"``, ``"data_generation"``,
+            ``"hessian"``, ``"curvature_compare"``; ``SUITES.names()`` lists them).
         out_dir: directory of the records.
         environment: :func:`probneural.bench.capture_environment` of this run; its device
             type and precision must be those the suite runs with.

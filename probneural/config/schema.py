@@ -205,7 +205,8 @@ class ReportConfig:
 
 @dataclass
 class UQConfig:
-    """``configs/uq/``: a UQ method fitted to a trained operator (:func:`probneural.uq.report.fit_posterior`).
+    """``configs/uq/``: a UQ method fitted to a trained operator (becomes a :class:`probneural.uq.report.UQSpec`,
+    fitted by :meth:`probneural.uq.report.UQSpec.fit` inside :func:`probneural.uq.report.run_uq`).
 
     ``method`` names a registered method (``probneural.uq.METHODS``) and ``options`` its keyword
     options (the method's defaults otherwise). ``fit_split`` is the split it is fitted on:

@@ -109,6 +109,34 @@ def test_last_layer_channels_are_independent_with_their_own_noise():
         torch.testing.assert_close(joint, expected, rtol=1e-10, atol=1e-12)
 
 
+def _assert_within_monte_carlo_error(estimate, exact, samples):
+    """``estimate`` `(n, n)` a covariance from ``samples`` zero-mean Gaussian draws of covariance ``exact``:
+    each entry within 5 standard errors ``sqrt((C_ii C_jj + C_ij²) / S)``."""
+    standard_error = ((exact.diagonal()[:, None] * exact.diagonal()[None, :] + exact.square()) / samples).sqrt()
+    assert ((estimate - exact).abs() <= 5 * standard_error + 1e-12).all(), ((estimate - exact).abs() / standard_error).max()
+
+
+@pytest.mark.parametrize("structure", ["kfac", "low_rank", "diagonal"])
+def test_all_weights_predictives_push_the_posterior_through_the_jacobian(structure):
+    """On a model linear in its weights, K-FAC and a full-rank low-rank posterior are the exact
+    Bayesian linear regression; the diagonal posterior is ``diag(1 / (d/σ² + δ))`` of its own GGN
+    diagonal ``d``. The predictive's epistemic covariance ``(J Δθ_s)(J Δθ_s)ᵀ / S`` must match
+    ``J Σ Jᵀ`` within its Monte Carlo error."""
+    delta, sigma2, samples = 2.0, 0.09, 1500
+    model, x, y, _, covariance = linear_problem(delta, sigma2)
+    posterior = uq.fit("laplace", model, [(x, y)], structure=structure, prior_precision=delta, noise_variance=sigma2,
+                       samples=samples, rank=6)
+    if structure == "diagonal":
+        diagonal = torch.cat([segment.diagonal for segment in posterior.curvature.segments])
+        covariance = torch.diag(1 / (diagonal / sigma2 + delta))
+    x_test = torch.randn(3, 2, 8, generator=torch.Generator().manual_seed(2), **DOUBLE)
+    prediction = posterior.predict(x_test)
+    phi_test = design(model, x_test).view(3, 8, -1)
+    for i in range(3):
+        epistemic = dense_covariance(prediction, i) - sigma2 * torch.eye(8, **DOUBLE)
+        _assert_within_monte_carlo_error(epistemic, phi_test[i] @ covariance @ phi_test[i].T, samples)
+
+
 def test_marginal_likelihood_is_the_exact_evidence_of_the_linear_model():
     delta, sigma2 = 2.0, 0.09
     model, x, y, phi, _ = linear_problem(delta, sigma2)
