@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from probneural.operators.activations import ACTIVATIONS
 from probneural.operators.pointwise import Pointwise
 from probneural.operators.spectral import SpectralConv
+from probneural.validation import check_int, check_positive_ints
 
 __all__ = ["DROPOUT_LAYERS", "FNO", "positional_grid"]
 
@@ -103,7 +104,10 @@ class FNO(nn.Module):
         dropout_layers: str = "all",
     ) -> None:
         super().__init__()
-        modes = tuple(int(m) for m in modes)
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("width", width),
+                            ("n_layers", n_layers), ("projection_channels", projection_channels)):
+            check_int(name, value, 1)
+        modes = check_positive_ints("modes", modes)
         if not 1 <= len(modes) <= 3:
             raise ValueError(f"modes: expected 1 to 3 spatial axes; got {modes}")
         if positional_grid not in (*_GRIDS, None):
@@ -116,10 +120,6 @@ class FNO(nn.Module):
             raise ValueError(f"dropout: expected a probability in [0, 1); got {dropout}")
         if dropout_layers not in DROPOUT_LAYERS:
             raise ValueError(f"dropout_layers: expected one of {DROPOUT_LAYERS}; got {dropout_layers!r}")
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("width", width),
-                            ("n_layers", n_layers), ("projection_channels", projection_channels)):
-            if value < 1:
-                raise ValueError(f"{name}: expected a positive integer; got {value}")
         if cpu_chunk_bytes is not None and cpu_chunk_bytes < 1:
             raise ValueError(f"cpu_chunk_bytes: expected a positive number of bytes or None; got {cpu_chunk_bytes}")
         self.config: dict[str, Any] = dict(

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch._C._functorch import is_functorch_wrapped_tensor
 
 from probneural.operators.spectral_autograd import constant_matmul, spectral_contract
+from probneural.validation import check_int, check_positive_ints
 
 __all__ = ["SpectralConv", "kept_frequencies", "kept_shape", "spectral_contract"]
 
@@ -159,13 +160,9 @@ class SpectralConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, modes: Sequence[int]) -> None:
         super().__init__()
-        modes = tuple(int(m) for m in modes)
-        if not modes or any(m < 1 for m in modes):
-            raise ValueError(f"modes must be a non-empty sequence of positive integers; got {modes}")
-        if in_channels < 1 or out_channels < 1:
-            raise ValueError(
-                f"in_channels and out_channels must be positive; got {in_channels} and {out_channels}"
-            )
+        check_int("in_channels", in_channels, 1)
+        check_int("out_channels", out_channels, 1)
+        modes = check_positive_ints("modes", modes)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.modes = modes

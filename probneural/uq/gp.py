@@ -400,7 +400,8 @@ def fit_gp_svgp(
             and, for several channels, the LMC mixing are fitted either way.
         epochs: passes over all training points, fractional allowed (``0.25``: a random quarter of
             them, each once). Neighbouring grid points of a field carry nearly the same information,
-            so a fraction of a pass usually fits as well as a whole one at a fraction of the cost.
+            so a fraction of a pass fits about as well at a fraction of the cost (on the Darcy study a quarter
+            pass scored as half a pass did).
         lr: Adam's learning rate for the hyperparameters (and the projection with ``joint``).
         natural_lr: step of the natural-gradient updates of the variational distribution
             (Salimbeni et al. 2018); ``1`` solves for the optimal ``q`` of a full batch in one step.

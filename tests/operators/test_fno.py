@@ -91,6 +91,11 @@ def test_bad_input_raises_value_error_saying_what_was_expected(x, match):
         ({"width": 0}, "width"),
         ({"out_channels": 0}, "out_channels"),
         ({"cpu_chunk_bytes": 0}, "cpu_chunk_bytes"),
+        ({"modes": "12"}, "modes"),  # a string is not two modes
+        ({"modes": (4.7,)}, "modes"),
+        ({"width": 8.0}, "width"),
+        ({"in_channels": 2.5}, r"in_channels .* got 2\.5"),
+        ({"n_layers": 2.5}, "n_layers"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, match):
