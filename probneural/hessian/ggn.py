@@ -63,8 +63,8 @@ def loss_hessian_sqrt(loss: str, output: Tensor, noise_variance: float | Sequenc
                     f"noise_variance: expected one value per output channel ({output.shape[1]}); got {variance.numel()}"
                 )
             variance = variance.view(1, -1, *([1] * (output.dim() - 2)))
-        if (variance <= 0).any():
-            raise ValueError("noise_variance: expected positive values")
+        if not (torch.isfinite(variance) & (variance > 0)).all():
+            raise ValueError("noise_variance: expected finite positive values")
         return variance.rsqrt()
     raise ValueError(f"loss: expected one of {LOSSES}; got {loss!r}")
 

@@ -179,8 +179,10 @@ class GaussianPrediction(Prediction):
 
     def __init__(self, mean: Tensor, diagonal: Tensor, factor: Tensor | None = None) -> None:
         diagonal = broadcastable("diagonal", diagonal, mean).expand_as(mean)
-        if (diagonal < 0).any():
-            raise ValueError("diagonal: expected non-negative variances")
+        if not torch.isfinite(mean).all():
+            raise ValueError("mean: expected finite values; got NaN or Inf")
+        if not (torch.isfinite(diagonal) & (diagonal >= 0)).all():
+            raise ValueError("diagonal: expected finite non-negative variances; got negative, NaN or Inf values")
         if factor is not None and (factor.dim() != mean.dim() + 1 or factor.shape[0] != mean.shape[0]
                                    or factor.shape[2:] != mean.shape[1:]):
             raise ValueError(f"factor: expected shape ({mean.shape[0]}, k, {', '.join(map(str, mean.shape[1:]))}); "
@@ -266,8 +268,10 @@ class MixturePrediction(Prediction):
         if centers.dim() < 3:
             raise ValueError(f"centers: expected shape (m, b, c, *spatial); got {tuple(centers.shape)}")
         noise = broadcastable("noise", noise, centers[0]).expand(centers.shape[1:])
-        if (noise < 0).any():
-            raise ValueError("noise: expected non-negative variances")
+        if not torch.isfinite(centers).all():
+            raise ValueError("centers: expected finite values; got NaN or Inf")
+        if not (torch.isfinite(noise) & (noise >= 0)).all():
+            raise ValueError("noise: expected finite non-negative variances; got negative, NaN or Inf values")
         self.centers = centers
         self.noise = noise
 

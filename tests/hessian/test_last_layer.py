@@ -8,6 +8,7 @@ from torch import nn
 from torch.func import functional_call
 
 from probneural import hessian
+from probneural.hessian.ggn import loss_hessian_sqrt
 from probneural.hessian.kfac import kfac_operator
 from probneural.hessian.last_layer import last_layer_ggn
 from probneural.operators import FNO
@@ -90,3 +91,10 @@ def test_bad_arguments():
         last_layer_ggn(nn.Linear(3, 2), torch.randn(4, 2, 3), loss="gaussian_nll", noise_variance=[1.0, 2.0])
     with pytest.raises(ValueError, match="inputs: expected at least one input batch"):
         last_layer_ggn(nn.Linear(3, 2), [])
+
+
+def test_loss_hessian_square_root_refuses_a_non_finite_noise_variance():
+    output = torch.zeros(2, 1, 4)
+    for bad in (float("nan"), float("inf"), 0.0):
+        with pytest.raises(ValueError, match="noise_variance: expected finite positive"):
+            loss_hessian_sqrt("gaussian_nll", output, bad)

@@ -280,3 +280,20 @@ def test_bad_arguments_raise_value_errors_naming_them(index):
     name, call = _bad_calls()[index]
     with pytest.raises(ValueError, match=name):
         call()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0])
+def test_non_finite_or_negative_predictions_are_refused_instead_of_scored(bad):
+    """A NaN variance used to score coverage 0.0 and calibration error 0.5, like a real but bad method."""
+    mean, ones = torch.zeros(2, 1, 4), torch.ones(2, 1, 4)
+    poisoned = ones.clone()
+    poisoned[0, 0, 1] = bad
+    with pytest.raises(ValueError, match="diagonal: expected finite non-negative"):
+        GaussianPrediction(mean, poisoned)
+    with pytest.raises(ValueError, match="noise: expected finite non-negative"):
+        MixturePrediction(torch.zeros(3, 2, 1, 4), noise=poisoned)
+    if bad != -1.0:
+        with pytest.raises(ValueError, match="mean: expected finite"):
+            GaussianPrediction(mean + poisoned - 1, ones)
+        with pytest.raises(ValueError, match="centers: expected finite"):
+            MixturePrediction((mean + poisoned - 1).expand(3, 2, 1, 4))
