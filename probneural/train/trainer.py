@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import math
 
@@ -150,6 +151,15 @@ def evaluate(
         totals["rel_l2"] += relative_l2(pred, y).item() * len(x)
         totals["rel_h1"] += relative_h1(pred, y).item() * len(x)
     return {k: v / len(dataset) for k, v in totals.items()}
+
+
+def _data_identity(dataset: OperatorDataset) -> dict[str, Any]:
+    """What identifies a training set for a resume: its size, its field shapes and the sha256 of its
+    metadata (every generation parameter and the seed; the package version left out)."""
+    metadata = {k: v for k, v in dataset.metadata.items() if k != "probneural_version"}
+    digest = hashlib.sha256(json.dumps(metadata, sort_keys=True, default=str).encode()).hexdigest()
+    return {"samples": len(dataset), "x": list(dataset.x.shape[1:]), "y": list(dataset.y.shape[1:]),
+            "metadata_sha256": digest}
 
 
 class Trainer:
@@ -322,8 +332,9 @@ class Trainer:
         scaler = policy.make_grad_scaler(device)
         history: list[dict[str, float]] = []
         start = 0
+        data = _data_identity(train)
         if resume:
-            checkpoint = self._resumable_checkpoint(model)
+            checkpoint = self._resumable_checkpoint(model, data)
             if checkpoint is not None:
                 model.load_state_dict(checkpoint.section("model"))
                 restore_optimizer(optimizer, checkpoint)
@@ -364,14 +375,17 @@ class Trainer:
             history.append(record)
             bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("train_loss", "val_rel_l2")})
             if self.run_dir is not None and self.is_main_process:
-                self._write(model, optimizer, scheduler, scaler, epoch + 1, history)
+                self._write(model, optimizer, scheduler, scaler, epoch + 1, history, data)
         return history
 
-    def _resumable_checkpoint(self, model: nn.Module) -> Checkpoint | None:
+    def _resumable_checkpoint(self, model: nn.Module, data: dict[str, Any]) -> Checkpoint | None:
         """The newest checkpoint that verifies (older ones are tried, with a warning, when it does not).
 
+        ``data`` is the training set's :func:`_data_identity`.
+
         Raises:
-            ValueError: no ``run_dir``, or the checkpoint was written with other settings or another model.
+            ValueError: no ``run_dir``, or the checkpoint was written with other settings, another
+                model or other training data (its normalisers were fitted to that data).
         """
         if self.checkpoint_dir is None:
             raise ValueError("resume: needs a run_dir holding the checkpoints to resume from")
@@ -388,6 +402,12 @@ class Trainer:
                     f"resume: {handle} was written with other settings (saved, now): {differ}; "
                     "start a new run directory to change them"
                 )
+            saved_data = checkpoint.meta["extra"].get("data")  # absent in checkpoints of older versions
+            if saved_data is not None and saved_data != data:
+                raise ValueError(
+                    f"resume: {handle} was trained on other data (saved {saved_data}, now {data}); its "
+                    "normalisers were fitted to that data: start a new run directory to train on these"
+                )
             if not _same_model(checkpoint.meta["model"], model):
                 raise ValueError(
                     f"resume: {handle} holds model {checkpoint.meta['model']}, not {_model_meta(model)}"
@@ -396,7 +416,7 @@ class Trainer:
         return None
 
     def _write(self, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, epoch: int,
-               history: list[dict]) -> None:
+               history: list[dict], data: dict[str, Any]) -> None:
         assert self.run_dir is not None and self.checkpoint_dir is not None
         lines = "".join(json.dumps(r) + "\n" for r in history)
         atomic_write(self.run_dir / "metrics.jsonl", lambda tmp: tmp.write_text(lines))
@@ -408,6 +428,6 @@ class Trainer:
             optimizer=optimizer,
             scheduler=scheduler,
             grad_scaler=scaler,
-            extra={"history": history, "trainer": self.settings()},
+            extra={"history": history, "trainer": self.settings(), "data": data},
             keep=self.checkpoint_keep,
         )

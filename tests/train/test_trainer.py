@@ -93,6 +93,14 @@ def test_a_fresh_run_refuses_a_run_directory_with_checkpoints(darcy_small, tmp_p
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
 
 
+def test_resume_refuses_other_training_data(darcy_small, tmp_path):
+    train, test = darcy_small
+    trainer(tmp_path, 1).fit(make_model(train), train)
+    with pytest.raises(ValueError, match="resume: .* was trained on other data"):
+        trainer(tmp_path, 2).fit(make_model(train), test, resume=True)  # another seed and size
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "epoch-0001.json"
+
+
 def test_saving_never_corrupts_a_checkpoint(darcy_small, tmp_path):
     """Metadata that cannot be written fails before any file changes; a re-saved epoch is never
     left pointing at other weights; the checkpoint just written is never pruned."""
@@ -169,7 +177,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
     trainer(tmp_path, 1).fit(model, train)
     good = latest_checkpoint(tmp_path / "checkpoints")
     good_bytes = good.with_suffix(".safetensors").read_bytes()
-    poisoned = OperatorDataset(train.x, torch.zeros_like(train.y), train.grid, metadata={"problem": "zeros"})
+    poisoned = OperatorDataset(train.x, torch.zeros_like(train.y), train.grid, metadata=train.metadata)
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 1.*Last good checkpoint: .*epoch-0001\.json"):
         trainer(tmp_path, 3).fit(model, poisoned, resume=True)
     assert latest_checkpoint(tmp_path / "checkpoints") == good
