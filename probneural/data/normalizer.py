@@ -91,19 +91,21 @@ class ChannelNormalizer(nn.Module):
             raise ValueError(
                 f"{name} must have shape (batch, {channels}, *spatial), got {getattr(x, 'shape', type(x).__name__)}"
             )
+        if not x.is_floating_point():  # integer statistics would truncate (an integer 3 encoded to inf)
+            raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
         shape = (1, channels) + (1,) * (x.ndim - 2)
         mean = self.mean.reshape(shape).to(device=x.device, dtype=x.dtype)
         scale = (self.std + self.eps).reshape(shape).to(device=x.device, dtype=x.dtype)
         return mean, scale
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise ``x``: `(b, c, *spatial)` → `(b, c, *spatial)`, any resolution."""
-        mean, scale = self._stats(x, "x")
+    def encode(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+        """Normalise ``x``: `(b, c, *spatial)` → `(b, c, *spatial)`, any resolution; errors call it ``name``."""
+        mean, scale = self._stats(x, name)
         return (x - mean) / scale
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Undo :meth:`encode`: `(b, c, *spatial)` → `(b, c, *spatial)`."""
-        mean, scale = self._stats(z, "z")
+    def decode(self, z: torch.Tensor, name: str = "z") -> torch.Tensor:
+        """Undo :meth:`encode`: `(b, c, *spatial)` → `(b, c, *spatial)`; errors call it ``name``."""
+        mean, scale = self._stats(z, name)
         return z * scale + mean
 
     def decode_variance(self, variance: torch.Tensor) -> torch.Tensor:

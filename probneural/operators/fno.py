@@ -158,6 +158,11 @@ class FNO(nn.Module):
 
     def check_input(self, x: Tensor) -> None:
         """Raise a ``ValueError`` naming what was expected unless ``x`` fits this operator."""
+        if not isinstance(x, Tensor):
+            raise ValueError(f"x: expected a torch.Tensor; got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise ValueError(f"x: expected a floating-point tensor (the operator's {self.lifting.weight.dtype}); "
+                             f"got {x.dtype}")
         if x.dim() != self.dim + 2:
             raise ValueError(
                 f"x: expected shape (batch, {self.in_channels}, {self.dim} spatial axes) for a "
@@ -166,8 +171,9 @@ class FNO(nn.Module):
         if x.shape[1] != self.in_channels:
             raise ValueError(f"x: expected {self.in_channels} input channels; got shape {tuple(x.shape)}")
         dtype = self.lifting.weight.dtype
-        if x.dtype in (torch.float32, torch.float64) and x.dtype != dtype:
-            raise ValueError(f"x: expected the operator's dtype {dtype}; got {x.dtype} (cast one to the other)")
+        if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(f"x: expected the operator's dtype {dtype}; got {x.dtype} (cast one to the other, "
+                             "or run under the precision policy's autocast)")
         spatial = tuple(x.shape[2:])
         needed = tuple(2 * m for m in self.modes)
         if any(n < r for n, r in zip(spatial, needed)):
@@ -248,6 +254,7 @@ class FNO(nn.Module):
         return max(1, min(x.shape[0], self.cpu_chunk_bytes // widest))
 
     def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
         size = self.chunk_size(x)
         if size >= x.shape[0]:
             return self.project(self.features(x))

@@ -133,7 +133,7 @@ class FrozenTrunk:
 
     def encode_targets(self, y: Tensor) -> Tensor:
         y = y.to(self.device, self.dtype)
-        return self.y_normalizer.encode(y) if self.y_normalizer is not None else y
+        return self.y_normalizer.encode(y, "y") if self.y_normalizer is not None else y
 
     def features(self, trunk: Tensor, spatial: tuple[int, ...], layers: dict[str, nn.Module] | None = None) -> Tensor:
         """Per-point features `(b, width, *spatial)` from a trunk output: the last Fourier layer applied if in the head.

@@ -484,10 +484,15 @@ def fit_laplace(
     operator, x_normalizer, y_normalizer = normalized_parts(model)
     device, dtype = model_parameters(operator)
     batches = []
-    for x, y in loader:
+    for index, (x, y) in enumerate(loader):
+        if y.shape[:1] != x.shape[:1] or y.shape[2:] != x.shape[2:]:
+            raise ValueError(f"loader: batch {index} has y of shape {tuple(y.shape)} for x of shape {tuple(x.shape)}; "
+                             "expected (b, c_out, *spatial) on x's batch and grid")
+        if not torch.isfinite(y).all():
+            raise ValueError(f"loader: batch {index} has NaN or Inf targets y")
         x, y = x.to(device, dtype), y.to(device, dtype)
         batches.append((x_normalizer.encode(x) if x_normalizer is not None else x,
-                        y_normalizer.encode(y) if y_normalizer is not None else y))
+                        y_normalizer.encode(y, "y") if y_normalizer is not None else y))
     if not batches:
         raise ValueError("loader: expected at least one (x, y) batch; got none")
     with switched_mode(operator, False):

@@ -91,3 +91,11 @@ def test_invalid_inputs_name_the_argument(fields):
         ChannelNormalizer.fit(torch.zeros(2, 4))
     with pytest.raises(ValueError, match="std must have"):
         ChannelNormalizer(torch.zeros(1, 2, 1), torch.ones(1, 3, 1))
+
+
+def test_integer_fields_are_refused_with_the_name_given(fields):
+    normalizer = ChannelNormalizer.fit(fields)
+    with pytest.raises(ValueError, match="x must be a floating-point tensor, got dtype torch.int64"):
+        normalizer.encode(torch.full((1, fields.shape[1], 4), 3))
+    with pytest.raises(ValueError, match=r"y must have shape \(batch, "):
+        normalizer.encode(torch.zeros(1, fields.shape[1] + 1, 4), "y")

@@ -161,3 +161,17 @@ def test_forward_equals_the_fno_composed_by_hand():
     expected = affine(model.projection_out, gelu(affine(model.projection_hidden, h)))
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_inputs_that_are_not_floating_tensors_of_the_operators_dtype_are_named():
+    import numpy as np
+
+    model = FNO(1, 1, (4,), width=4, n_layers=1, projection_channels=4)
+    with pytest.raises(ValueError, match="x: expected a torch.Tensor; got ndarray"):
+        model(np.ones((2, 1, 16), dtype=np.float32))
+    with pytest.raises(ValueError, match="x: expected a floating-point tensor .* got torch.int64"):
+        model(torch.ones(2, 1, 16, dtype=torch.long))
+    with pytest.raises(ValueError, match="expected the operator's dtype torch.float32; got torch.float16"):
+        model(torch.ones(2, 1, 16, dtype=torch.float16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the precision policy's autocast casts inside
+        assert model(torch.ones(2, 1, 16, dtype=torch.bfloat16)).shape == (2, 1, 16)

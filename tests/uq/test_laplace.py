@@ -232,5 +232,12 @@ def test_bad_options_name_the_argument():
         uq.fit("laplace", model, [(x, y)], noise_variance=[1.0, 2.0])
     with pytest.raises(ValueError, match="loader"):
         uq.fit("laplace", model, [])
+    with pytest.raises(ValueError, match=r"loader: batch 0 has y of shape \(20, 1, 4\)"):
+        uq.fit("laplace", model, [(x, y[..., :4])])
+    with pytest.raises(ValueError, match="loader: batch 1 has NaN or Inf targets"):
+        uq.fit("laplace", model, [(x, y), (x, torch.full_like(y, float("nan")))])
+    normalized = NormalizedOperator(model, ChannelNormalizer.fit(x), ChannelNormalizer.fit(y))
+    with pytest.raises(ValueError, match=r"y must have shape \(batch, 1, \*spatial\)"):
+        uq.fit("laplace", normalized, [(x, y.expand(-1, 2, -1))])
     with pytest.raises(KeyError, match="laplace"):
         uq.fit("laplce", model, [(x, y)])
