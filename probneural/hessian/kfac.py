@@ -14,9 +14,16 @@ product ``B ⊗ A`` (Martens & Grosse, ICML 2015), for the losses of
 ``Linear`` layer at every leading index of a `(b, ..., in)` input. Following Eschenhagen et al.,
 "Kronecker-factored approximate curvature for modern neural network architectures" (NeurIPS
 2023, arXiv:2311.00636), every location counts as a separate example in both factors
-(*K-FAC-expand*). Expand, not reduce, is the setting of a neural operator: the loss is a sum
-over the output grid points, so the shared dimension reaches the loss instead of being pooled
-away. For one sample at one location the block is exact: ``Σ_m (g_m ⊗ ã)(g_m ⊗ ã)ᵀ = B ⊗ ã ãᵀ``.
+(*K-FAC-expand*): the loss is a sum over the output grid points, so the shared dimension reaches
+the loss instead of being pooled away. For one sample at one location the block is exact:
+``Σ_m (g_m ⊗ ã)(g_m ⊗ ã)ᵀ = B ⊗ ã ãᵀ``. Exactly the expand setting only holds for layers after the
+last spectral layer (the projection), whose output at a point reaches the loss only at that point.
+Upstream, a spectral layer mixes the points, and expand drops the cross-location terms
+``Σ_{s≠s'} (ã_s ⊗ g_s)(ã_{s'} ⊗ g_{s'})ᵀ``, which are large because the spectral layer smooths the
+back-propagated gradients: on a 2-layer toy FNO (width 4, 8², type-2 ``B``) the expand block of the
+lifting was 85 % off the exact GGN block in Frobenius norm (trace 0.37×; reduce 31 % off), of the
+first skip 68 %, of the projection 0–21 %. Laplace's ``kfac`` posterior hence overstates the
+variance of the early layers' weights.
 With ``A`` normalised by ``R`` and ``B`` summed, the factors follow curvlinops' ``KFACLinearOperator``
 (``kfac_approx="expand"``) for a summed loss.
 

@@ -422,9 +422,11 @@ def _curvature(structure: Structure, operator: nn.Module, inputs: list[Tensor], 
         ggn = _summed_ggn(operator, kept, total / count)
         values, vectors = lanczos(ggn, min(rank, n_params), seed=seed)
         return _AllWeights(operator, [_LowRank(0, n_params, values, vectors)], n_params)
-    diagonal = hessian.ggn_diagonal_mc(operator, inputs, loss="mse", n_samples=curvature_samples, seed=seed)
+    def mc_diagonal() -> Tensor:
+        return hessian.ggn_diagonal_mc(operator, inputs, loss="mse", n_samples=curvature_samples, seed=seed)
+
     if structure is Structure.DIAGONAL:
-        return _AllWeights(operator, _diagonal_segments(diagonal, offsets, names), n_params)
+        return _AllWeights(operator, _diagonal_segments(mc_diagonal(), offsets, names), n_params)
     kfac = kfac_operator(operator, inputs, loss="mse", variant="mc", n_samples=curvature_samples, seed=seed,
                          spectral=True)
     segments: list[_Segment] = [
@@ -433,7 +435,8 @@ def _curvature(structure: Structure, operator: nn.Module, inputs: list[Tensor], 
         for block in kfac.blocks
     ]
     uncovered = [name for name in names if name not in set(kfac.names)]
-    segments += _diagonal_segments(diagonal, offsets, uncovered)
+    if uncovered:  # weights no Kronecker block covers (none in an FNO) get the diagonal
+        segments += _diagonal_segments(mc_diagonal(), offsets, uncovered)
     return _AllWeights(operator, sorted(segments, key=lambda s: s.start), n_params)
 
 
@@ -461,7 +464,9 @@ def fit_laplace(
         prior_precision: ``δ``; ``None`` tunes it by the marginal likelihood.
         noise_variance: ``σ²`` in the operator's (normalised) units, one number or one per output
             channel (last layer only); ``None`` tunes it by the marginal likelihood.
-        samples: posterior draws ``S`` behind the all-weights predictive (its rank).
+        samples: posterior draws ``S`` behind the all-weights predictive (its rank): an unbiased
+            estimate of ``J Σ Jᵀ`` whose pointwise variance has relative standard deviation
+            ``√(2/S)`` (25 % at 32), from the same draws for every input.
         rank: eigenpairs for ``"low_rank"``.
         subset: training samples the ``"low_rank"`` Lanczos iterations see (the curvature is
             rescaled to the full data set).
