@@ -488,9 +488,16 @@ def _load_weights_only(path: Path) -> Any:
     try:
         # mmap needs the zip format (torch.save's default since 1.6); then only the slices kept are read.
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        reason = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please|\n\n|$)", str(err), flags=re.DOTALL)
-        detail = reason.group(1) if reason else (str(err).strip().splitlines() or [type(err).__name__])[0]
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
+        message = str(err)
+        reason = (re.search(r"(Unsupported global: [^\n]+|unsupported GLOBAL [^\s]+)", message)
+                  or re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please|\n\n|$)", message, flags=re.DOTALL))
+        if reason:
+            detail = reason.group(1)
+        elif isinstance(err, (OSError, EOFError, zipfile.BadZipFile)):
+            detail = f"{type(err).__name__}: {message.strip() or 'no data'} (truncated, or not a torch file?)"
+        else:
+            detail = (message.strip().splitlines() or [type(err).__name__])[0]
         detail = detail.strip().rstrip(".")
         raise ValueError(
             f"{path.name} could not be loaded as a dict of tensors with torch.load(weights_only=True): {detail}. "

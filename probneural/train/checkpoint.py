@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 import probneural
+from probneural.train.precision import resolve_device
 from probneural.io import atomic_write
 
 __all__ = [
@@ -229,6 +230,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         CheckpointError: missing files, unreadable JSON, checksum mismatch (a corrupted or
             modified weights or metadata file) or an unsupported format version.
     """
+    map_location = resolve_device(map_location)  # a bad device fails before the weights are hashed
     path = Path(path)
     if path.is_dir():
         found = latest_checkpoint(path)

@@ -35,7 +35,7 @@ from probneural.train.checkpoint import (
 from probneural.train.losses import LOSSES, relative_h1, relative_l2
 from probneural.train.normalized import NormalizedOperator
 from probneural.train.precision import PrecisionPolicy, resolve_device
-from probneural.validation import check_int
+from probneural.validation import check_float, check_int
 
 __all__ = ["NonFiniteLossError", "Trainer", "evaluate", "load_model", "normalize"]
 
@@ -97,7 +97,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn
     Raises:
         CheckpointError: if the checkpoint is missing, corrupted or modified.
     """
-    checkpoint = load_checkpoint(path, map_location=map_location)
+    checkpoint = load_checkpoint(path, map_location=resolve_device(map_location))
     return _model_from(checkpoint, torch.device(map_location))
 
 
@@ -223,10 +223,9 @@ class Trainer:
         if loss not in LOSSES.names():
             raise ValueError(f"loss: expected one of {LOSSES.names()}; got {loss!r}")
         for name, value in (("lr", lr), ("gamma", gamma), ("grad_clip", grad_clip if grad_clip is not None else 1.0)):
-            if not value > 0:
-                raise ValueError(f"{name}: expected a positive number; got {value}")
-        if weight_decay < 0 or seed < 0:
-            raise ValueError(f"weight_decay and seed must be non-negative; got {weight_decay} and {seed}")
+            check_float(name, value, positive=True)
+        check_float("weight_decay", weight_decay, nonnegative=True)
+        check_int("seed", seed, 0)
         self.loss_fn: Callable[[Tensor, Tensor], Tensor] = LOSSES.get(loss)
         self.loss_name = loss
         self.epochs = epochs
@@ -324,8 +323,10 @@ class Trainer:
             ValueError: ``resume`` is false but ``run_dir`` already holds checkpoints (a fresh run
                 would mix its checkpoints and metrics with another run's).
         """
-        if self.checkpoint_dir is not None and not resume:
-            check_no_checkpoints(self.checkpoint_dir.parent)
+        if self.checkpoint_dir is not None:
+            _model_meta(model)  # an operator checkpoints cannot rebuild fails now, not after the first epoch
+            if not resume:
+                check_no_checkpoints(self.checkpoint_dir.parent)
         device, policy = self.device, self.policy
         policy.cast_module(model, device)
         optimizer, scheduler = self.make_optimizer(model)
@@ -401,6 +402,10 @@ class Trainer:
                 raise ValueError(
                     f"resume: {handle} was written with other settings (saved, now): {differ}; "
                     "start a new run directory to change them"
+                )
+            if checkpoint.meta["epoch"] > self.epochs:
+                raise ValueError(
+                    f"resume: {handle} has trained {checkpoint.meta['epoch']} epochs, more than epochs={self.epochs}"
                 )
             saved_data = checkpoint.meta["extra"].get("data")  # absent in checkpoints of older versions
             if saved_data is not None and saved_data != data:

@@ -1,6 +1,7 @@
 """Readers of external data: PDEBench HDF5 layouts and neuraloperator Darcy ``.pt`` files round-trip exactly."""
 
 import fractions
+import os
 import json
 import sys
 
@@ -354,6 +355,22 @@ def test_neuralop_darcy_never_unpickles_objects(tmp_path):
         read_neuralop_darcy(garbage)
     with pytest.raises(FileNotFoundError, match="path must name an existing file"):
         read_neuralop_darcy(tmp_path / "absent.pt")
+    system = tmp_path / "system.pt"
+    torch.save({"x": _Reducer(), "y": torch.zeros(1, 2, 2)}, system)  # os.system on unpickling: never run
+    with pytest.raises(ValueError, match=r"system.pt could not .* unsupported GLOBAL posix.system\. ProbNeural") as error:
+        read_neuralop_darcy(system)
+    assert "weights_only` set to `False`" not in str(error.value)
+    whole = tmp_path / "whole.pt"
+    torch.save({"x": torch.zeros(2, 4, 4), "y": torch.zeros(2, 4, 4)}, whole)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole.read_bytes()[:-100])  # an interrupted download
+    with pytest.raises(ValueError, match="cut.pt could not be loaded as a dict of tensors"):
+        read_neuralop_darcy(cut)
+
+
+class _Reducer:
+    def __reduce__(self):
+        return os.system, ("true",)
 
 
 def test_neuralop_darcy_agrees_with_neuraloperator(tmp_path):

@@ -102,6 +102,27 @@ def test_resume_refuses_other_training_data(darcy_small, tmp_path):
     assert latest_checkpoint(tmp_path / "checkpoints").name == "epoch-0001.json"
 
 
+def test_fit_fails_before_training_where_a_checkpoint_could_not_be_written_or_resumed(darcy_small, tmp_path):
+    train, _ = darcy_small
+
+    class Plain(torch.nn.Module):  # not a registered operator: checkpoints cannot rebuild it
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            return self.weight * x
+
+    with pytest.raises(ValueError, match="not a registered operator"):
+        trainer(tmp_path / "plain", 1).fit(Plain(), train)
+    assert not (tmp_path / "plain" / "metrics.jsonl").exists()
+    trainer(tmp_path, 3).fit(make_model(train), train)
+    with pytest.raises(ValueError, match="resume: .* has trained 3 epochs, more than epochs=2"):
+        trainer(tmp_path, 2).fit(make_model(train), train, resume=True)
+    with pytest.raises(ValueError, match="device"):
+        load_model(tmp_path / "checkpoints", map_location="gpu")
+
+
 def test_saving_never_corrupts_a_checkpoint(darcy_small, tmp_path):
     """Metadata that cannot be written fails before any file changes; a re-saved epoch is never
     left pointing at other weights; the checkpoint just written is never pruned."""
@@ -206,7 +227,9 @@ def test_precision_policies_train(darcy_small, tmp_path, precision, dtype):
 @pytest.mark.parametrize(
     "kwargs, match",
     [({"optimizer": "sgdx"}, "optimizer"), ({"scheduler": "poly"}, "scheduler"), ({"precision": "fp8"}, "precision"),
-     ({"loss": "l3"}, "loss: expected one of"), ({"epochs": 0}, "epochs"), ({"epochs": 2.5}, "epochs")],
+     ({"loss": "l3"}, "loss: expected one of"), ({"epochs": 0}, "epochs"), ({"epochs": 2.5}, "epochs"),
+     ({"lr": "1e-3"}, "lr must be a finite real number"), ({"weight_decay": float("nan")}, "weight_decay"),
+     ({"seed": 1.5}, "seed must be an int"), ({"grad_clip": 0.0}, "grad_clip")],
 )
 def test_bad_trainer_options_are_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
