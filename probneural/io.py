@@ -13,9 +13,9 @@ __all__ = ["atomic_write"]
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
     """Write ``path`` so that it is either complete or untouched, whatever happens meanwhile.
 
-    ``write(tmp)`` fills a temporary file in the same directory; the file is fsync'd, made
-    world-readable (``mkstemp`` creates 0600), renamed over ``path`` and the directory entry
-    is fsync'd. On any error the temporary file is removed and the error re-raised.
+    ``write(tmp)`` fills a temporary file in the same directory; the file is fsync'd, given the
+    permissions of a new file under the umask (``mkstemp`` creates 0600), renamed over ``path``,
+    and the directory entry is fsync'd. On any error the temporary file is removed and the error re-raised.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -29,12 +29,26 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_directory(path.parent)
     return path
+
+
+def _umask() -> int:
+    """The process's file-mode creation mask: from ``/proc/self/status`` (Linux), else by setting and
+    restoring it (which other threads creating files at that instant would see)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_directory(directory: Path) -> None:

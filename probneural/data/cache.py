@@ -262,6 +262,8 @@ def read(path: str | os.PathLike[str], params: dict[str, Any]) -> OperatorDatase
         raise CacheError(f"unreadable file ({err})") from None
     header, data_start = _parse_header(mapped)
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise CacheError(f"inconsistent header (metadata of type {type(meta).__name__})")
     if meta.get("format") != str(FORMAT_VERSION):
         raise CacheError(f"format version {meta.get('format')!r}, expected {FORMAT_VERSION}")
     if meta.get("key") != cache_key(params):
@@ -284,7 +286,7 @@ def read(path: str | os.PathLike[str], params: dict[str, Any]) -> OperatorDatase
         metadata = json.loads(meta["metadata"])
         grid = tuple(tensors[f"grid_{axis}"] for axis in range(tensors["x"].ndim - 2))
         return OperatorDataset(tensors["x"], tensors["y"], grid, metadata)
-    except (KeyError, ValueError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise CacheError(f"inconsistent contents ({err})") from None
 
 

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from probneural.hessian.operator import LinearOperator
+from probneural.validation import check_int
 
 __all__ = ["hutchinson_diagonal"]
 
@@ -21,8 +22,7 @@ def hutchinson_diagonal(operator: LinearOperator, n_samples: int, *, seed: int =
     Returns:
         estimate `(P,)` and its standard error `(P,)` (sample standard deviation / √n).
     """
-    if n_samples < 2:
-        raise ValueError(f"n_samples: expected at least 2 probes; got {n_samples}")
+    check_int("n_samples", n_samples, 2)  # two probes at least, for the standard error
     generator = torch.Generator().manual_seed(seed)
     samples = []
     for _ in range(n_samples):

@@ -49,6 +49,8 @@ def lanczos(operator: LinearOperator, k: int, *, n_iter: int | None = None, seed
     for j in range(n_iter):
         basis[j] = q
         w = operator.matvec(q)
+        if not torch.isfinite(w).all():
+            raise ValueError(f"operator: its product with Lanczos vector {j} holds NaN or Inf")
         alpha[j] = torch.dot(w, q).item()
         w = _orthogonalised(w, basis[: j + 1])
         if j + 1 == n_iter:

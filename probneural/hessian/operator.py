@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+from probneural.validation import check_int
 
 __all__ = ["LinearOperator"]
 
@@ -35,7 +36,7 @@ class LinearOperator:
         diagonal: Callable[[], Tensor] | None = None,
         matmat: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
-        self.size = size
+        self.size = check_int("size", size, 1)
         self._matvec = matvec
         self.dtype = dtype
         self.device = device

@@ -1,5 +1,6 @@
 """On-disk cache: streamed writes equal in-memory data, hits skip the sampler, bad files are reported and regenerated, writes are atomic."""
 
+import json
 import os
 
 import pytest
@@ -81,6 +82,16 @@ def _empty(path):
     path.write_bytes(b"")
 
 
+def _metadata_of_another_type(path):
+    """Valid JSON, valid layout, but the metadata a list instead of a dict."""
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    header["__metadata__"] = ["not", "a", "dict"]
+    encoded = json.dumps(header).encode()
+    path.write_bytes(len(encoded).to_bytes(8, "little") + encoded + data[8 + size :])
+
+
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [
@@ -88,6 +99,7 @@ def _empty(path):
         (_truncate, "truncated"),
         (_corrupt_header, "unreadable"),
         (_empty, "unreadable"),
+        (_metadata_of_another_type, "metadata of type list"),
     ],
 )
 def test_damaged_file_is_reported_and_regenerated(tmp_path, damage, reason):

@@ -161,6 +161,18 @@ def test_hutchinson_on_the_ggn_of_an_fno_within_three_standard_errors():
     assert (z < 3).float().mean() > 0.99 and z.max() < 4.5
 
 
+def test_bad_arguments_of_the_operator_helpers():
+    with pytest.raises(ValueError, match="size must be an int >= 1"):
+        hessian.LinearOperator(-1, lambda v: v, dtype=torch.float64, device=torch.device("cpu"))
+    identity = hessian.LinearOperator(3, lambda v: v, dtype=torch.float64, device=torch.device("cpu"))
+    for bad in (1, 2.5, "4"):
+        with pytest.raises(ValueError, match="n_samples must be an int >= 2"):
+            hessian.hutchinson_diagonal(identity, bad)
+    broken = hessian.LinearOperator(3, lambda v: v * float("nan"), dtype=torch.float64, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="operator: its product with Lanczos vector 0 holds NaN or Inf"):
+        hessian.lanczos(broken, 1)
+
+
 def test_bad_arguments():
     operator = hessian.LinearOperator(3, lambda v: v, dtype=torch.float64, device=torch.device("cpu"))
     with pytest.raises(ValueError, match="v: expected shape"):
