@@ -170,6 +170,8 @@ class FNO(nn.Module):
             )
         if x.shape[1] != self.in_channels:
             raise ValueError(f"x: expected {self.in_channels} input channels; got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError(f"x: expected at least one sample; got shape {tuple(x.shape)}")
         dtype = self.lifting.weight.dtype
         if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
             raise ValueError(f"x: expected the operator's dtype {dtype}; got {x.dtype} (cast one to the other, "

@@ -171,6 +171,8 @@ def test_inputs_that_are_not_floating_tensors_of_the_operators_dtype_are_named()
         model(np.ones((2, 1, 16), dtype=np.float32))
     with pytest.raises(ValueError, match="x: expected a floating-point tensor .* got torch.int64"):
         model(torch.ones(2, 1, 16, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"x: expected at least one sample; got shape \(0, 1, 16\)"):
+        model(torch.ones(0, 1, 16))
     with pytest.raises(ValueError, match="expected the operator's dtype torch.float32; got torch.float16"):
         model(torch.ones(2, 1, 16, dtype=torch.float16))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the precision policy's autocast casts inside
