@@ -18,8 +18,9 @@ from probneural.uq import laplace  # noqa: F401  (registers "laplace")
 from probneural.uq import conformal  # noqa: F401  (registers "conformal")
 from probneural.uq import ensemble  # noqa: F401  (registers "ensemble")
 from probneural.uq import dropout  # noqa: F401  (registers "mc_dropout" and "pno")
-from probneural.uq import gp  # noqa: F401  (registers "gp_exact" and "gp_svgp")
-from probneural.uq import pyro_head  # noqa: F401  (registers "pyro_svi" and "pyro_nuts")
+# the GPyTorch and Pyro heads are imported when first asked for (their libraries take ~0.5 s to import)
+METHODS.defer("probneural.uq.gp", "gp_exact", "gp_svgp")
+METHODS.defer("probneural.uq.pyro_head", "pyro_svi", "pyro_nuts")
 
 __all__ = [
     "GaussianPrediction",
