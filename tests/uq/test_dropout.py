@@ -208,7 +208,11 @@ def test_mc_dropout_with_zero_epochs_uses_the_trained_weights(problem):
     assert prediction.centers.shape == (16, *x_test.shape)
     spread = prediction.centers.var(0, correction=0)
     assert (spread > 0).float().mean() > 0.99  # dropout makes every point random
-    assert posterior.noise.shape == (1, 1, 1) and posterior.noise.item() > 0
+    x, y = loader[0]
+    with torch.no_grad():  # per channel, the mean squared residual of the weight-scaled (trained) pass
+        residual = (model(x) - y).square().mean(dim=(0, 2), keepdim=True)
+    assert posterior.noise.shape == (1, 1, 1)
+    torch.testing.assert_close(posterior.noise, residual, rtol=1e-5, atol=1e-9)
     torch.testing.assert_close(prediction.variance, spread + posterior.noise)
     summary = json.loads(json.dumps(posterior.summary()))
     assert summary["train_losses"] == [] and summary["samples"] == 16 and summary["p"] == 0.1
@@ -240,8 +244,15 @@ def test_mc_dropout_fine_tunes_a_copy_reproducibly(problem):
         torch.manual_seed(2)
         predictions.append(posterior.predict(x_test).centers)
     assert torch.equal(predictions[0], predictions[1])
-    # the noise estimate is of the order of the true noise (residuals on the training data)
-    assert 0.5 * SIGMA**2 < fits[0].noise.item() < 2 * SIGMA**2
+    # the noise is the fine-tuned copy's mean squared residual with dropout off (weight scaling)
+    x, y = loader[0]
+    copy = fits[0].model
+    training = copy.training
+    with torch.no_grad():
+        residual = (copy.eval()(x) - y).square().mean(dim=(0, 2), keepdim=True)
+    copy.train(training)
+    torch.testing.assert_close(fits[0].noise, residual, rtol=1e-5, atol=1e-9)
+    assert 0.5 * SIGMA**2 < fits[0].noise.item() < 2 * SIGMA**2  # of the order of the true noise
     with torch.no_grad():
         assert relative_l2(predictions[0].mean(0), model(x_test)) < 0.1
 
