@@ -130,6 +130,55 @@ def test_svgp_mixes_latent_gps_into_several_channels():
     assert draws.shape == (3, 2, 2, 16) and torch.isfinite(draws).all()
 
 
+def test_svgp_mixing_equals_gpytorch_own_lmc_predictive():
+    """The mixed predictive against GPyTorch's ``LMCVariationalStrategy`` with
+    ``MultitaskGaussianLikelihood``, at a random variational posterior, Q = 3 latents, c = 2 channels:
+    means and per-point variances (with noise) equal; the joint covariance across channels and
+    points equals GPyTorch's less each latent's conditional prior ``k(X*, X*) − K*u K_uu⁻¹ K_u*``
+    off the diagonal (the factor carries the inducing part; the rest is kept on the diagonal)."""
+    import gpytorch
+
+    from probneural.uq.gp import _SparseModel, _sparse_posterior
+
+    torch.manual_seed(0)
+    latents, channels, m, d, points = 3, 2, 6, 2, 7
+    inducing = torch.randn(latents, m, d, dtype=torch.float64)
+    gp = _SparseModel(inducing, channels, latents, learn_inducing=False).double()
+    strategy = gp.variational_strategy
+    with torch.no_grad():
+        strategy.lmc_coefficients.copy_(torch.randn(latents, channels, dtype=torch.float64))
+        gp.covar_module.outputscale = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+        distribution = strategy.base_variational_strategy._variational_distribution
+        mean = torch.randn(latents, m, dtype=torch.float64)
+        root = torch.randn(latents, m, m, dtype=torch.float64) * 0.3
+        covariance = root @ root.mT + 0.05 * torch.eye(m, dtype=torch.float64)
+        precision = torch.linalg.inv(covariance)
+        distribution.natural_vec.copy_((precision @ mean.unsqueeze(-1)).squeeze(-1))
+        distribution.natural_mat.copy_(-0.5 * precision)
+    likelihood = gpytorch.likelihoods.MultitaskGaussianLikelihood(num_tasks=channels, has_global_noise=False).double()
+    likelihood.task_noises = torch.tensor([0.01, 0.04], dtype=torch.float64)
+    gp.eval()
+    likelihood.eval()
+    x = torch.randn(points, d, dtype=torch.float64)
+    ours_mean, diagonal, factor = _sparse_posterior(gp, likelihood, channels, m, torch.float64).field(x)
+    with torch.no_grad(), gpytorch.settings.fast_pred_var(False):
+        theirs = likelihood(gp(x))  # (points, channels), covariance over point-major (point, channel) pairs
+    torch.testing.assert_close(ours_mean, theirs.mean.T, rtol=1e-6, atol=1e-8)
+    flat = factor.permute(0, 2, 1).reshape(factor.shape[0], -1)  # (Q r, points · channels), point-major
+    joint = flat.T @ flat + torch.diag(diagonal.T.reshape(-1))
+    with torch.no_grad():
+        kernel = gp.covar_module
+        cross = kernel(x.expand(latents, -1, -1), inducing).to_dense()  # (Q, points, m)
+        inducing_matrix = kernel(inducing).to_dense() + 1e-6 * torch.eye(m, dtype=torch.float64)
+        conditional = kernel(x.expand(latents, -1, -1)).to_dense() - cross @ torch.linalg.solve(inducing_matrix,
+                                                                                             cross.mT)
+        mixing = strategy.lmc_coefficients
+        dropped = torch.einsum("qc,qe,qpr->pcre", mixing, mixing, conditional).reshape(joint.shape)
+        expected = theirs.covariance_matrix - dropped + torch.diag(dropped.diagonal())
+    torch.testing.assert_close(joint.diagonal(), theirs.covariance_matrix.diagonal(), rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(joint, expected, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("hyperparameters", [True, False])
 def test_svgp_learns_inducing_inputs_and_mixing_with_or_without_hyperparameters(hyperparameters):
     model, loader, _ = problem(channels=2)
