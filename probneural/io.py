@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -13,16 +15,20 @@ __all__ = ["atomic_write"]
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
     """Write ``path`` so that it is either complete or untouched, whatever happens meanwhile.
 
-    ``write(tmp)`` fills a temporary file in the same directory; the file is fsync'd, given the
-    permissions of a new file under the umask (``mkstemp`` creates 0600), renamed over ``path``,
-    and the directory entry is fsync'd. On any error the temporary file is removed and the error re-raised.
+    ``write(tmp)`` fills a temporary file in the same directory (named after ``path``, this host
+    and this process; such files of exited processes are removed first); the file is fsync'd,
+    given the permissions of a new file under the umask (``mkstemp`` creates 0600), renamed over
+    ``path``, and the directory entry is fsync'd. On any error the temporary file is removed and
+    the error re-raised.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    prefix = f".{path.name}.{socket.gethostname()}."
+    _remove_orphans(path.parent, prefix)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -35,6 +41,30 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         tmp.unlink(missing_ok=True)
     _fsync_directory(path.parent)
     return path
+
+
+def _remove_orphans(directory: Path, prefix: str) -> None:
+    """Remove temporary files ``{prefix}{pid}.*.tmp`` whose writing process (on this host) has exited.
+
+    A process killed while writing (SIGKILL, out of memory, power loss) cannot remove its
+    temporary file, which can be as large as the data set; the next write of the same path
+    removes it. Files of live processes (another writer of the same path) and of other hosts
+    (a shared file system) are left alone.
+    """
+    for tmp in directory.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = tmp.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _umask() -> int:

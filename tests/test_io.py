@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -31,3 +34,17 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         atomic_write(path, fail)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_temporary_files_of_killed_writers_are_removed_by_the_next_write(tmp_path):
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(exited.stdout)
+    prefix = f".data.{socket.gethostname()}."
+    orphan = tmp_path / f"{prefix}{dead}.k1ll3d.tmp"  # SIGKILL mid-write: as large as the data set
+    live = tmp_path / f"{prefix}{os.getppid()}.wr1t1ng.tmp"  # another process writing the same path now
+    other_host = tmp_path / f".data.elsewhere.{dead}.x.tmp"  # a shared file system
+    for path in (orphan, live, other_host):
+        path.write_bytes(b"partial")
+    atomic_write(tmp_path / "data", lambda tmp: tmp.write_text("done"))
+    assert not orphan.exists() and live.exists() and other_host.exists()
+    assert (tmp_path / "data").read_text() == "done"
