@@ -21,6 +21,9 @@ def _check_field(name: str, value: Any) -> torch.Tensor:
         raise ValueError(f"{name} must be a floating tensor, got dtype {value.dtype}")
     if value.shape[0] < 1:
         raise ValueError(f"{name} must hold at least one sample, got shape {tuple(value.shape)}")
+    if min(value.shape[1:]) < 1:
+        raise ValueError(f"{name} must have at least one channel and one point per spatial axis, "
+                         f"got shape {tuple(value.shape)}")
     if not torch.isfinite(value).all():
         raise ValueError(f"{name} contains NaN or Inf values")
     return value

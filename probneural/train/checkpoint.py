@@ -276,5 +276,6 @@ def restore_rng(checkpoint: Checkpoint) -> None:
     """Restore the torch (and CUDA) random number generator states saved in ``checkpoint``."""
     torch.set_rng_state(checkpoint.tensors["rng.torch"].cpu())
     cuda = checkpoint.section("rng.cuda")
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([cuda[str(i)].cpu() for i in range(len(cuda))])
+    if cuda and torch.cuda.is_available():  # the devices both machines have (fewer GPUs here: the first ones)
+        for i in range(min(len(cuda), torch.cuda.device_count())):
+            torch.cuda.set_rng_state(cuda[str(i)].cpu(), i)
