@@ -67,8 +67,14 @@ def fit(name: str, model: nn.Module | Posterior, loader: Batches, **options: Any
 
     Returns:
         The fitted :class:`Posterior`, with ``method`` and ``fit_seconds`` set.
+
+    Raises:
+        ValueError: ``loader`` is a one-shot iterator (a generator): methods pass over it more than once.
     """
     method = METHODS.get(name)
+    if iter(loader) is loader:
+        raise ValueError("loader: expected re-iterable (x, y) batches (a list or a DataLoader); got a one-shot "
+                         f"iterator ({type(loader).__name__}), which a second pass would find empty")
     began = time.perf_counter()
     posterior = method(model, loader, **options)
     posterior.fit_seconds = time.perf_counter() - began

@@ -232,6 +232,8 @@ def test_bad_options_name_the_argument():
         uq.fit("laplace", model, [(x, y)], noise_variance=[1.0, 2.0])
     with pytest.raises(ValueError, match="loader"):
         uq.fit("laplace", model, [])
+    with pytest.raises(ValueError, match="loader: expected re-iterable .* one-shot iterator \\(generator\\)"):
+        uq.fit("laplace", model, ((a, b) for a, b in [(x, y)]))
     with pytest.raises(ValueError, match=r"loader: batch 0 has y of shape \(20, 1, 4\)"):
         uq.fit("laplace", model, [(x, y[..., :4])])
     with pytest.raises(ValueError, match="loader: batch 1 has NaN or Inf targets"):
