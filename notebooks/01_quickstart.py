@@ -30,6 +30,7 @@ import probneural as pn
 from probneural.data import darcy
 from probneural.operators import FNO
 
+pn.allocator.keep_freed_memory()  # CPU on Linux: reuse freed tensor memory instead of page-faulting (ADR 0012)
 smoke = os.environ.get("PROBNEURAL_SMOKE") == "1"
 n_train, n_test, epochs = (24, 8, 2) if smoke else (256, 64, 20)
 coarse, fine, solve = (17, 33, 33) if smoke else (33, 65, 129)
