@@ -27,13 +27,28 @@ def loss_of(model, x, y):
     return f, tuple(p.detach() for p in model.parameters())
 
 
-def reference_hessian(f, params):
+def _flat(f, params):
     sizes = [p.numel() for p in params]
 
     def flat_f(vector):
         return f(tuple(piece.view(p.shape) for piece, p in zip(vector.split(sizes), params)))
 
-    return torch.func.hessian(flat_f)(torch.cat([p.reshape(-1) for p in params]))
+    return flat_f, torch.cat([p.reshape(-1) for p in params])
+
+
+def reference_hessian(f, params):
+    flat_f, point = _flat(f, params)
+    return torch.func.hessian(flat_f)(point)
+
+
+def double_backward_hessian(f, params):
+    """The Jacobian of the autograd gradient (reverse over reverse): independent of ``torch.func``."""
+    flat_f, point = _flat(f, params)
+
+    def gradient(vector):
+        return torch.autograd.grad(flat_f(vector), vector, create_graph=True)[0]
+
+    return torch.autograd.functional.jacobian(gradient, point)
 
 
 def models():
@@ -51,6 +66,7 @@ def test_dense_and_hvp_match_torch_func_hessian(case):
     expected = reference_hessian(f, params)
     H = hessian.dense(f, params)
     torch.testing.assert_close(H, expected, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(H, double_backward_hessian(f, params), rtol=1e-8, atol=1e-10)
     torch.manual_seed(1)
     v = tuple(torch.randn_like(p) for p in params)
     hv = torch.cat([t.reshape(-1) for t in hessian.hvp(f, params, v)])
