@@ -17,8 +17,9 @@ def lanczos(operator: LinearOperator, k: int, *, n_iter: int | None = None, seed
     Runs ``n_iter`` Lanczos steps (default ``min(P, max(2k + 10, 30))``), orthogonalising every
     new vector against all previous ones twice (full reorthogonalisation, so no ghost
     eigenvalues), then diagonalises the tridiagonal matrix in float64. When the Krylov space
-    closes (the new vector's norm is at rounding level relative to the largest ``|α|, β`` seen,
-    so the test does not depend on the operator's scale; an invariant subspace, e.g. an eigenvalue of multiplicity above one seen from one
+    closes (the new vector's norm is at rounding level relative to ``‖A q_j‖`` of the same step,
+    so the test depends neither on the operator's scale nor on an outlying top eigenvalue; an
+    invariant subspace, e.g. an eigenvalue of multiplicity above one seen from one
     start vector), the iteration restarts from a fresh random vector orthogonal to the basis:
     the operator maps the new block orthogonally to the old one, so the tridiagonal matrix
     only gains a zero off-diagonal entry, and repeated eigenvalues are found with their
@@ -45,19 +46,18 @@ def lanczos(operator: LinearOperator, k: int, *, n_iter: int | None = None, seed
     alpha = torch.zeros(n_iter, dtype=torch.float64)
     beta = torch.zeros(n_iter, dtype=torch.float64)  # beta[j] = 0 where the iteration restarted
     q = _start_vector(basis[:0], generator)
-    scale = 0.0  # largest |α|, β so far: a lower bound of the operator's norm
     for j in range(n_iter):
         basis[j] = q
         w = operator.matvec(q)
         if not torch.isfinite(w).all():
             raise ValueError(f"operator: its product with Lanczos vector {j} holds NaN or Inf")
+        applied = w.norm().item()  # ‖A q_j‖: what is left after orthogonalisation is compared with it
         alpha[j] = torch.dot(w, q).item()
         w = _orthogonalised(w, basis[: j + 1])
         if j + 1 == n_iter:
             break
         norm = w.norm().item()
-        scale = max(scale, abs(alpha[j].item()), beta[j - 1].item() if j else 0.0)
-        if norm <= 1e3 * torch.finfo(operator.dtype).eps * scale:  # relative: any scale of the operator
+        if norm <= 1e3 * torch.finfo(operator.dtype).eps * applied:  # relative: any scale, any outlier
             q = _start_vector(basis[: j + 1], generator)  # invariant subspace: restart
         else:
             beta[j] = norm

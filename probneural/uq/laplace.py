@@ -11,8 +11,8 @@ Structures of ``G`` (:class:`Structure`):
 
 * ``last_layer``: the exact GGN of the linear read-out (``projection_out`` of an FNO) in closed form,
   ``G = Λ ⊗ Σ φ̃ φ̃ᵀ``; the posterior over the read-out is a full Gaussian and the predictive is
-  exact, with a factor ``φ̃(x)ᵀ L_c`` of rank ``features + 1`` per channel (channels independent). Observation
-  noise per output channel.
+  exact, with a factor ``φ̃(x)ᵀ L_c`` of rank ``features + 1`` per channel (channels independent:
+  ``GaussianPrediction(per_channel=True)``). Observation noise per output channel.
 * ``diagonal``: all weights (the complex spectral weights through their real view), a Monte Carlo
   estimate of the GGN diagonal (:func:`~probneural.hessian.ggn_diagonal_mc`).
 * ``kfac``: all weights; K-FAC blocks for the linear, pointwise and spectral layers (the spectral
@@ -176,21 +176,16 @@ class _LastLayer:
         return output, phi
 
     def factor(self, phi: Tensor, prior_precision: float, noise_variance: Tensor) -> Tensor:
-        """`(b, c (i [+ 1]), c, *spatial)` factor with ``φ̃ᵀ L_c`` in the block of channel ``c``, ``L_c L_cᵀ = Σ_c``.
+        """`(b, i [+ 1], c, *spatial)` per-channel factor ``φ̃ᵀ L_c`` with ``L_c L_cᵀ = Σ_c``.
 
         The read-outs of different channels are independent a posteriori (the GGN is
-        ``diag(1/σ²) ⊗ Σ φ̃ φ̃ᵀ`` and the prior isotropic), so channel ``c``'s factor occupies
-        its own ``i [+ 1]`` columns and is zero in the others' (one shared set of columns would
-        correlate the channels' deviations completely).
+        ``diag(1/σ²) ⊗ Σ φ̃ φ̃ᵀ`` and the prior isotropic): a :class:`GaussianPrediction` with
+        ``per_channel=True`` (one shared set of normals would correlate the channels' deviations
+        completely; a block-diagonal factor would store ``c − 1`` zeros for every entry).
         """
         scales = (self.values / noise_variance[:, None] + prior_precision).rsqrt()  # (c, m)
         roots = self.vectors.unsqueeze(0) * scales.unsqueeze(1)  # (c, i + 1, m): U diag(scale)
-        per_channel = torch.einsum("bj...,cjm->bcm...", phi, roots.to(phi.dtype))  # (b, c, m, *spatial)
-        batch, channels, rank, *spatial = per_channel.shape
-        factor = per_channel.new_zeros((batch, channels, rank, channels, *spatial))
-        for channel in range(channels):
-            factor[:, channel, :, channel] = per_channel[:, channel]
-        return factor.view(batch, channels * rank, channels, *spatial)
+        return torch.einsum("bj...,cjm->bmc...", phi, roots.to(phi.dtype))
 
 
 class _Segment(ABC):
@@ -388,7 +383,9 @@ class LaplacePosterior(Posterior):
             else:
                 mean, factor = self._linearised(z)
         noise = self.noise_variance.to(device, dtype).view(1, -1, *([1] * (mean.dim() - 2)))
-        return to_data_units(GaussianPrediction(mean, noise.expand_as(mean), factor), self.y_normalizer)
+        prediction = GaussianPrediction(mean, noise.expand_as(mean), factor,
+                                        per_channel=self.structure is Structure.LAST_LAYER)
+        return to_data_units(prediction, self.y_normalizer)
 
     def _linearised(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """The operator's output and the factor ``J(z) Δθ_s / √S`` `(b, S, c, *spatial)` by one ``jvp`` per draw."""

@@ -175,9 +175,14 @@ class GaussianPrediction(Prediction):
         diagonal: `(b, c, *spatial)` (or broadcastable) non-negative independent variance ``d``,
             e.g. the observation noise.
         factor: `(b, k, c, *spatial)` low-rank factor ``F`` of the joint covariance, or ``None``.
+        per_channel: the channels are independent: within channel ``c`` the covariance is
+            ``Σ_k F[k, c] F[k, c]ᵀ`` and across channels zero (each channel draws its own ``k``
+            normals), i.e. ``F`` stands for the block-diagonal factor of rank ``c k`` without
+            storing its zeros.
     """
 
-    def __init__(self, mean: Tensor, diagonal: Tensor, factor: Tensor | None = None) -> None:
+    def __init__(self, mean: Tensor, diagonal: Tensor, factor: Tensor | None = None, *,
+                 per_channel: bool = False) -> None:
         diagonal = broadcastable("diagonal", diagonal, mean).expand_as(mean)
         if not torch.isfinite(mean).all():
             raise ValueError("mean: expected finite values; got NaN or Inf")
@@ -187,9 +192,12 @@ class GaussianPrediction(Prediction):
                                    or factor.shape[2:] != mean.shape[1:]):
             raise ValueError(f"factor: expected shape ({mean.shape[0]}, k, {', '.join(map(str, mean.shape[1:]))}); "
                              f"got {tuple(factor.shape)}")
+        if factor is not None and not torch.isfinite(factor).all():
+            raise ValueError("factor: expected finite values; got NaN or Inf")
         self._mean = mean
         self.diagonal = diagonal
         self.factor = factor
+        self.per_channel = per_channel
 
     @property
     def mean(self) -> Tensor:
@@ -208,6 +216,10 @@ class GaussianPrediction(Prediction):
         draws = mean + self.diagonal.sqrt() * noise
         if self.factor is not None:
             k = self.factor.shape[1]
+            if self.per_channel:  # one set of k normals per channel
+                z = torch.randn((n, mean.shape[0], k, mean.shape[1]), generator=generator, dtype=mean.dtype,
+                                device=mean.device)
+                return draws + torch.einsum("nbkc,bkc...->nbc...", z, self.factor)
             z = torch.randn((n, mean.shape[0], k), generator=generator, dtype=mean.dtype, device=mean.device)
             draws = draws + torch.einsum("nbk,bk...->nb...", z, self.factor)
         return draws
@@ -235,11 +247,12 @@ class GaussianPrediction(Prediction):
         scale, shift = affine_arguments(scale, shift, self._mean)
         # the factor's rank axis sits after the batch axis: align scale with (b, c, *spatial) first
         factor = None if self.factor is None else self.factor * scale.expand_as(self._mean).unsqueeze(1)
-        return GaussianPrediction(self._mean * scale + shift, self.diagonal * scale.square(), factor)
+        return GaussianPrediction(self._mean * scale + shift, self.diagonal * scale.square(), factor,
+                                  per_channel=self.per_channel)
 
     def select(self, index: slice | Tensor) -> GaussianPrediction:
         factor = None if self.factor is None else self.factor[index]
-        return GaussianPrediction(self._mean[index], self.diagonal[index], factor)
+        return GaussianPrediction(self._mean[index], self.diagonal[index], factor, per_channel=self.per_channel)
 
     @classmethod
     def concatenate(cls, predictions: list[GaussianPrediction]) -> GaussianPrediction:
@@ -248,10 +261,13 @@ class GaussianPrediction(Prediction):
             raise ValueError("predictions: some have a low-rank factor and some not")
         if factors[0] is not None and len({f.shape[1] for f in factors}) != 1:
             raise ValueError("predictions: low-rank factors of different ranks")
+        if len({p.per_channel for p in predictions}) != 1:
+            raise ValueError("predictions: some have per-channel factors and some not")
         return GaussianPrediction(
             torch.cat([p.mean for p in predictions]),
             torch.cat([p.diagonal for p in predictions]),
             None if factors[0] is None else torch.cat(factors),
+            per_channel=predictions[0].per_channel,
         )
 
 

@@ -60,8 +60,15 @@ def linear_problem(delta=2.0, sigma2=0.09):
 
 
 def dense_covariance(prediction, i):
-    factor = prediction.factor[i].reshape(prediction.factor.shape[1], -1)
-    return factor.T @ factor + torch.diag(prediction.diagonal[i].reshape(-1))
+    """The joint covariance over ``(channel, *spatial)`` of sample ``i``."""
+    factor = prediction.factor[i]  # (k, c, *spatial)
+    if prediction.per_channel:  # block diagonal: channel c's own k columns
+        blocks = [f.reshape(f.shape[0], -1) for f in factor.unbind(1)]
+        low_rank = torch.block_diag(*[block.T @ block for block in blocks])
+    else:
+        flat = factor.reshape(factor.shape[0], -1)
+        low_rank = flat.T @ flat
+    return low_rank + torch.diag(prediction.diagonal[i].reshape(-1))
 
 
 def test_last_layer_equals_bayesian_linear_regression():
@@ -107,6 +114,11 @@ def test_last_layer_channels_are_independent_with_their_own_noise():
         expected = torch.block_diag(*[phi_test[i] @ covariances[c] @ phi_test[i].T + noise[c] * torch.eye(8, **DOUBLE)
                                       for c in range(2)])
         torch.testing.assert_close(joint, expected, rtol=1e-10, atol=1e-12)
+    # joint draws have that covariance: independent channels, each with its own normals
+    draws = prediction.sample(20_000, generator=torch.Generator().manual_seed(5))[:, 0].reshape(20_000, -1)
+    empirical = torch.cov(draws.T)
+    _assert_within_monte_carlo_error(empirical, dense_covariance(prediction, 0), 20_000)
+    assert prediction.factor.shape == (3, 6, 2, 8)  # rank features + 1 per channel, no zero blocks stored
 
 
 def _assert_within_monte_carlo_error(estimate, exact, samples):
