@@ -6,10 +6,13 @@ import glob
 import os
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
 __all__ = ["atomic_write"]
+
+_ORPHAN_AGE_S = 3600.0  # a temporary file unchanged this long, of an exited process, is an orphan
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
@@ -48,12 +51,19 @@ def _remove_orphans(directory: Path, prefix: str) -> None:
 
     A process killed while writing (SIGKILL, out of memory, power loss) cannot remove its
     temporary file, which can be as large as the data set; the next write of the same path
-    removes it. Files of live processes (another writer of the same path) and of other hosts
-    (a shared file system) are left alone.
+    removes it. Left alone: files of live processes (another writer of the same path), of other
+    hosts (a shared file system), written to in the last :data:`_ORPHAN_AGE_S` seconds (a writer
+    in another PID namespace under the same host name) and everything off POSIX.
     """
+    if os.name != "posix":
+        return
     for tmp in directory.glob(f"{glob.escape(prefix)}*.tmp"):
         pid = tmp.name[len(prefix):].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        try:
+            stale = time.time() - tmp.stat().st_mtime > _ORPHAN_AGE_S
+        except FileNotFoundError:
+            continue
+        if stale and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
 
 

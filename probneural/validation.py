@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,11 +13,12 @@ __all__ = ["check_float", "check_floating_dtype", "check_int", "check_positive_i
 
 
 def check_int(name: str, value: Any, least: int | None = None) -> int:
-    """``value`` if it is an int (not a bool) and ``>= least`` (when given), else ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, int) or (least is not None and value < least):
+    """``value`` as an int if it is an integer (NumPy's included; not a bool) and ``>= least`` (when
+    given), else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (least is not None and value < least):
         bound = "" if least is None else f" >= {least}"
         raise ValueError(f"{name} must be an int{bound}, got {value!r}")
-    return value
+    return int(value)
 
 
 def check_float(name: str, value: Any, *, positive: bool = False, nonnegative: bool = False) -> float:
@@ -38,9 +40,9 @@ def check_floating_dtype(name: str, value: Any) -> torch.dtype:
 
 
 def check_positive_ints(name: str, values: Any) -> tuple[int, ...]:
-    """``values`` as a tuple if it is a non-empty sequence of ints ``>= 1``, else ``ValueError``."""
+    """``values`` as a tuple of ints if it is a non-empty sequence (or array) of integers ``>= 1``, else ``ValueError``."""
+    if hasattr(values, "tolist") and not isinstance(values, (str, bytes)):  # NumPy arrays, tensors
+        values = values.tolist()
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
         raise ValueError(f"{name}: expected a non-empty sequence of positive integers; got {values!r}")
-    for value in values:
-        check_int(name, value, 1)
-    return tuple(values)
+    return tuple(check_int(name, value, 1) for value in values)

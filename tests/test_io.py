@@ -7,6 +7,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -43,8 +44,12 @@ def test_temporary_files_of_killed_writers_are_removed_by_the_next_write(tmp_pat
     orphan = tmp_path / f"{prefix}{dead}.k1ll3d.tmp"  # SIGKILL mid-write: as large as the data set
     live = tmp_path / f"{prefix}{os.getppid()}.wr1t1ng.tmp"  # another process writing the same path now
     other_host = tmp_path / f".data.elsewhere.{dead}.x.tmp"  # a shared file system
-    for path in (orphan, live, other_host):
+    recent = tmp_path / f"{prefix}{dead}.r3c3nt.tmp"  # written a minute ago (another PID namespace?)
+    hour_ago = time.time() - 2 * 3600
+    for path in (orphan, live, other_host, recent):
         path.write_bytes(b"partial")
+        if path is not recent:
+            os.utime(path, (hour_ago, hour_ago))
     atomic_write(tmp_path / "data", lambda tmp: tmp.write_text("done"))
-    assert not orphan.exists() and live.exists() and other_host.exists()
+    assert not orphan.exists() and live.exists() and other_host.exists() and recent.exists()
     assert (tmp_path / "data").read_text() == "done"

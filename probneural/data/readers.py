@@ -488,6 +488,8 @@ def _load_weights_only(path: Path) -> Any:
     try:
         # mmap needs the zip format (torch.save's default since 1.6); then only the slices kept are read.
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except PermissionError:
+        raise
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
         message = str(err)
         reason = (re.search(r"(Unsupported global: [^\n]+|unsupported GLOBAL [^\s]+)", message)

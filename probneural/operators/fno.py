@@ -173,9 +173,10 @@ class FNO(nn.Module):
         if x.shape[0] == 0:
             raise ValueError(f"x: expected at least one sample; got shape {tuple(x.shape)}")
         dtype = self.lifting.weight.dtype
-        if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        half = x.dtype in (torch.float16, torch.bfloat16)
+        if x.dtype != dtype and not (half and torch.is_autocast_enabled(x.device.type)):
             raise ValueError(f"x: expected the operator's dtype {dtype}; got {x.dtype} (cast one to the other, "
-                             "or run under the precision policy's autocast)")
+                             "or, for half precision, run under the precision policy's autocast)")
         spatial = tuple(x.shape[2:])
         needed = tuple(2 * m for m in self.modes)
         if any(n < r for n, r in zip(spatial, needed)):

@@ -170,7 +170,7 @@ def save_checkpoint(
         meta["scheduler"] = {"class": type(scheduler).__name__, "state": scheduler.state_dict()}
     if grad_scaler is not None:
         meta["grad_scaler"] = grad_scaler.state_dict()
-    json.dumps(meta)  # metadata that cannot be written fails here, before any file is touched
+    _meta_sha256(meta)  # metadata that cannot be written (as it is checksummed) fails before any file is touched
     weights, handle = directory / f"{stem}.safetensors", directory / f"{stem}.json"
     # re-saving an epoch withdraws its handle first: while the weights are replaced no handle points
     # at them (a crash then leaves no checkpoint of this epoch, never one whose weights fail their checksum)

@@ -153,10 +153,14 @@ def evaluate(
     return {k: v / len(dataset) for k, v in totals.items()}
 
 
+_NOT_DATA = ("probneural_version", "source_mtime")  # metadata that a copy or an upgrade changes, not the data
+
+
 def _data_identity(dataset: OperatorDataset) -> dict[str, Any]:
     """What identifies a training set for a resume: its size, its field shapes and the sha256 of its
-    metadata (every generation parameter and the seed; the package version left out)."""
-    metadata = {k: v for k, v in dataset.metadata.items() if k != "probneural_version"}
+    metadata (every generation parameter and the seed; the package version and a source file's
+    modification time left out)."""
+    metadata = {str(k): v for k, v in dataset.metadata.items() if k not in _NOT_DATA}
     digest = hashlib.sha256(json.dumps(metadata, sort_keys=True, default=str).encode()).hexdigest()
     return {"samples": len(dataset), "x": list(dataset.x.shape[1:]), "y": list(dataset.y.shape[1:]),
             "metadata_sha256": digest}
@@ -333,7 +337,7 @@ class Trainer:
         scaler = policy.make_grad_scaler(device)
         history: list[dict[str, float]] = []
         start = 0
-        data = _data_identity(train)
+        data = _data_identity(train) if self.checkpoint_dir is not None else {}
         if resume:
             checkpoint = self._resumable_checkpoint(model, data)
             if checkpoint is not None:

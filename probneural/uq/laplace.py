@@ -134,8 +134,12 @@ def _residual_statistics(operator: nn.Module, batches: list[tuple[Tensor, Tensor
     """Per-channel sums of squared residuals `(c,)` and observation counts `(c,)` on normalised batches."""
     squared, counts = 0.0, 0.0
     with torch.no_grad():
-        for x, y in batches:
-            residual = (operator(x) - y).to(_LINALG)
+        for index, (x, y) in enumerate(batches):
+            output = operator(x)
+            if output.shape != y.shape:  # broadcasting would fit a 1-channel y to every output channel
+                raise ValueError(f"loader: batch {index} has y of shape {tuple(y.shape)}; the operator answers "
+                                 f"{tuple(output.shape)}")
+            residual = (output - y).to(_LINALG)
             squared = squared + residual.square().transpose(0, 1).reshape(residual.shape[1], -1).sum(1)
             counts = counts + torch.full((residual.shape[1],), residual[:, 0].numel(), dtype=_LINALG,
                                          device=residual.device)

@@ -72,7 +72,7 @@ def fit(name: str, model: nn.Module | Posterior, loader: Batches, **options: Any
         ValueError: ``loader`` is a one-shot iterator (a generator): methods pass over it more than once.
     """
     method = METHODS.get(name)
-    if iter(loader) is loader:
+    if isinstance(loader, Iterator):  # (iter() on a DataLoader would start its workers)
         raise ValueError("loader: expected re-iterable (x, y) batches (a list or a DataLoader); got a one-shot "
                          f"iterator ({type(loader).__name__}), which a second pass would find empty")
     began = time.perf_counter()

@@ -177,3 +177,8 @@ def test_inputs_that_are_not_floating_tensors_of_the_operators_dtype_are_named()
         model(torch.ones(2, 1, 16, dtype=torch.float16))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the precision policy's autocast casts inside
         assert model(torch.ones(2, 1, 16, dtype=torch.bfloat16)).shape == (2, 1, 16)
+        with pytest.raises(ValueError, match="expected the operator's dtype torch.float32; got torch.float64"):
+            model(torch.ones(2, 1, 16, dtype=torch.float64))  # autocast does not excuse float64
+    import numpy as np
+
+    assert FNO(1, 1, np.array([4, 3]), width=np.int64(4)).modes == (4, 3)  # NumPy integers are integers

@@ -134,6 +134,8 @@ def test_saving_never_corrupts_a_checkpoint(darcy_small, tmp_path):
     before = {p.name: p.read_bytes() for p in directory.iterdir()}
     with pytest.raises(TypeError, match="not JSON serializable"):
         save_checkpoint(directory, 3, model=model, model_meta=meta, extra={"val": object()})
+    with pytest.raises(TypeError):  # serialisable, but not with the checksum's sorted keys
+        save_checkpoint(directory, 3, model=model, model_meta=meta, extra={1: "a", "b": 2})
     assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
     load_checkpoint(handle)
     with torch.no_grad():

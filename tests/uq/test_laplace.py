@@ -250,6 +250,10 @@ def test_bad_options_name_the_argument():
         uq.fit("laplace", model, [(x, y[..., :4])])
     with pytest.raises(ValueError, match="loader: batch 1 has NaN or Inf targets"):
         uq.fit("laplace", model, [(x, y), (x, torch.full_like(y, float("nan")))])
+    two_channels = RandomFeatures().double()
+    two_channels.readout = Pointwise(5, 2).double()
+    with pytest.raises(ValueError, match=r"loader: batch 0 has y of shape \(20, 1, 8\); the operator answers"):
+        uq.fit("laplace", two_channels, [(x, y)])  # would broadcast y to both channels
     normalized = NormalizedOperator(model, ChannelNormalizer.fit(x), ChannelNormalizer.fit(y))
     with pytest.raises(ValueError, match=r"y must have shape \(batch, 1, \*spatial\)"):
         uq.fit("laplace", normalized, [(x, y.expand(-1, 2, -1))])
