@@ -153,6 +153,15 @@ def evaluate(
     return {k: v / len(dataset) for k, v in totals.items()}
 
 
+def _set_aside(handles: list[Path]) -> None:
+    """Rename unusable checkpoints to ``*.unusable``: the newest handle is then the checkpoint a run
+    resumed from (or none), not a broken one that pruning would keep over the run's own."""
+    for handle in handles:
+        for path in (handle, handle.with_suffix(".safetensors")):
+            if path.exists():
+                path.replace(path.with_name(path.name + ".unusable"))
+
+
 _NOT_DATA = ("probneural_version", "source_mtime")  # metadata that a copy or an upgrade changes, not the data
 
 
@@ -394,11 +403,13 @@ class Trainer:
         """
         if self.checkpoint_dir is None:
             raise ValueError("resume: needs a run_dir holding the checkpoints to resume from")
+        unusable = []
         for handle in reversed(checkpoints(self.checkpoint_dir)):
             try:
                 checkpoint = load_checkpoint(handle, map_location=self.device)
             except CheckpointError as error:
-                warnings.warn(f"skipping unusable checkpoint: {error}", stacklevel=3)
+                warnings.warn(f"skipping unusable checkpoint (moved aside as *.unusable): {error}", stacklevel=3)
+                unusable.append(handle)
                 continue
             saved = checkpoint.meta["extra"].get("trainer", {})
             differ = {k: (saved.get(k), v) for k, v in self.settings().items() if saved.get(k) != v}
@@ -421,7 +432,9 @@ class Trainer:
                 raise ValueError(
                     f"resume: {handle} holds model {checkpoint.meta['model']}, not {_model_meta(model)}"
                 )
+            _set_aside(unusable)
             return checkpoint
+        _set_aside(unusable)
         return None
 
     def _write(self, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, epoch: int,

@@ -280,6 +280,9 @@ def test_resume_refuses_changed_settings_and_falls_back_past_a_corrupted_checkpo
     with pytest.warns(UserWarning, match="skipping unusable checkpoint"):
         history = trainer(tmp_path, 3).fit(make_model(train), train, resume=True)
     assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert (tmp_path / "checkpoints" / "epoch-0002.safetensors.unusable").read_bytes() == b"garbage"
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "epoch-0003.json"
+    load_model(tmp_path / "checkpoints")
     with pytest.raises(ValueError, match="resume: needs a run_dir"):
         Trainer(epochs=1, progress=False).fit(make_model(train), train, resume=True)
 
