@@ -31,7 +31,8 @@ MMAP_THRESHOLD = 1 << 30  # bytes: smaller blocks come from the heap
 TRIM_THRESHOLD = 2**31 - 1  # bytes of free heap top kept (mallopt takes a C int)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
 
-_applied: str | None = None
+_SETTING = f"mallopt mmap_threshold={MMAP_THRESHOLD} trim_threshold={TRIM_THRESHOLD}"
+_applied: str | None = None  # what mallopt accepted, as allocator_setting reports it
 
 
 def keep_freed_memory() -> bool:
@@ -41,19 +42,21 @@ def keep_freed_memory() -> bool:
     module docstring for what it saves.
 
     Returns:
-        ``True`` if the setting is in effect, ``False`` where the C library is not glibc.
+        ``True`` if the setting is in effect; ``False`` where the C library is not glibc or glibc
+        refused a value (:func:`allocator_setting` then names what did apply).
     """
     global _applied
-    if _applied is not None:
+    if _applied == _SETTING:
         return True
     if platform.libc_ver()[0] != "glibc":
         return False
     mallopt = ctypes.CDLL(None).mallopt
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    if not (mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
-        return False
-    _applied = f"mallopt mmap_threshold={MMAP_THRESHOLD} trim_threshold={TRIM_THRESHOLD}"
-    return True
+    applied = [f"{name}={value}" for name, option, value in (("mmap_threshold", _M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+                                                             ("trim_threshold", _M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+               if mallopt(option, value)]
+    _applied = "mallopt " + " ".join(applied) if applied else None
+    return _applied == _SETTING
 
 
 def allocator_setting() -> str:

@@ -334,7 +334,10 @@ class Trainer:
         Raises:
             NonFiniteLossError: when a batch loss is NaN or Inf.
             ValueError: ``resume`` is false but ``run_dir`` already holds checkpoints (a fresh run
-                would mix its checkpoints and metrics with another run's).
+                would mix its checkpoints and metrics with another run's); the model is not a
+                registered operator (checkpoints could not rebuild it); or, resuming, the
+                checkpoint was written with other settings, another model or other training data,
+                or has trained more than ``epochs``.
         """
         if self.checkpoint_dir is not None:
             _model_meta(model)  # an operator checkpoints cannot rebuild fails now, not after the first epoch
