@@ -9,9 +9,10 @@ Layout of a checkpoint directory::
 
 Both files are written to a temporary name and renamed into place, the JSON last: it is the
 commit marker, so a kill at any moment leaves the previous checkpoint intact and the new one
-either complete or invisible (re-saving an existing epoch removes its JSON first: a kill then leaves
-that epoch without a checkpoint, never with one that fails its checksum). Reading verifies both checksums (checkpoints written before the
-metadata checksum existed are read without it); nothing is ever unpickled.
+either complete or invisible (re-saving an existing epoch removes its JSON first: a kill then
+leaves that epoch without a checkpoint, never with one that fails its checksum). Reading verifies
+both checksums (checkpoints written before the metadata checksum existed are read without it);
+nothing is ever unpickled.
 """
 
 from __future__ import annotations
