@@ -40,7 +40,8 @@ def check_floating_dtype(name: str, value: Any) -> torch.dtype:
 
 
 def check_positive_ints(name: str, values: Any) -> tuple[int, ...]:
-    """``values`` as a tuple of ints if it is a non-empty sequence (or array) of integers ``>= 1``, else ``ValueError``."""
+    """``values`` as a tuple of ints if it is a non-empty sequence (or array) of integers ``>= 1``,
+    else ``ValueError``."""
     if hasattr(values, "tolist") and not isinstance(values, (str, bytes)):  # NumPy arrays, tensors
         values = values.tolist()
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:

@@ -73,7 +73,8 @@ def test_metadata_is_copied():
         (torch.zeros(2, 1, 3), torch.zeros(2, 1, 3), (torch.zeros(4),), "grid must be 1 1-D tensors"),
         (torch.zeros(2, 1, 3), torch.zeros(2, 1, 3), (torch.zeros(3), torch.zeros(3)), "grid must be"),
         (torch.zeros(2, 1, 3), torch.zeros(2, 1, 3), (torch.tensor([0.0, float("nan"), 1.0]),), "grid contains NaN"),
-        (torch.zeros(2, 1, 0), torch.zeros(2, 1, 0), (torch.zeros(0),), "x must have at least one channel and one point"),
+        (torch.zeros(2, 1, 0), torch.zeros(2, 1, 0), (torch.zeros(0),),
+         "x must have at least one channel and one point"),
         (torch.zeros(2, 0, 3), torch.zeros(2, 1, 3), (torch.zeros(3),), "x must have at least one channel"),
     ],
 )

@@ -357,7 +357,8 @@ def test_neuralop_darcy_never_unpickles_objects(tmp_path):
         read_neuralop_darcy(tmp_path / "absent.pt")
     system = tmp_path / "system.pt"
     torch.save({"x": _Reducer(), "y": torch.zeros(1, 2, 2)}, system)  # os.system on unpickling: never run
-    with pytest.raises(ValueError, match=r"system.pt could not .* unsupported GLOBAL posix.system\. ProbNeural") as error:
+    message = r"system.pt could not .* unsupported GLOBAL posix.system\. ProbNeural"
+    with pytest.raises(ValueError, match=message) as error:
         read_neuralop_darcy(system)
     assert "weights_only` set to `False`" not in str(error.value)
     whole = tmp_path / "whole.pt"
