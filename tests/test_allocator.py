@@ -33,7 +33,8 @@ print(default, applied, kept, keep_freed_memory(), allocator_setting(), sep="|")
 """
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc",
+                    reason="keep_freed_memory sets glibc's mallopt; other C libraries have no such setting")
 def test_freed_memory_is_reused_without_page_faults() -> None:
     env = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
     result = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, env=env, timeout=120)

@@ -44,6 +44,7 @@ __all__ = [
     "restore_optimizer",
     "restore_rng",
     "save_checkpoint",
+    "set_aside",
 ]
 
 FORMAT_VERSION = 1
@@ -211,6 +212,16 @@ def check_no_checkpoints(run_dir: str | Path) -> None:
             f"run_dir: {run_dir} already holds checkpoints (newest {existing.name}); "
             "resume to continue that run, or use a new run_dir"
         )
+
+
+def set_aside(handles: list[Path]) -> None:
+    """Rename checkpoints (handle and weights) to ``*.unusable``, e.g. those that fail verification:
+    the newest handle is then the checkpoint a run resumed from (or none), not a broken one that
+    pruning would keep over the run's own."""
+    for handle in handles:
+        for path in (handle, handle.with_suffix(".safetensors")):
+            if path.exists():
+                path.replace(path.with_name(path.name + ".unusable"))
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:

@@ -31,6 +31,7 @@ from probneural.train.checkpoint import (
     restore_optimizer,
     restore_rng,
     save_checkpoint,
+    set_aside,
 )
 from probneural.train.losses import LOSSES, relative_h1, relative_l2
 from probneural.train.normalized import NormalizedOperator
@@ -151,15 +152,6 @@ def evaluate(
         totals["rel_l2"] += relative_l2(pred, y).item() * len(x)
         totals["rel_h1"] += relative_h1(pred, y).item() * len(x)
     return {k: v / len(dataset) for k, v in totals.items()}
-
-
-def _set_aside(handles: list[Path]) -> None:
-    """Rename unusable checkpoints to ``*.unusable``: the newest handle is then the checkpoint a run
-    resumed from (or none), not a broken one that pruning would keep over the run's own."""
-    for handle in handles:
-        for path in (handle, handle.with_suffix(".safetensors")):
-            if path.exists():
-                path.replace(path.with_name(path.name + ".unusable"))
 
 
 _NOT_DATA = ("probneural_version", "source_mtime")  # metadata that a copy or an upgrade changes, not the data
@@ -435,9 +427,9 @@ class Trainer:
                 raise ValueError(
                     f"resume: {handle} holds model {checkpoint.meta['model']}, not {_model_meta(model)}"
                 )
-            _set_aside(unusable)
+            set_aside(unusable)
             return checkpoint
-        _set_aside(unusable)
+        set_aside(unusable)
         return None
 
     def _write(self, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, epoch: int,

@@ -491,10 +491,7 @@ def fit_laplace(
     device, dtype = model_parameters(operator)
     batches = []
     for index, (x, y) in enumerate(loader):
-        if y.shape[:1] != x.shape[:1] or y.shape[2:] != x.shape[2:]:
-            raise ValueError(f"loader: batch {index} has y of shape {tuple(y.shape)} for x of shape {tuple(x.shape)}; "
-                             "expected (b, c_out, *spatial) on x's batch and grid")
-        if not torch.isfinite(y).all():
+        if not torch.isfinite(y).all():  # shapes are checked against the operator's output below
             raise ValueError(f"loader: batch {index} has NaN or Inf targets y")
         x, y = x.to(device, dtype), y.to(device, dtype)
         batches.append((x_normalizer.encode(x) if x_normalizer is not None else x,
