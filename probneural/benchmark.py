@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from probneural.allocator import keep_freed_memory
 from probneural.bench.environment import capture_environment
 from probneural.bench.suites import run_suite
-from probneural.config import register_schemas, to_kwargs
+from probneural.config import check_declared_keys, register_schemas, to_kwargs
 from probneural.config.paths import CONFIG_DIR
 
 register_schemas()
@@ -28,6 +28,7 @@ register_schemas()
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="benchmark", version_base="1.3")
 def main(cfg: DictConfig) -> list[Path]:
+    check_declared_keys(cfg)  # a key added with '+' that nothing reads would silently do nothing
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.keep_freed_memory:
         keep_freed_memory()

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from probneural.allocator import keep_freed_memory
 from probneural.bench.environment import capture_environment
-from probneural.config import register_schemas, to_kwargs
+from probneural.config import check_declared_keys, register_schemas, to_kwargs
 from probneural.config.data import build_splits, load_run_data
 from probneural.config.paths import CONFIG_DIR
 from probneural.io import atomic_write
@@ -35,6 +35,7 @@ register_schemas()
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
+    check_declared_keys(cfg)  # a key added with '+' that nothing reads would silently do nothing
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     run_dir = Path(cfg.run_dir)
     if cfg.keep_freed_memory:

@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from probneural.allocator import keep_freed_memory
-from probneural.config import register_schemas
+from probneural.config import check_declared_keys, register_schemas
 from probneural.config.data import build_splits, split_label
 from probneural.config.paths import CONFIG_DIR
 
@@ -26,6 +26,7 @@ register_schemas()
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="generate", version_base="1.3")
 def main(cfg: DictConfig) -> dict[str, tuple[int, ...]]:
+    check_declared_keys(cfg)  # a key added with '+' that nothing reads would silently do nothing
     if cfg.keep_freed_memory:
         keep_freed_memory()
     if cfg.data.cache_dir is None:

@@ -4,6 +4,6 @@ The only package module besides the ``python -m`` entry points that imports Hydr
 """
 
 from probneural.config.instantiate import instantiate, to_kwargs
-from probneural.config.schema import register_schemas
+from probneural.config.schema import check_declared_keys, register_schemas
 
-__all__ = ["instantiate", "register_schemas", "to_kwargs"]
+__all__ = ["check_declared_keys", "instantiate", "register_schemas", "to_kwargs"]

@@ -2,18 +2,21 @@
 
 Each YAML option in ``configs/<group>/`` starts its defaults list with its schema
 (``defaults: [<name>_schema, _self_]``), so a mistyped key or a value of the wrong type
-stops the run with Hydra's error before any work starts.
+stops the run with Hydra's error before any work starts. A key appended with Hydra's ``+``
+syntax composes even into a schema-typed node; the entry points refuse it with
+:func:`check_declared_keys`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-__all__ = ["register_schemas"]
+__all__ = ["check_declared_keys", "register_schemas"]
 
 
 @dataclass
@@ -379,6 +382,40 @@ class GenerateAppConfig:
     data: Any = MISSING
     progress: bool = True
     keep_freed_memory: bool = True
+
+
+def check_declared_keys(cfg: DictConfig | ListConfig, path: str = "") -> None:
+    """Refuse keys that a composed config holds but its schema does not declare.
+
+    Hydra's append syntax (``+report.bogus=1``, which Hydra itself suggests for a key that is
+    not in a config) adds a key even to a schema-typed node, where nothing reads it: the run
+    would go on as if the override had not been given. Free-form nodes (``Dict[str, Any]``
+    fields such as ``uq.options``, which their consumers check) are not restricted.
+
+    Args:
+        cfg: a composed config (the entry points' ``cfg``); recursed into.
+        path: the dotted path of ``cfg`` in the whole config (for messages).
+
+    Raises:
+        ValueError: naming the first undeclared key with its full path and the declared ones.
+    """
+    if isinstance(cfg, ListConfig):
+        for index, item in enumerate(cfg):
+            if isinstance(item, (DictConfig, ListConfig)):
+                check_declared_keys(item, f"{path}[{index}]")
+        return
+    schema = OmegaConf.get_type(cfg)
+    declared = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
+    for key in cfg.keys():
+        where = f"{path}.{key}" if path else str(key)
+        if declared is not None and key not in declared:
+            raise ValueError(
+                f"{where}: not an option of {path or 'the config'} ({schema.__name__}), so it would have no "
+                f"effect; expected one of {declared}"
+            )
+        child = cfg._get_node(key)
+        if isinstance(child, (DictConfig, ListConfig)) and not child._is_none() and not child._is_missing():
+            check_declared_keys(child, where)
 
 
 def register_schemas() -> None:

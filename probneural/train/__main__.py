@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from probneural.allocator import keep_freed_memory
 from probneural.bench.environment import capture_environment
-from probneural.config import instantiate, register_schemas, to_kwargs
+from probneural.config import check_declared_keys, instantiate, register_schemas, to_kwargs
 from probneural.config.data import build_splits, check_model_fits_data, split_label
 from probneural.config.paths import CONFIG_DIR
 from probneural.io import atomic_write
@@ -35,6 +35,7 @@ register_schemas()
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
+    check_declared_keys(cfg)  # a key added with '+' that nothing reads would silently do nothing
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.keep_freed_memory:
         keep_freed_memory()

@@ -15,7 +15,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from probneural.config import instantiate, register_schemas, to_kwargs
+from probneural.config import check_declared_keys, instantiate, register_schemas, to_kwargs
 from probneural.config.paths import CONFIG_DIR
 from probneural.data.problems import field_layout
 from probneural.operators import FNO
@@ -33,6 +33,7 @@ def compose_config(name: str, overrides: list[str]):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_builds_its_model(experiment):
     cfg = compose_config("train", [f"experiment={experiment}"])
+    check_declared_keys(cfg)
     OmegaConf.resolve(cfg)
     model = instantiate(cfg.model)
     assert isinstance(model, FNO)
@@ -60,7 +61,40 @@ def test_every_option_of_every_group_composes(group):
 @pytest.mark.parametrize("benchmark", BENCHMARKS)
 def test_every_benchmark_composes(benchmark):
     cfg = compose_config("benchmark", [f"benchmark={benchmark}"])
+    check_declared_keys(cfg)
     assert cfg.benchmark.name == benchmark
+
+
+@pytest.mark.parametrize(
+    "app, overrides",
+    [("train", ["uq=laplace"]), ("evaluate", ["run_dir=run", "uq=conformal"]), ("generate", []), ("benchmark", [])],
+)
+def test_every_app_config_declares_its_keys(app, overrides):
+    check_declared_keys(compose_config(app, overrides))
+
+
+@pytest.mark.parametrize(
+    "override, path",
+    [
+        ("+trainer.epoch=3", "trainer.epoch"),  # what Hydra suggests for the mistyped key above
+        ("+report.bogus=1", "report.bogus"),
+        ("+data.options.solve_res=9", "data.options.solve_res"),
+        ("+data.shifts.contrast.bogus.x=1", None),  # named shifts are free-form: their consumer checks them
+        ("+bogus=1", "bogus"),
+    ],
+)
+def test_keys_appended_with_plus_must_be_declared(override, path):
+    cfg = compose_config("train", [override])  # Hydra's append syntax composes
+    if path is None:
+        check_declared_keys(cfg)
+        return
+    with pytest.raises(ValueError, match=rf"^{path}: not an option of .* no effect; expected one of \["):
+        check_declared_keys(cfg)
+
+
+def test_free_form_option_nodes_are_left_to_their_consumers():
+    cfg = compose_config("train", ["uq=laplace", "+uq.options.not_an_option=1"])
+    check_declared_keys(cfg)  # UQSpec names the unknown option (tests/uq)
 
 
 @pytest.mark.parametrize(
@@ -105,6 +139,9 @@ def test_bad_override_fails_before_any_work(tmp_path):
                      f"data.cache_dir={tmp_path}/cache", cwd=tmp_path)
     assert result.returncode != 0 and "optimizer" in result.stderr
     assert not (tmp_path / "cache").exists()  # failed before generating data
+    result = run_cli("probneural.train", "+trainer.epoch=3", f"hydra.run.dir={tmp_path}/run3", cwd=tmp_path)
+    assert result.returncode != 0 and "trainer.epoch: not an option" in result.stderr
+    assert not (tmp_path / "run3" / "config.yaml").exists()  # nothing written
 
 
 def test_train_cli_writes_a_complete_run_directory_and_resumes(tmp_path):
