@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from probneural.config.instantiate import to_kwargs
 from probneural.config.schema import register_schemas
-from probneural.data import OperatorDataset, generate
+from probneural.data import OperatorDataset, check_arguments, generate
 from probneural.data.problems import field_layout
 
 __all__ = ["build_splits", "check_model_fits_data", "load_run_data", "split_label"]
@@ -33,22 +33,49 @@ def _shift_changes(data: DictConfig, options: dict[str, object]) -> dict[str, di
     return shifts
 
 
+def _split_arguments(data: DictConfig, calibration: bool) -> dict[str, dict[str, object]]:
+    """The generator arguments of every split ``data`` describes (see :func:`build_splits`), by split name."""
+    options = to_kwargs(data.options)
+    shared = {"cache_dir": data.cache_dir} | options
+
+    def split(n: int, resolution: int, seed: int, **changes: object) -> dict[str, object]:
+        return shared | {"n": n, "resolution": resolution, "seed": seed} | changes
+
+    splits = {"train": split(data.n_train, data.resolution, data.seed),
+              "test": split(data.n_test, data.resolution, data.seed + 1)}
+    if data.zero_shot_resolution is not None:
+        changes = {}
+        if data.zero_shot_solve_resolution is not None:
+            changes["solve_resolution"] = data.zero_shot_solve_resolution
+        splits["zero_shot"] = split(data.n_zero_shot, data.zero_shot_resolution, data.seed + 2, **changes)
+    for name, changes in _shift_changes(data, options).items():
+        resolution = changes.pop("resolution", data.resolution)
+        splits[f"shift_{name}"] = split(data.n_shift, resolution, data.seed + 3, **changes)
+    if calibration:
+        splits["calibration"] = split(data.n_calibration, data.resolution, data.seed + 4)
+    return splits
+
+
 def check_model_fits_data(model: DictConfig, data: DictConfig) -> None:
     """A ``ValueError`` naming ``model.modes``, ``model.in_channels`` or ``model.out_channels`` when the
-    model config cannot take the data ``data`` describes (checked before any data are generated).
+    model config cannot take the data of one of the splits ``data`` describes (a shift may change the
+    channels, e.g. Navier–Stokes ``n_input_steps``). Checked before any data are generated.
 
     Model configs without these keys are not checked.
     """
-    axes, in_channels, out_channels = field_layout(data.problem, **to_kwargs(data.options))
-    problem = f"data.problem={data.problem}" + (f" (task {data.options.task})" if "task" in data.options else "")
-    if "modes" in model and len(model.modes) != axes:
-        example = "[16]" if axes == 1 else "[12, 12]"
-        raise ValueError(f"model.modes: {problem} has {axes} spatial axis/axes but model.modes={list(model.modes)} "
-                         f"has {len(model.modes)}; set e.g. model.modes={example}")
-    for key, channels in (("in_channels", in_channels), ("out_channels", out_channels)):
-        if key in model and model[key] != channels:
-            raise ValueError(f"model.{key}: {problem} has {channels} {key.split('_')[0]}put channel(s); "
-                             f"got model.{key}={model[key]}")
+    for split, arguments in _split_arguments(data, calibration=False).items():
+        options = {k: v for k, v in arguments.items() if k in data.options}
+        axes, in_channels, out_channels = field_layout(data.problem, **options)
+        problem = f"data.problem={data.problem}" + (f" (task {options['task']})" if "task" in options else "")
+        where = "" if split in ("train", "test") else f"the {split} split of "
+        if "modes" in model and len(model.modes) != axes:
+            example = "[16]" if axes == 1 else "[12, 12]"
+            raise ValueError(f"model.modes: {where}{problem} has {axes} spatial axis/axes but "
+                             f"model.modes={list(model.modes)} has {len(model.modes)}; set e.g. model.modes={example}")
+        for key, channels in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if key in model and model[key] != channels:
+                raise ValueError(f"model.{key}: {where}{problem} has {channels} {key.split('_')[0]}put channel(s); "
+                                 f"got model.{key}={model[key]}")
 
 
 def load_run_data(run_dir: str | Path) -> DictConfig:
@@ -88,31 +115,13 @@ def build_splits(data: DictConfig, *, progress: bool = True, calibration: bool =
         ``data.n_calibration`` samples at ``data.resolution`` with ``seed + 4``.
 
     Raises:
-        ValueError: a shift changes an option the generator does not have (raised before
-            any data are generated).
+        ValueError: a shift changes an option the generator does not have, or the generator refuses
+            the arguments of a split (every split is checked before the first one is generated).
     """
-
-    options = to_kwargs(data.options)
-    shifts = _shift_changes(data, options)
-
-    def make(n: int, resolution: int, seed: int, **changes: object) -> OperatorDataset:
-        return generate(
-            data.problem, n=n, resolution=resolution, seed=seed,
-            cache_dir=data.cache_dir, progress=progress, **(options | changes),
-        )
-
-    splits = {
-        "train": make(data.n_train, data.resolution, data.seed),
-        "test": make(data.n_test, data.resolution, data.seed + 1),
-    }
-    if data.zero_shot_resolution is not None:
-        changes = {}
-        if data.zero_shot_solve_resolution is not None:
-            changes["solve_resolution"] = data.zero_shot_solve_resolution
-        splits["zero_shot"] = make(data.n_zero_shot, data.zero_shot_resolution, data.seed + 2, **changes)
-    for name, changes in shifts.items():
-        resolution = changes.pop("resolution", data.resolution)
-        splits[f"shift_{name}"] = make(data.n_shift, resolution, data.seed + 3, **changes)
-    if calibration:
-        splits["calibration"] = make(data.n_calibration, data.resolution, data.seed + 4)
-    return splits
+    splits = _split_arguments(data, calibration)
+    for name, arguments in splits.items():
+        try:
+            check_arguments(data.problem, **arguments)
+        except ValueError as error:
+            raise ValueError(f"data ({name} split): {error}") from error
+    return {name: generate(data.problem, progress=progress, **arguments) for name, arguments in splits.items()}

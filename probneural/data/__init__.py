@@ -8,7 +8,7 @@
 from probneural.data import allen_cahn, burgers, darcy, generation, grf, kuramoto_sivashinsky, navier_stokes
 from probneural.data.dataset import OperatorDataset
 from probneural.data.normalizer import ChannelNormalizer
-from probneural.data.problems import PROBLEMS, generate
+from probneural.data.problems import PROBLEMS, check_arguments, generate
 from probneural.data.readers import read_neuralop_darcy, read_pdebench
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "PROBLEMS",
     "allen_cahn",
     "burgers",
+    "check_arguments",
     "darcy",
     "generate",
     "generation",

@@ -352,6 +352,7 @@ def generate(
         raise ValueError(f"contrast must be a pair (high, low), got {contrast!r}")
     _check_contrast(*contrast)
     high, low = float(contrast[0]), float(contrast[1])
+    alpha, tau = check_float("alpha", alpha, positive=True), check_float("tau", tau, positive=True)
     params = {
         "problem": "darcy",
         "n": n,

@@ -9,6 +9,8 @@ does the rest, identically for every problem.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Callable, Iterator
 
 import torch
@@ -18,10 +20,48 @@ from probneural.data import cache
 from probneural.data.dataset import OperatorDataset
 from probneural.validation import check_int
 
-__all__ = ["SampleBatch", "build"]
+__all__ = ["SampleBatch", "build", "checked_params"]
 
 SampleBatch = Callable[[int, int], "tuple[torch.Tensor, torch.Tensor]"]
 """``(start, count) -> (x, y)``: `(count, c_in, *spatial)` inputs and `(count, c_out, *spatial)` outputs."""
+
+
+_CHECKING: ContextVar[bool] = ContextVar("probneural_data_checking", default=False)
+
+
+class _ArgumentsChecked(Exception):
+    """Raised by :func:`build` under :func:`checked_params`, carrying the ``params`` it was given."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        super().__init__("arguments checked")
+        self.params = params
+
+
+def checked_params(generate: Callable[..., OperatorDataset], **kwargs: Any) -> dict[str, Any]:
+    """Check a generator's arguments without generating or reading anything.
+
+    ``generate`` (a problem's ``generate``, which checks its arguments and then calls
+    :func:`build`) runs up to :func:`build`, which checks ``n`` and ``batch_size`` and stops.
+    Used to check every split of a run before the first one is generated.
+
+    Args:
+        generate: a generator ending in :func:`build`.
+        **kwargs: its arguments.
+
+    Returns:
+        The generation parameters ``params`` (the metadata the data set would carry).
+
+    Raises:
+        ValueError: an argument the generator refuses.
+    """
+    token = _CHECKING.set(True)
+    try:
+        generate(**kwargs)
+    except _ArgumentsChecked as checked:
+        return checked.params
+    finally:
+        _CHECKING.reset(token)
+    raise RuntimeError(f"{getattr(generate, '__qualname__', generate)} returned without calling generation.build")
 
 
 def _batches(
@@ -88,6 +128,8 @@ def build(
     """
     check_int("n", n, 1)
     check_int("batch_size", batch_size, 1)
+    if _CHECKING.get():
+        raise _ArgumentsChecked(params)
     batches = _batches(n, batch_size, sample_batch, progress, description)
     if cache_dir is None:
         x, y = _collect(n, batches)

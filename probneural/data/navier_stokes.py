@@ -46,6 +46,7 @@ time wait (a step of length zero is the identity).
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -577,6 +578,22 @@ def _check_solve_resolution(resolution: int, solve_resolution: int) -> int:
     return solve_resolution // resolution
 
 
+# The options only one task reads: given to the other task they would change nothing.
+_TASK_OPTIONS = {"final": ("t",), "rollout": ("snapshot_interval", "n_input_steps", "n_output_steps")}
+
+
+def _check_task_options(task: str, **options: object) -> None:
+    """Refuse an option of the other task set away from its default (it would not change the data)."""
+    defaults = inspect.signature(generate).parameters
+    for other, names in _TASK_OPTIONS.items():
+        if other == task:
+            continue
+        for name in names:
+            if options[name] != defaults[name].default:
+                raise ValueError(f"{name}: only task={other!r} uses it, so with task={task!r} it would not change the "
+                                 f"data; got {name}={options[name]!r} (leave it at {defaults[name].default!r})")
+
+
 def generate(
     n: int,
     resolution: int = 64,
@@ -632,10 +649,12 @@ def generate(
         seed: data-set seed.
         viscosity: ``ν > 0`` (paper: 1e-3, 1e-4, 1e-5).
         task: ``"final"`` or ``"rollout"``.
-        t: final time of task ``"final"`` (unused by ``"rollout"``).
-        snapshot_interval: spacing of the ``"rollout"`` snapshots (unused by ``"final"``).
+        t: final time of task ``"final"``.
+        snapshot_interval: spacing of the ``"rollout"`` snapshots.
         n_input_steps: input snapshots of ``"rollout"``.
-        n_output_steps: output snapshots of ``"rollout"``.
+        n_output_steps: output snapshots of ``"rollout"``. The options of one task must stay at
+            their defaults for the other (which would not read them: a data shift of one would be
+            no shift).
         solve_resolution: points per axis of the solve, a multiple of ``resolution``.
         forcing_amplitude: amplitude of :func:`fno_forcing` (paper: 0.1).
         alpha: GRF smoothness exponent (paper: 2.5).
@@ -686,6 +705,8 @@ def generate(
             "n_input_steps": n_input_steps,
             "n_output_steps": n_output_steps,
         }
+    _check_task_options(task, t=t, snapshot_interval=snapshot_interval, n_input_steps=n_input_steps,
+                        n_output_steps=n_output_steps)
     params = {
         "problem": "navier_stokes",
         "n": n,

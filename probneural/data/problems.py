@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from probneural.data import allen_cahn, burgers, darcy, kuramoto_sivashinsky, navier_stokes
+from probneural.data import allen_cahn, burgers, darcy, generation, kuramoto_sivashinsky, navier_stokes
 from probneural.data.dataset import OperatorDataset
 from probneural.registry import Registry
 
@@ -41,6 +41,18 @@ def field_layout(problem: str, **options: Any) -> tuple[int, int, int]:
         if settings["task"] == "rollout":
             return _SPATIAL_AXES[problem], settings["n_input_steps"], settings["n_output_steps"]
     return _SPATIAL_AXES[problem], 1, 1
+
+
+def check_arguments(problem: str, **kwargs: Any) -> dict[str, Any]:
+    """Check the arguments :func:`generate` would be given, generating and reading nothing.
+
+    Returns:
+        The generation parameters (the metadata of the data set the arguments describe).
+
+    Raises:
+        ValueError: an argument the generator refuses (its message names the argument).
+    """
+    return generation.checked_params(PROBLEMS.get(problem), **kwargs)
 
 
 def generate(problem: str, **kwargs: Any) -> OperatorDataset:

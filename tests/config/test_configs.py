@@ -221,6 +221,34 @@ def test_unknown_shift_option_fails_before_generation(tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
+def test_every_split_is_checked_before_the_first_is_generated(tmp_path):
+    from probneural.config.data import build_splits
+
+    cfg = compose_config("train", ["data.n_train=2", "data.n_test=2", "data.resolution=5",
+                                   "data.options.solve_resolution=9", "data.zero_shot_resolution=6",
+                                   f"data.cache_dir={tmp_path}/cache"])
+    with pytest.raises(ValueError, match=r"^data \(zero_shot split\): solve_resolution=9 cannot be subsampled to "
+                                         r"resolution=6"):
+        build_splits(cfg.data, progress=False)
+    assert not (tmp_path / "cache").exists()  # the train and test splits were not generated first
+    cfg = compose_config("train", ["data=navier_stokes", f"data.cache_dir={tmp_path}/cache",
+                                   "+data.shifts.longer={t: 5.0}", "data.options.task=rollout"])
+    with pytest.raises(ValueError, match=r"^data \(shift_longer split\): t: only task='final' uses it.*got t=5.0"):
+        build_splits(cfg.data, progress=False)  # a shift of t would be a copy of the test split labelled OOD
+    assert not (tmp_path / "cache").exists()
+
+
+def test_generator_arguments_are_checked_without_generating(tmp_path):
+    from probneural.data import check_arguments, generate
+
+    arguments = {"n": 2, "resolution": 5, "solve_resolution": 9, "seed": 1, "cache_dir": tmp_path / "cache"}
+    params = check_arguments("darcy", **arguments)
+    assert not (tmp_path / "cache").exists()
+    assert params == generate("darcy", progress=False, **arguments).metadata
+    with pytest.raises(ValueError, match="alpha"):
+        check_arguments("darcy", **arguments, alpha=-1.0)
+
+
 def test_generate_cli_fills_the_cache_that_training_reads(tmp_path):
     overrides = ["data.n_train=4", "data.n_test=2", "data.n_shift=2", "data.resolution=9",
                  "data.options.solve_resolution=17", f"data.cache_dir={tmp_path}/cache", "progress=false"]
@@ -284,6 +312,10 @@ def test_navier_stokes_rollout_layout_is_known_before_generating(tmp_path):
      r"got model.in_channels=1"),
     (["data=navier_stokes", "data.options.task=rollout", "model.in_channels=10"],
      r"model.out_channels: .* has 10 output channel\(s\); got model.out_channels=1"),
+    (["data=navier_stokes", "data.options.task=rollout", "model.in_channels=10", "model.out_channels=10",
+      "+data.shifts.short={n_input_steps: 5}"],
+     r"model.in_channels: the shift_short split of data.problem=navier_stokes \(task rollout\) has 5 input "
+     r"channel\(s\); got model.in_channels=10"),
 ])
 def test_a_model_that_cannot_take_the_data_is_named_before_generating(overrides, error):
     from probneural.config.data import check_model_fits_data

@@ -263,9 +263,9 @@ def test_final_task_is_the_strided_solution(small):
 
 
 def test_rollout_task_shapes_and_snapshots():
-    data = navier_stokes.generate(
-        **{**SMALL, "task": "rollout", "snapshot_interval": 0.25, "n_input_steps": 3, "n_output_steps": 2}
-    )
+    final_only = {"t"}
+    data = navier_stokes.generate(**{k: v for k, v in SMALL.items() if k not in final_only}, task="rollout",
+                                  snapshot_interval=0.25, n_input_steps=3, n_output_steps=2)
     assert data.x.shape == (3, 3, 8, 8) and data.y.shape == (3, 2, 8, 8)
     w0 = grf_periodic(3, 16, dim=2, alpha=2.5, tau=7.0, sigma=7**0.75, seed=3)
     snapshots = navier_stokes.solve(w0, 1e-3, [0.25, 0.5, 0.75, 1.0, 1.25], forcing=navier_stokes.fno_forcing)
@@ -307,6 +307,11 @@ def test_independent_of_batch_size(small, device):
         ({"viscosity": 0.0}, r"viscosity must be > 0"),
         ({"t": 0.0}, r"t must be > 0"),
         ({"task": "rollout", "n_output_steps": 0}, r"n_output_steps must be an int >= 1"),
+        # an option of the other task would not change the data (a shift of it would be no shift)
+        ({"task": "rollout"}, r"t: only task='final' uses it, so with task='rollout' it would not change the data; "
+                              r"got t=0.5 \(leave it at 1.0\)"),
+        ({"n_input_steps": 5}, r"n_input_steps: only task='rollout' uses it, so with task='final'"),
+        ({"snapshot_interval": 2.0}, r"snapshot_interval: only task='rollout' uses it"),
         ({"solve_dtype": torch.float16}, r"solve_dtype must be torch.float32 or torch.float64"),
     ],
 )
