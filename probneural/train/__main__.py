@@ -53,7 +53,7 @@ def main(cfg: DictConfig) -> dict:
     atomic_write(run_dir / "environment.json", lambda tmp: tmp.write_text(json.dumps(environment, indent=1)))
 
     # model, trainer, UQ method and report options first: a bad option fails before any data is generated
-    # (a UQ method's option names here, their values when the method runs)
+    # (a UQ method's option names and values here, those that depend on the model or data when it runs)
     uq = None if cfg.uq is None else UQSpec(**to_kwargs(cfg.uq))
     if uq is not None:
         check_report_options(cfg.report.alpha, cfg.trainer.batch_size, cfg.report.n_samples, cfg.report.n_plot_samples)

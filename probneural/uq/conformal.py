@@ -34,12 +34,13 @@ mean rescaled pointwise by ``κ_j = q_j(α_fit) / z_{1 − α_fit/2}``, so that 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from probneural.uq.options import checked_options, warn_unused
 from probneural.uq.posterior import METHODS, Batches, Posterior, model_parameters, switched_mode
 from probneural.uq.prediction import (
     GaussianPrediction, Prediction, affine_arguments, cat, check_alpha, normal_quantile,
@@ -258,7 +259,18 @@ class ConformalPosterior(Posterior):
         }
 
 
+def _check_options(options: dict[str, Any], defaults: Mapping[str, Any], on_posterior: bool) -> None:
+    """The option check of :func:`fit_conformal` (see :mod:`probneural.uq.options`)."""
+    options["alpha"] = check_alpha(options["alpha"])
+    options["scale_split"] = scale_split = check_float("scale_split", options["scale_split"])
+    if not 0.0 < scale_split < 1.0:
+        raise ValueError(f"scale_split: expected a fraction in (0, 1); got {scale_split}")
+    warn_unused(options, defaults, ("scale_split",), used=not on_posterior,
+                  because="for a point predictor (a posterior's std scales the band)")
+
+
 @METHODS.register("conformal")
+@checked_options(_check_options)
 def fit_conformal(
     model: Posterior | nn.Module, loader: Batches, *, alpha: float = 0.1, scale_split: float = 0.5
 ) -> ConformalPosterior:
@@ -284,10 +296,6 @@ def fit_conformal(
             that do not match the model's output or contain NaN/Inf, batches on different grids,
             a ``scale_split`` leaving an empty part, or an ``alpha`` too small for ``n``.
     """
-    alpha = check_alpha(alpha)
-    scale_split = check_float("scale_split", scale_split)
-    if not 0.0 < scale_split < 1.0:
-        raise ValueError(f"scale_split: expected a fraction in (0, 1); got {scale_split}")
     if not isinstance(model, (Posterior, nn.Module)):
         raise ValueError(f"model: expected a Posterior or an nn.Module; got {type(model).__name__}")
     residuals, units = [], []

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import math
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +30,8 @@ from probneural.operators.fno import DROPOUT_LAYERS, FNO
 from probneural.train.normalized import NormalizedOperator
 from probneural.uq.posterior import METHODS, Batches, Posterior, model_parameters, normalized_parts, switched_mode
 from probneural.uq.prediction import MixturePrediction
-from probneural.uq.training import residual_variance, seeded, train_operator
+from probneural.uq.options import checked_options, warn_unused
+from probneural.uq.training import check_training_options, residual_variance, seeded, train_operator
 from probneural.validation import check_float, check_int
 
 __all__ = [
@@ -54,6 +55,30 @@ def _dropout_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, _DROPOUT_LAYERS)]
 
 
+def _check_dropout(p: Any, layers: Any) -> float:
+    """``p`` as a probability in (0, 1) and ``layers`` one of ``DROPOUT_LAYERS``; a ``ValueError`` naming either."""
+    p = check_float("p", p)
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p: expected a dropout probability in (0, 1); got {p}")
+    if layers not in DROPOUT_LAYERS:
+        raise ValueError(f"layers: expected one of {list(DROPOUT_LAYERS)}; got {layers!r}")
+    return p
+
+
+def _check_dropout_options(options: dict[str, Any], defaults: Mapping[str, Any], on_posterior: bool) -> None:
+    """The option check shared by :func:`fit_mc_dropout` and :func:`fit_pno` (see :mod:`probneural.uq.options`)."""
+    options["p"] = _check_dropout(options["p"], options["layers"])
+    options["samples"] = check_int("samples", options["samples"], 2)
+    options["epochs"], options["lr"], options["weight_decay"], options["seed"] = check_training_options(
+        options["epochs"], options["lr"], options["weight_decay"], options["seed"])
+    if "score" in options:  # PNO
+        if options["score"] not in SCORES:
+            raise ValueError(f"score: expected one of {sorted(SCORES)}; got {options['score']!r}")
+        options["train_samples"] = check_int("train_samples", options["train_samples"], 2)
+    warn_unused(options, defaults, ("lr", "weight_decay"), used=options["epochs"] > 0,
+                  because="when training, with epochs > 0")
+
+
 def dropout_copy(model: nn.Module, p: float, layers: str = "all") -> nn.Module:
     """A copy of the trained ``model`` with dropout probability ``p``, sharing no state with it.
 
@@ -72,11 +97,7 @@ def dropout_copy(model: nn.Module, p: float, layers: str = "all") -> nn.Module:
         ValueError: ``p`` is out of range, ``layers`` is unknown or not ``"all"`` for a model that
             is no FNO, or ``model`` is no FNO and has no dropout layers.
     """
-    p = check_float("p", p)
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"p: expected a dropout probability in (0, 1); got {p}")
-    if layers not in DROPOUT_LAYERS:
-        raise ValueError(f"layers: expected one of {list(DROPOUT_LAYERS)}; got {layers!r}")
+    p = _check_dropout(p, layers)
     operator, x_normalizer, y_normalizer = normalized_parts(model)
     if isinstance(operator, FNO):
         device, dtype = model_parameters(operator)
@@ -302,6 +323,7 @@ class DropoutPosterior(Posterior):
 
 
 @METHODS.register("mc_dropout")
+@checked_options(_check_dropout_options)
 def fit_mc_dropout(
     model: nn.Module,
     loader: Batches,
@@ -347,7 +369,6 @@ def fit_mc_dropout(
     Returns:
         A :class:`DropoutPosterior` (the model is not modified).
     """
-    samples = check_int("samples", samples, 2)
     stochastic = dropout_copy(model, p, layers)
     losses = train_operator(stochastic, loader, epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed,
                             progress=progress)
@@ -377,6 +398,7 @@ class _Draws(nn.Module):
 
 
 @METHODS.register("pno")
+@checked_options(_check_dropout_options)
 def fit_pno(
     model: nn.Module,
     loader: Batches,
@@ -435,10 +457,6 @@ def fit_pno(
     Returns:
         A :class:`DropoutPosterior` with zero noise (the model is not modified).
     """
-    if score not in SCORES:
-        raise ValueError(f"score: expected one of {sorted(SCORES)}; got {score!r}")
-    train_samples = check_int("train_samples", train_samples, 2)
-    samples = check_int("samples", samples, 2)
     stochastic = dropout_copy(model, p, layers)
     center = None
     if layers == "projection":

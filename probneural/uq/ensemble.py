@@ -12,7 +12,7 @@ import copy
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -23,8 +23,9 @@ from probneural.train.normalized import NormalizedOperator
 from probneural.train.trainer import load_model
 from probneural.uq.posterior import METHODS, Batches, Posterior, model_parameters, normalized_parts, switched_mode
 from probneural.uq.prediction import MixturePrediction
-from probneural.uq.training import residual_variance, seeded, train_operator
-from probneural.validation import check_float, check_int
+from probneural.uq.options import checked_options
+from probneural.uq.training import check_training_options, residual_variance, seeded, train_operator
+from probneural.validation import check_int
 
 __all__ = ["EnsemblePosterior", "fit_ensemble", "reinitialised_copy"]
 
@@ -144,7 +145,17 @@ def _job_map(processes: int, jobs: int) -> Iterator[Callable[..., Iterator[Any]]
         yield pool.map
 
 
+def _check_options(options: dict[str, Any], defaults: Mapping[str, Any], on_posterior: bool) -> None:
+    """The option check of :func:`fit_ensemble` (see :mod:`probneural.uq.options`), before any process starts."""
+    options["members"] = check_int("members", options["members"], 1)
+    options["processes"] = check_int("processes", options["processes"], 1)
+    options["epochs"] = check_int("epochs", options["epochs"], 1)
+    _, options["lr"], options["weight_decay"], options["seed"] = check_training_options(
+        options["epochs"], options["lr"], options["weight_decay"], options["seed"])
+
+
 @METHODS.register("ensemble")
+@checked_options(_check_options)
 def fit_ensemble(
     model: nn.Module,
     loader: Batches,
@@ -195,12 +206,6 @@ def fit_ensemble(
     Returns:
         An :class:`EnsemblePosterior`.
     """
-    members = check_int("members", members, 1)
-    epochs = check_int("epochs", epochs, 1)
-    seed = check_int("seed", seed, 0)
-    processes = check_int("processes", processes, 1)
-    check_float("lr", lr, positive=True)  # checked here too, before any process starts
-    check_float("weight_decay", weight_decay, nonnegative=True)
     device, dtype = model_parameters(model)
     ensemble = [model] if include_model else []
     for run in member_runs:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +48,7 @@ with warnings.catch_warnings():  # gpytorch 1.15 calls the deprecated torch.jit.
 
 from probneural.operators.fno import positional_grid
 from probneural.uq.heads import FrozenTrunk, TrainingFields, check_dtype, random_points, without_autocast
+from probneural.uq.options import checked_options, warn_unused
 from probneural.uq.posterior import METHODS, Batches, Posterior
 from probneural.uq.prediction import GaussianPrediction
 from probneural.validation import check_float, check_int
@@ -225,10 +226,32 @@ def _training_points(trunk: FrozenTrunk, loader: Batches, coordinates: bool, dty
     return fields, _PointInputs(trunk, coordinates, dtype).to(dtype)
 
 
-def _check_common(rank: int, lr: float, dtype: str | torch.dtype) -> torch.dtype:
-    check_int("rank", rank, 1)
-    check_float("lr", lr, positive=True)
-    return check_dtype(dtype)
+def _check_common(options: dict[str, Any], defaults: Mapping[str, Any], training: tuple[str, ...]) -> None:
+    """The checks the GP heads share; ``training`` names the options only their training reads."""
+    options["rank"] = check_int("rank", options["rank"], 1)
+    options["lr"] = check_float("lr", options["lr"], positive=True)
+    options["seed"] = check_int("seed", options["seed"], 0)
+    check_dtype(options["dtype"])
+    warn_unused(options, defaults, training, used=options["epochs"] > 0, because="when training, with epochs > 0")
+
+
+def _check_exact_options(options: dict[str, Any], defaults: Mapping[str, Any], on_posterior: bool) -> None:
+    """The option check of :func:`fit_gp_exact` (see :mod:`probneural.uq.options`)."""
+    options["points"] = check_int("points", options["points"], 2)
+    options["epochs"] = check_int("epochs", options["epochs"], 0)
+    _check_common(options, defaults, ("lr", "joint"))
+
+
+def _check_sparse_options(options: dict[str, Any], defaults: Mapping[str, Any], on_posterior: bool) -> None:
+    """The option check of :func:`fit_gp_svgp` (see :mod:`probneural.uq.options`)."""
+    options["inducing"] = check_int("inducing", options["inducing"], 1)
+    options["batch_points"] = check_int("batch_points", options["batch_points"], 1)
+    options["natural_lr"] = check_float("natural_lr", options["natural_lr"], positive=True)
+    options["epochs"] = check_float("epochs", options["epochs"], nonnegative=True)
+    if options["latents"] is not None:
+        options["latents"] = check_int("latents", options["latents"], 1)
+    _check_common(options, defaults,
+                  ("lr", "natural_lr", "batch_points", "joint", "learn_inducing", "hyperparameters"))
 
 
 class _ExactModel(gpytorch.models.ExactGP):
@@ -243,6 +266,7 @@ class _ExactModel(gpytorch.models.ExactGP):
 
 
 @METHODS.register("gp_exact")
+@checked_options(_check_exact_options)
 @without_autocast()
 def fit_gp_exact(
     model: nn.Module,
@@ -274,9 +298,7 @@ def fit_gp_exact(
     Returns:
         A :class:`GPPosterior`.
     """
-    points = check_int("points", points, 2)
-    check_int("epochs", epochs, 0)
-    dtype = _check_common(rank, lr, dtype)
+    dtype = check_dtype(dtype)
     trunk = FrozenTrunk(model)
     fields, inputs = _training_points(trunk, loader, coordinates, dtype)
     generator = torch.Generator().manual_seed(seed)
@@ -363,6 +385,7 @@ def _minibatches(total: int, size: int, epochs: float, generator: torch.Generato
 
 
 @METHODS.register("gp_svgp")
+@checked_options(_check_sparse_options)
 @without_autocast()
 def fit_gp_svgp(
     model: nn.Module,
@@ -416,16 +439,12 @@ def fit_gp_svgp(
     Returns:
         A :class:`GPPosterior`.
     """
-    inducing = check_int("inducing", inducing, 1)
-    batch_points = check_int("batch_points", batch_points, 1)
-    natural_lr = check_float("natural_lr", natural_lr, positive=True)
-    epochs = check_float("epochs", epochs, nonnegative=True)
-    dtype = _check_common(rank, lr, dtype)
+    dtype = check_dtype(dtype)
     trunk = FrozenTrunk(model)
     fields, inputs = _training_points(trunk, loader, coordinates, dtype)
     n_fields, per_field = fields.targets.shape[0], fields.points
     channels = fields.targets.shape[1]
-    latents = channels if latents is None or channels == 1 else check_int("latents", latents, 1)
+    latents = channels if latents is None or channels == 1 else latents
     generator = torch.Generator().manual_seed(seed)
     device = trunk.device
     # standardisation from a random sample of points (at most 65536)

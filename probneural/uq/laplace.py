@@ -36,7 +36,7 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +51,7 @@ from probneural.hessian.structure import flatten, unflatten
 from probneural.uq.posterior import (
     METHODS, Batches, Posterior, model_parameters, normalized_parts, switched_mode, to_data_units,
 )
+from probneural.uq.options import checked_options, warn_unused
 from probneural.uq.prediction import GaussianPrediction
 from probneural.validation import check_float, check_int
 
@@ -441,7 +442,36 @@ def _curvature(structure: Structure, operator: nn.Module, inputs: list[Tensor], 
     return _AllWeights(operator, sorted(segments, key=lambda s: s.start), n_params)
 
 
+def _check_options(options: dict[str, Any], defaults: Mapping[str, Any], on_posterior: bool) -> None:
+    """The option check of :func:`fit_laplace` (see :mod:`probneural.uq.options`)."""
+    try:
+        options["structure"] = structure = Structure(options["structure"])
+    except ValueError:
+        raise ValueError(f"structure: expected one of {[s.value for s in Structure]}; "
+                         f"got {options['structure']!r}") from None
+    for name in ("samples", "rank", "subset", "curvature_samples"):
+        options[name] = check_int(name, options[name], 1)
+    options["seed"] = check_int("seed", options["seed"], 0)
+    if options["prior_precision"] is not None:
+        options["prior_precision"] = check_float("prior_precision", options["prior_precision"], positive=True)
+    noise = options["noise_variance"]
+    if noise is not None:
+        try:
+            values = torch.as_tensor(noise, dtype=_LINALG).reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            values = torch.empty(0)
+        if values.numel() == 0 or not bool(torch.isfinite(values).all() and (values > 0).all()):
+            raise ValueError(f"noise_variance: expected a positive number or one per output channel; got {noise!r}")
+    warn_unused(options, defaults, ("rank", "subset"), used=structure is Structure.LOW_RANK,
+                  because="with structure='low_rank'")
+    warn_unused(options, defaults, ("curvature_samples",), used=structure in (Structure.DIAGONAL, Structure.KFAC),
+                  because="with structure='diagonal' or 'kfac' (Monte Carlo curvature)")
+    warn_unused(options, defaults, ("samples",), used=structure is not Structure.LAST_LAYER,
+                  because="by the all-weights structures (the last-layer predictive is closed-form)")
+
+
 @METHODS.register("laplace")
+@checked_options(_check_options)
 def fit_laplace(
     model: nn.Module,
     loader: Batches,
@@ -477,16 +507,6 @@ def fit_laplace(
     Returns:
         A :class:`LaplacePosterior`.
     """
-    try:
-        structure = Structure(structure)
-    except ValueError:
-        raise ValueError(f"structure: expected one of {[s.value for s in Structure]}; got {structure!r}") from None
-    samples = check_int("samples", samples, 1)
-    rank = check_int("rank", rank, 1)
-    subset = check_int("subset", subset, 1)
-    curvature_samples = check_int("curvature_samples", curvature_samples, 1)
-    if prior_precision is not None:
-        prior_precision = check_float("prior_precision", prior_precision, positive=True)
     operator, x_normalizer, y_normalizer = normalized_parts(model)
     device, dtype = model_parameters(operator)
     batches = []

@@ -36,7 +36,7 @@ import copy
 import math
 import random
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -53,6 +53,7 @@ from torch.distributions import constraints
 
 from probneural.operators.pointwise import Pointwise
 from probneural.uq.heads import FrozenTrunk, ReadoutStatistics, check_dtype, without_autocast
+from probneural.uq.options import checked_options, warn_unused
 from probneural.uq.posterior import METHODS, Batches, Posterior
 from probneural.uq.prediction import MixturePrediction
 from probneural.uq.training import seeded
@@ -184,14 +185,44 @@ class PyroPosterior(Posterior):
         return self.trunk.to_data_units(MixturePrediction(stacked, noise))
 
 
-def _check_head(head: str, noise: str, prior_scale: float, samples: int, dtype: str) -> torch.dtype:
-    if head not in HEADS:
-        raise ValueError(f"head: expected one of {sorted(HEADS)}; got {head!r}")
+def _check_head(options: dict[str, Any]) -> None:
+    """The checks the Pyro heads share (``head`` and ``noise`` where the method has them)."""
+    if options.get("head", "readout") not in HEADS:
+        raise ValueError(f"head: expected one of {sorted(HEADS)}; got {options['head']!r}")
+    noise = options.get("noise", "homoscedastic")
     if noise not in NOISES:
         raise ValueError(f"noise: expected one of {list(NOISES)}; got {noise!r}")
-    check_float("prior_scale", prior_scale, positive=True)
-    check_int("samples", samples, 2)
-    return check_dtype(dtype)
+    options["prior_scale"] = check_float("prior_scale", options["prior_scale"], positive=True)
+    options["samples"] = check_int("samples", options["samples"], 2)
+    options["seed"] = check_int("seed", options["seed"], 0)
+    check_dtype(options["dtype"])
+    if options["noise_variance"] is not None:
+        options["noise_variance"] = check_float("noise_variance", options["noise_variance"], positive=True)
+        if noise == "heteroscedastic":
+            raise ValueError("noise_variance: a fixed noise variance needs noise='homoscedastic'")
+
+
+def _check_svi_options(options: dict[str, Any], defaults: Mapping[str, Any], on_posterior: bool) -> None:
+    """The option check of :func:`fit_pyro_svi` (see :mod:`probneural.uq.options`)."""
+    _check_head(options)
+    if options["guide"] not in GUIDES:
+        raise ValueError(f"guide: expected one of {list(GUIDES)}; got {options['guide']!r}")
+    options["rank"] = check_int("rank", options["rank"], 1)
+    options["epochs"] = check_int("epochs", options["epochs"], 0)
+    options["lr"] = check_float("lr", options["lr"], positive=True)
+    options["batch_size"] = check_int("batch_size", options["batch_size"], 1)
+    options["points"] = check_int("points", options["points"], 1)
+    warn_unused(options, defaults, ("rank",), used=options["guide"] == "low_rank", because="with guide='low_rank'")
+    warn_unused(options, defaults, ("lr", "batch_size", "points"), used=options["epochs"] > 0,
+                  because="when training, with epochs > 0")
+
+
+def _check_nuts_options(options: dict[str, Any], defaults: Mapping[str, Any], on_posterior: bool) -> None:
+    """The option check of :func:`fit_pyro_nuts` (see :mod:`probneural.uq.options`)."""
+    _check_head(options)
+    options["warmup"] = check_int("warmup", options["warmup"], 0)
+    for name in ("draws", "chains", "max_tree_depth"):
+        options[name] = check_int(name, options[name], 1)
 
 
 def _replayed(head: BayesianHead, trace: poutine.Trace) -> Callable[..., tuple[Tensor, Tensor]]:
@@ -203,6 +234,7 @@ def _conditioned(head: BayesianHead, values: dict[str, Tensor]) -> Callable[...,
 
 
 @METHODS.register("pyro_svi")
+@checked_options(_check_svi_options)
 @without_autocast()
 def fit_pyro_svi(
     model: nn.Module,
@@ -249,17 +281,7 @@ def fit_pyro_svi(
     Returns:
         A :class:`PyroPosterior`.
     """
-    dtype = _check_head(head, noise, prior_scale, samples, dtype)
-    if guide not in GUIDES:
-        raise ValueError(f"guide: expected one of {list(GUIDES)}; got {guide!r}")
-    rank = check_int("rank", rank, 1)
-    check_int("epochs", epochs, 0)
-    check_float("lr", lr, positive=True)
-    batch_size, points = check_int("batch_size", batch_size, 1), check_int("points", points, 1)
-    if noise_variance is not None:
-        noise_variance = check_float("noise_variance", noise_variance, positive=True)
-        if noise == "heteroscedastic":
-            raise ValueError("noise_variance: a fixed noise variance needs noise='homoscedastic'")
+    dtype = check_dtype(dtype)
     trunk = FrozenTrunk(model, fourier_layer=fourier_layer)
     fields = trunk.collect(loader)
     spatial, sizes = tuple(fields.targets.shape[2:]), (fields.targets.shape[0], fields.points)
@@ -301,6 +323,7 @@ def fit_pyro_svi(
 
 
 @METHODS.register("pyro_nuts")
+@checked_options(_check_nuts_options)
 @without_autocast()
 def fit_pyro_nuts(
     model: nn.Module,
@@ -337,17 +360,14 @@ def fit_pyro_nuts(
         A :class:`PyroPosterior` whose ``summary()`` holds ``r_hat_max`` (over every weight), each
         chain's adapted ``step_sizes`` and its number of ``divergences``.
     """
-    dtype = _check_head("readout", "homoscedastic", prior_scale, samples, dtype)
-    warmup, draws = check_int("warmup", warmup, 0), check_int("draws", draws, 1)
-    chains, max_tree_depth = check_int("chains", chains, 1), check_int("max_tree_depth", max_tree_depth, 1)
+    dtype = check_dtype(dtype)
     trunk = FrozenTrunk(model)
     statistics = trunk.readout_statistics(loader)
     channels = statistics.squares.shape[0]
     if noise_variance is None:
         noise = statistics.squares / statistics.count
     else:
-        noise = torch.full((channels,), check_float("noise_variance", noise_variance, positive=True),
-                           dtype=torch.float64)
+        noise = torch.full((channels,), noise_variance, dtype=torch.float64)
     with pyro.get_param_store().scope() as state, _pyro_seeded(seed, trunk.device):
         bayesian = BayesianHead(trunk, "readout", "homoscedastic", noise, prior_scale, dtype, learn_noise=False)
         whitened = _WhitenedReadout(statistics, bayesian.trained, noise, prior_scale, dtype)

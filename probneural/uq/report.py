@@ -40,6 +40,7 @@ from probneural.plots import (
     plot_uncertainty_samples,
 )
 from probneural.uq.metrics import calibration_curve, evaluate
+from probneural.uq.options import check_method_options
 from probneural.uq.posterior import METHODS, Posterior, fit, model_parameters, predict_in_batches
 from probneural.uq.prediction import Prediction, check_alpha
 from probneural.validation import check_int
@@ -65,14 +66,19 @@ _BAND_ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 _N_DRAWS_PLOTTED = 3
 
 
-def _method_options(name: str, options: Mapping[str, Any], argument: str) -> dict[str, Any]:
-    """``options`` checked against the keyword options of the registered method ``name``."""
+def _method_options(name: str, options: Mapping[str, Any], argument: str, *, on_posterior: bool) -> dict[str, Any]:
+    """``options`` checked against the keyword options of the registered method ``name``: their names,
+    and their values with the method's own check (:mod:`probneural.uq.options`), which fits nothing."""
     method = METHODS.get(name)
     parameters = inspect.signature(method).parameters
     valid = sorted(k for k, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY)
     unknown = sorted(set(options) - set(valid))
     if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         raise ValueError(f"{argument}: method {name!r} has no option(s) {unknown}; expected some of {valid}")
+    try:
+        check_method_options(method, options, on_posterior=on_posterior)
+    except ValueError as error:
+        raise ValueError(f"{argument}: {error}") from error
     return dict(options)
 
 
@@ -93,7 +99,8 @@ class UQSpec:
     Raises:
         KeyError: an unregistered ``method`` or ``base`` (listing the registered ones).
         ValueError: naming ``options`` or ``base_options`` with an option the method does not have,
-            ``fit_split`` not in :data:`FIT_SPLITS` (or not ``"calibration"`` for a method of
+            or a value its check refuses (:mod:`probneural.uq.options`, which also warns of
+            options the others make ineffective; nothing is fitted to check them), ``fit_split`` not in :data:`FIT_SPLITS` (or not ``"calibration"`` for a method of
             :data:`HELD_OUT_METHODS`), a ``base`` of :data:`HELD_OUT_METHODS`, or ``base_options``
             without ``base``.
     """
@@ -108,7 +115,8 @@ class UQSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name: expected a non-empty string; got {self.name!r}")
-        object.__setattr__(self, "options", _method_options(self.method, self.options, "options"))
+        object.__setattr__(self, "options", _method_options(self.method, self.options, "options",
+                                                            on_posterior=self.base is not None))
         if self.fit_split is None:
             object.__setattr__(self, "fit_split", "calibration" if self.method in HELD_OUT_METHODS else "train")
         if self.fit_split not in FIT_SPLITS:
@@ -119,7 +127,8 @@ class UQSpec:
         if self.base is None and self.base_options:
             raise ValueError(f"base_options: given without a base method; got {dict(self.base_options)}")
         if self.base is not None:
-            object.__setattr__(self, "base_options", _method_options(self.base, self.base_options, "base_options"))
+            object.__setattr__(self, "base_options",
+                               _method_options(self.base, self.base_options, "base_options", on_posterior=False))
             if self.base in HELD_OUT_METHODS:
                 raise ValueError(f"base: {self.base!r} needs held-out data, but a base is fitted on the training split")
 

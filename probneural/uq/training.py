@@ -8,7 +8,7 @@ base recipe — Adam with weight decay, a relative loss — through the lighter 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +19,7 @@ from probneural.train.trainer import NonFiniteLossError
 from probneural.uq.posterior import Batches, model_parameters, switched_mode
 from probneural.validation import check_float, check_int
 
-__all__ = ["residual_variance", "seeded", "train_operator"]
+__all__ = ["check_training_options", "residual_variance", "seeded", "train_operator"]
 
 
 @contextmanager
@@ -35,6 +35,12 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+def check_training_options(epochs: Any, lr: Any, weight_decay: Any, seed: Any) -> tuple[int, float, float, int]:
+    """The options of :func:`train_operator` checked: ``epochs >= 0``, ``lr > 0``, ``weight_decay >= 0``, ``seed >= 0``."""
+    return (check_int("epochs", epochs, 0), check_float("lr", lr, positive=True),
+            check_float("weight_decay", weight_decay, nonnegative=True), check_int("seed", seed, 0))
 
 
 def train_operator(
@@ -71,10 +77,7 @@ def train_operator(
     Raises:
         NonFiniteLossError: a batch loss is NaN or Inf (no step is taken with it).
     """
-    epochs = check_int("epochs", epochs, 0)
-    lr = check_float("lr", lr, positive=True)
-    weight_decay = check_float("weight_decay", weight_decay, nonnegative=True)
-    seed = check_int("seed", seed, 0)
+    epochs, lr, weight_decay, seed = check_training_options(epochs, lr, weight_decay, seed)
     if not callable(loss):
         raise ValueError(f"loss: expected a callable (pred, y) -> scalar tensor; got {loss!r}")
     if epochs == 0:

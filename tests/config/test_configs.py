@@ -139,6 +139,10 @@ def test_bad_override_fails_before_any_work(tmp_path):
                      f"data.cache_dir={tmp_path}/cache", cwd=tmp_path)
     assert result.returncode != 0 and "optimizer" in result.stderr
     assert not (tmp_path / "cache").exists()  # failed before generating data
+    result = run_cli("probneural.train", "uq=ensemble", "uq.options.members=0", f"hydra.run.dir={tmp_path}/run4",
+                     f"data.cache_dir={tmp_path}/cache", cwd=tmp_path)
+    assert result.returncode != 0 and "options: members must be an int >= 1" in result.stderr
+    assert not (tmp_path / "cache").exists()  # a UQ option value fails before data and training, not after
     result = run_cli("probneural.train", "+trainer.epoch=3", f"hydra.run.dir={tmp_path}/run3", cwd=tmp_path)
     assert result.returncode != 0 and "trainer.epoch: not an option" in result.stderr
     assert not (tmp_path / "run3" / "config.yaml").exists()  # nothing written

@@ -287,6 +287,14 @@ def test_resume_refuses_changed_settings_and_falls_back_past_a_corrupted_checkpo
         Trainer(epochs=1, progress=False).fit(make_model(train), train, resume=True)
 
 
+def test_resume_without_a_checkpoint_says_it_starts_from_scratch(darcy_small, tmp_path):
+    # resume=true with a mistyped (or a new, timestamped) run directory would otherwise train from epoch 1 unannounced
+    train, _ = darcy_small
+    with pytest.warns(UserWarning, match=r"resume: .*checkpoints holds no checkpoint to resume from; training from epoch 1"):
+        history = trainer(tmp_path / "new", 1).fit(make_model(train), train, resume=True)
+    assert [r["epoch"] for r in history] == [1]
+
+
 def test_evaluate_follows_the_model_dtype(darcy_small, tmp_path):
     train, test = darcy_small
     model = make_model(train)
