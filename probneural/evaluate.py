@@ -19,7 +19,7 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from probneural.allocator import keep_freed_memory
 from probneural.bench.environment import capture_environment
@@ -28,7 +28,7 @@ from probneural.config.data import build_splits, load_run_data
 from probneural.config.paths import CONFIG_DIR
 from probneural.io import atomic_write
 from probneural.train import load_model, resolve_device
-from probneural.uq.report import UQSpec, check_report_options, run_uq, summary_lines
+from probneural.uq.report import UQSpec, check_report_options, run_uq, summary_lines, uq_precision
 
 register_schemas()
 
@@ -40,26 +40,27 @@ def main(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     if cfg.keep_freed_memory:
         keep_freed_memory()
-    # every mistake (unknown method or option name, a bad report option, missing run or checkpoint) stops
-    # before data are generated; a method's option values are checked when it runs
+    # every mistake (unknown method, bad option names or values, a bad report option, a calibration split
+    # too small for the levels, missing run or checkpoint) stops before data are generated
     spec = UQSpec(**to_kwargs(cfg.uq))
     check_report_options(cfg.alpha, cfg.batch_size, cfg.n_samples, cfg.n_plot_samples)
     data = load_run_data(run_dir)
     if cfg.n_calibration is not None:
         data.n_calibration = cfg.n_calibration
+    spec.check_calibration_size(data.n_calibration, cfg.alpha)
     checkpoints = run_dir / "checkpoints"
     model = load_model(checkpoints if cfg.checkpoint is None else checkpoints / cfg.checkpoint,
                        map_location=resolve_device(cfg.device.name))
-    precision = "fp64" if next(model.parameters()).dtype == torch.float64 else "fp32"
-    environment = capture_environment(precision, cfg.device.name, list(HydraConfig.get().overrides.task))
+    environment = capture_environment(uq_precision(model), cfg.device.name, list(HydraConfig.get().overrides.task))
     atomic_write(out_dir / "environment.json", lambda tmp: tmp.write_text(json.dumps(environment, indent=1)))
 
-    torch.manual_seed(cfg.seed)
+    seed = OmegaConf.load(run_dir / "config.yaml").get("seed", 0) if cfg.seed is None else cfg.seed
+    torch.manual_seed(seed)
     splits = build_splits(data, progress=cfg.progress, calibration=spec.fit_split == "calibration")
     results = run_uq(
         spec, model, splits, out_dir,
         alpha=cfg.alpha, batch_size=cfg.batch_size, n_samples=cfg.n_samples, n_plot_samples=cfg.n_plot_samples,
-        seed=cfg.seed, progress=cfg.progress,
+        seed=seed, progress=cfg.progress,
         title=f"{data.problem}: {spec.name} on {run_dir.resolve().name}"
         + ("" if cfg.checkpoint is None else f" ({cfg.checkpoint})"),
     )

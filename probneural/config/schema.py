@@ -254,7 +254,8 @@ class EvaluateAppConfig:
     ``n_calibration`` overrides the run's ``data.n_calibration``. ``alpha`` is the miscoverage
     level of the scored intervals, ``batch_size`` the samples per fitting batch and per
     prediction, ``n_samples`` the predictive draws behind sampled scores and simultaneous bands,
-    ``n_plot_samples`` the samples drawn per split.
+    ``n_plot_samples`` the samples drawn per split. ``seed`` (the UQ method's and the report's draws)
+    defaults to the training run's seed, as ``train uq=...`` uses it.
     """
 
     run_dir: str = MISSING
@@ -266,7 +267,7 @@ class EvaluateAppConfig:
     batch_size: int = 32
     n_samples: int = 100
     n_plot_samples: int = 4
-    seed: int = 0
+    seed: Optional[int] = None
     progress: bool = True
     keep_freed_memory: bool = True
 

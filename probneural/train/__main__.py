@@ -26,9 +26,10 @@ from probneural.config.data import build_splits, check_model_fits_data, split_la
 from probneural.config.paths import CONFIG_DIR
 from probneural.io import atomic_write
 from probneural.train.checkpoint import check_no_checkpoints
+from probneural.train.precision import PrecisionPolicy
 from probneural.train.report import write_training_report
 from probneural.train.trainer import Trainer, normalize
-from probneural.uq.report import FIT_SPLITS, UQSpec, check_report_options, run_uq, summary_lines
+from probneural.uq.report import FIT_SPLITS, UQSpec, check_report_options, run_uq, summary_lines, uq_precision
 
 register_schemas()
 
@@ -57,6 +58,7 @@ def main(cfg: DictConfig) -> dict:
     uq = None if cfg.uq is None else UQSpec(**to_kwargs(cfg.uq))
     if uq is not None:
         check_report_options(cfg.report.alpha, cfg.trainer.batch_size, cfg.report.n_samples, cfg.report.n_plot_samples)
+        uq.check_calibration_size(cfg.data.n_calibration, cfg.report.alpha)
     check_model_fits_data(cfg.model, cfg.data)
     torch.manual_seed(cfg.seed)
     operator = instantiate(cfg.model)
@@ -89,7 +91,8 @@ def main(cfg: DictConfig) -> dict:
             alpha=cfg.report.alpha, batch_size=cfg.trainer.batch_size, n_samples=cfg.report.n_samples,
             n_plot_samples=cfg.report.n_plot_samples, seed=cfg.seed, progress=cfg.progress, title=f"{title}: {uq.name}",
         )
-        atomic_write(out_dir / "environment.json", lambda tmp: tmp.write_text(json.dumps(environment, indent=1)))
+        uq_environment = environment | {"precision": PrecisionPolicy.from_name(uq_precision(model)).as_dict()}
+        atomic_write(out_dir / "environment.json", lambda tmp: tmp.write_text(json.dumps(uq_environment, indent=1)))
         print(f"uncertainty report: {out_dir / 'report.md'} (fit {uq_results['fit_seconds']:.1f} s)")
         for line in summary_lines(uq_results):
             print(f"  {line}")

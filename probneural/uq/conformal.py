@@ -259,6 +259,36 @@ class ConformalPosterior(Posterior):
         }
 
 
+def check_calibration_size(n: int, alphas: Sequence[float], *, scale_split: float, on_posterior: bool) -> int:
+    """Check that ``n`` calibration functions allow both bands at every level in ``alphas``.
+
+    Known before any data exist (the train and evaluate commands check the calibration split's
+    size against the fit's and the report's levels before generating it).
+
+    Args:
+        n: calibration functions.
+        alphas: miscoverage levels the bands will be asked for.
+        scale_split: the share of a point predictor's calibration functions that estimates the scale.
+        on_posterior: the bands are scaled by a posterior's std (no scale split).
+
+    Returns:
+        The number of calibration functions that estimate the scale (``0`` on a posterior).
+
+    Raises:
+        ValueError: naming ``scale_split`` when a part is empty, or ``alpha`` with the ``n`` it needs.
+    """
+    n_scale = 0 if on_posterior else round(scale_split * n)
+    if not on_posterior and not 1 <= n_scale <= n - 1:
+        raise ValueError(
+            f"scale_split: {scale_split} of n = {n} calibration functions gives {n_scale} for the scale and "
+            f"{n - n_scale} for the function-level quantile; both parts need at least one"
+        )
+    for alpha in alphas:
+        conformal_rank(n, alpha, "pointwise band")
+        conformal_rank(n - n_scale, alpha, "function-level band")
+    return n_scale
+
+
 def _check_options(options: dict[str, Any], defaults: Mapping[str, Any], on_posterior: bool) -> None:
     """The option check of :func:`fit_conformal` (see :mod:`probneural.uq.options`)."""
     options["alpha"] = check_alpha(options["alpha"])
@@ -316,20 +346,13 @@ def fit_conformal(
     if not residuals:
         raise ValueError("loader: expected at least one (x, y) calibration batch; got none")
     r = torch.cat(residuals)
-    n = r.shape[0]
-    conformal_rank(n, alpha, "pointwise band")
+    n_scale = check_calibration_size(r.shape[0], [alpha], scale_split=scale_split,
+                                     on_posterior=isinstance(model, Posterior))
     if isinstance(model, Posterior):
         scale = torch.ones_like(r[0])
         function = r.flatten(1).amax(1)
     else:
-        n_scale = round(scale_split * n)
-        if not 1 <= n_scale <= n - 1:
-            raise ValueError(
-                f"scale_split: {scale_split} of n = {n} calibration functions gives {n_scale} for the scale and "
-                f"{n - n_scale} for the function-level quantile; both parts need at least one"
-            )
         scale = r[:n_scale].mean(0).clamp_min(torch.finfo(r.dtype).tiny)
         function = (r[n_scale:] / scale).flatten(1).amax(1)
-    conformal_rank(function.shape[0], alpha, "function-level band")
     scores = ConformalScores(r.sort(0).values, function.sort().values, scale)
     return ConformalPosterior(model, scores, alpha, torch.cat(units).mean(0))

@@ -39,6 +39,7 @@ from probneural.plots import (
     plot_posterior_samples,
     plot_uncertainty_samples,
 )
+from probneural.uq.conformal import check_calibration_size
 from probneural.uq.metrics import calibration_curve, evaluate
 from probneural.uq.options import check_method_options
 from probneural.uq.posterior import METHODS, Posterior, fit, model_parameters, predict_in_batches
@@ -47,7 +48,7 @@ from probneural.validation import check_int
 
 __all__ = [
     "FIT_SPLITS", "HELD_OUT_METHODS", "SCORES", "UQSpec", "check_report_options", "posterior_record", "run_uq",
-    "summary_lines", "write_uq_report",
+    "summary_lines", "uq_precision", "write_uq_report",
 ]
 
 FIT_SPLITS = ("train", "calibration")
@@ -132,6 +133,22 @@ class UQSpec:
             if self.base in HELD_OUT_METHODS:
                 raise ValueError(f"base: {self.base!r} needs held-out data, but a base is fitted on the training split")
 
+    def check_calibration_size(self, n_calibration: int, alpha: float) -> None:
+        """For a method fitted on held-out data (conformal): check that ``n_calibration`` functions allow
+        its bands at its own level and at the report's level ``alpha`` (known before any data exist).
+
+        Raises:
+            ValueError: naming ``n_calibration`` with the size the levels need, or ``scale_split``.
+        """
+        if self.method != "conformal":
+            return
+        options = check_method_options(METHODS.get(self.method), self.options, on_posterior=self.base is not None)
+        try:
+            check_calibration_size(check_int("n_calibration", n_calibration, 1), [options["alpha"], alpha],
+                                   scale_split=options["scale_split"], on_posterior=self.base is not None)
+        except ValueError as error:
+            raise ValueError(f"n_calibration: {error}") from error
+
     def fit(
         self, model: nn.Module, splits: Mapping[str, OperatorDataset], *, batch_size: int = 32, progress: bool = True,
         seed: int | None = None,
@@ -200,6 +217,15 @@ def _band_coverage(pred: Prediction, y: torch.Tensor, alpha: float, n_samples: i
         return math.nan
     inside = ((lower <= y) & (y <= upper)).flatten(1).all(1)
     return inside.to(torch.float64).mean().item()
+
+
+def uq_precision(model: nn.Module) -> str:
+    """The precision policy UQ methods run ``model`` under: its parameters' dtype, without autocast.
+
+    A run trained with ``bf16`` or ``fp16`` autocast keeps float32 parameters, and its posterior is
+    fitted and scored in float32 (curvature or kernel algebra in half precision would be useless).
+    """
+    return "fp64" if model_parameters(model)[1] == torch.float64 else "fp32"
 
 
 def check_report_options(alpha: float, batch_size: int, n_samples: int, n_plot_samples: int

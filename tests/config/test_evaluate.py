@@ -106,11 +106,11 @@ def test_train_uq_hook_and_evaluate_cli(tmp_path):
         "data.n_shift=4", "data.n_calibration=19", "data.resolution=17", "data.zero_shot_resolution=null",
         "data.options.solve_resolution=33", "~data.shifts.length_scale", "model.modes=[4,4]", "model.width=8", "trainer.epochs=1",
         "trainer.batch_size=8", "report.n_plot_samples=1", "report.n_samples=10", "device=cpu", "progress=false",
-        f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}", cwd=tmp_path,
+        "seed=3", f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}", cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     assert "uncertainty report:" in result.stdout and "calibration" not in (run / "report.md").read_text()
-    assert (run / "uq" / "laplace" / "environment.json").is_file()
+    assert json.loads((run / "uq" / "laplace" / "environment.json").read_text())["precision"]["name"] == "fp32"
     splits = ["test", "shift_contrast"]
     laplace = check_uq_report(run / "uq" / "laplace", "laplace", splits)
     assert laplace["posterior"]["summary"]["structure"] == "last_layer"
@@ -122,6 +122,7 @@ def test_train_uq_hook_and_evaluate_cli(tmp_path):
     for name in ("conformal", "conformal_laplace"):
         results = check_uq_report(run / "uq" / name, name, splits)
         assert results["posterior"]["summary"]["n_calibration"] == 19
+        assert results["seed"] == 3  # the run's seed, as train uq=... would use it
         assert (run / "uq" / name / "environment.json").is_file()
     assert results["posterior"]["base"]["method"] == "laplace"
     assert len(list((tmp_path / "cache").iterdir())) == 4  # train, test, shift, calibration: each made once
@@ -134,3 +135,13 @@ def test_bad_report_options_fail_before_any_data_or_training(tmp_path):
     )
     assert result.returncode != 0 and "alpha" in result.stderr
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run" / "checkpoints").exists()
+    # a level the calibration split is too small for: 30 functions, half of them for the band's scale
+    result = run_cli(
+        "probneural.train", "experiment=quickstart", "uq=conformal", "report.alpha=0.05", "data.n_calibration=30",
+        "device=cpu", "progress=false", f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run2'}",
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert ("n_calibration: alpha: 0.05 needs at least 19 calibration functions for the function-level band "
+            "(rank ⌈(n + 1)(1 − alpha)⌉ <= n); got n = 15") in result.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run2" / "checkpoints").exists()

@@ -9,7 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from probneural import uq
-from probneural.uq.conformal import ConformalPosterior, ConformalPrediction, conformal_rank, fit_conformal
+from probneural.uq.conformal import (
+    ConformalPosterior, ConformalPrediction, check_calibration_size, conformal_rank, fit_conformal,
+)
 from probneural.uq.prediction import GaussianPrediction, MixturePrediction, normal_quantile
 
 GRID = 16
@@ -263,6 +265,20 @@ def test_errors_name_the_argument():
         post.predict(x.repeat(1, 2, 1))
     with pytest.raises(KeyError, match="conformal"):
         uq.fit("conformall", model, [(x, y)])
+
+
+def test_the_calibration_size_is_checked_against_every_level_before_any_data():
+    # 19 functions: the pointwise band reaches alpha = 0.05 (rank 19 of 19); a point predictor's function-level
+    # band has 19 - round(0.5 · 19) = 9 of them, enough for 0.1 (rank 9) but not for 0.05
+    assert check_calibration_size(19, [0.1, 0.05], scale_split=0.5, on_posterior=True) == 0
+    assert check_calibration_size(19, [0.1], scale_split=0.5, on_posterior=False) == 10
+    with pytest.raises(ValueError, match=r"alpha: 0.05 needs at least 19 calibration functions for the "
+                                         r"function-level band .* got n = 9"):
+        check_calibration_size(19, [0.1, 0.05], scale_split=0.5, on_posterior=False)
+    with pytest.raises(ValueError, match=r"alpha: 0.04 needs at least 24 calibration functions for the pointwise"):
+        check_calibration_size(19, [0.04], scale_split=0.5, on_posterior=True)
+    with pytest.raises(ValueError, match=r"scale_split: 0.99 of n = 19 calibration functions gives 19 for the scale"):
+        check_calibration_size(19, [0.5], scale_split=0.99, on_posterior=False)
 
 
 def test_a_point_predictor_gets_inputs_in_its_own_dtype():

@@ -127,3 +127,12 @@ def test_run_uq_fits_conformal_on_a_laplace_base_with_the_calibration_split(tmp_
     assert results["uq"]["base"] == "laplace" and "on the base posterior" in (tmp_path / "report.md").read_text()
     with pytest.raises(ValueError, match=r"splits: conformal needs the split\(s\) \['calibration'\]"):
         UQSpec("conformal", "conformal", fit_split="calibration").fit(nn.Linear(1, 1), {"train": splits["train"]})
+
+
+def test_uq_runs_in_the_parameters_precision_without_autocast():
+    # a bf16- or fp16-autocast run keeps float32 parameters: its posterior is fitted and scored in fp32,
+    # and that is what the uq/ environment records (not the training run's autocast policy)
+    from probneural.uq.report import uq_precision
+
+    assert uq_precision(torch.nn.Linear(2, 2)) == "fp32"
+    assert uq_precision(torch.nn.Linear(2, 2).double()) == "fp64"
