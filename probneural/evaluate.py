@@ -26,9 +26,12 @@ from probneural.bench.environment import capture_environment
 from probneural.config import check_declared_keys, register_schemas, to_kwargs
 from probneural.config.data import build_splits, load_run_data
 from probneural.config.paths import CONFIG_DIR
+from probneural.config.recipe import training_recipe
 from probneural.io import atomic_write
 from probneural.train import load_model, resolve_device
-from probneural.uq.report import UQSpec, check_report_options, run_uq, summary_lines, uq_precision
+from probneural.uq.report import (
+    UQSpec, check_report_options, follow_training_recipe, run_uq, summary_lines, uq_precision,
+)
 
 register_schemas()
 
@@ -42,9 +45,10 @@ def main(cfg: DictConfig) -> dict:
         keep_freed_memory()
     # every mistake (unknown method, bad option names or values, a bad report option, a calibration split
     # too small for the levels, missing run or checkpoint) stops before data are generated
-    spec = UQSpec(**to_kwargs(cfg.uq))
-    check_report_options(cfg.alpha, cfg.batch_size, cfg.n_samples, cfg.n_plot_samples)
     data = load_run_data(run_dir)
+    run_config = OmegaConf.load(run_dir / "config.yaml")
+    spec = UQSpec(**follow_training_recipe(to_kwargs(cfg.uq), training_recipe(run_config)))
+    check_report_options(cfg.alpha, cfg.batch_size, cfg.n_samples, cfg.n_plot_samples)
     if cfg.n_calibration is not None:
         data.n_calibration = cfg.n_calibration
     spec.check_calibration_size(data.n_calibration, cfg.alpha)
@@ -54,7 +58,7 @@ def main(cfg: DictConfig) -> dict:
     environment = capture_environment(uq_precision(model), cfg.device.name, list(HydraConfig.get().overrides.task))
     atomic_write(out_dir / "environment.json", lambda tmp: tmp.write_text(json.dumps(environment, indent=1)))
 
-    seed = OmegaConf.load(run_dir / "config.yaml").get("seed", 0) if cfg.seed is None else cfg.seed
+    seed = run_config.get("seed", 0) if cfg.seed is None else cfg.seed
     torch.manual_seed(seed)
     splits = build_splits(data, progress=cfg.progress, calibration=spec.fit_split == "calibration")
     results = run_uq(

@@ -24,12 +24,15 @@ from probneural.bench.environment import capture_environment
 from probneural.config import check_declared_keys, instantiate, register_schemas, to_kwargs
 from probneural.config.data import build_splits, check_model_fits_data, split_label
 from probneural.config.paths import CONFIG_DIR
+from probneural.config.recipe import training_recipe
 from probneural.io import atomic_write
 from probneural.train.checkpoint import check_no_checkpoints
 from probneural.train.precision import PrecisionPolicy
 from probneural.train.report import write_training_report
 from probneural.train.trainer import Trainer, normalize
-from probneural.uq.report import FIT_SPLITS, UQSpec, check_report_options, run_uq, summary_lines, uq_precision
+from probneural.uq.report import (
+    FIT_SPLITS, UQSpec, check_report_options, follow_training_recipe, run_uq, summary_lines, uq_precision,
+)
 
 register_schemas()
 
@@ -55,7 +58,7 @@ def main(cfg: DictConfig) -> dict:
 
     # model, trainer, UQ method and report options first: a bad option fails before any data is generated
     # (a UQ method's option names and values here, those that depend on the model or data when it runs)
-    uq = None if cfg.uq is None else UQSpec(**to_kwargs(cfg.uq))
+    uq = None if cfg.uq is None else UQSpec(**follow_training_recipe(to_kwargs(cfg.uq), training_recipe(cfg)))
     if uq is not None:
         check_report_options(cfg.report.alpha, cfg.trainer.batch_size, cfg.report.n_samples, cfg.report.n_plot_samples)
         uq.check_calibration_size(cfg.data.n_calibration, cfg.report.alpha)

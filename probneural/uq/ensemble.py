@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from probneural.operators.registry import build, name_of
+from probneural.train.losses import LOSSES
 from probneural.train.normalized import NormalizedOperator
 from probneural.train.trainer import load_model
 from probneural.uq.posterior import METHODS, Batches, Posterior, model_parameters, normalized_parts, switched_mode
@@ -150,6 +151,8 @@ def _check_options(options: dict[str, Any], defaults: Mapping[str, Any], on_post
     options["members"] = check_int("members", options["members"], 1)
     options["processes"] = check_int("processes", options["processes"], 1)
     options["epochs"] = check_int("epochs", options["epochs"], 1)
+    if options["loss"] not in LOSSES:
+        raise ValueError(f"loss: expected one of {LOSSES.names()}; got {options['loss']!r}")
     _, options["lr"], options["weight_decay"], options["seed"] = check_training_options(
         options["epochs"], options["lr"], options["weight_decay"], options["seed"])
 
@@ -164,6 +167,7 @@ def fit_ensemble(
     epochs: int = 20,
     lr: float = 1e-3,
     weight_decay: float = 1e-4,
+    loss: str = "rel_l2",
     include_model: bool = True,
     seed: int = 0,
     processes: int = 1,
@@ -177,8 +181,9 @@ def fit_ensemble(
     ``loader`` shuffles; the CLI's loaders read in order, so there members differ by initialisation).
     Member seeds follow the run seeds of ``python -m probneural.train -m seed=...``, so ensembles
     fitted with seeds closer than ``members`` share members: space them by ``members`` (``seed=0,5,10``
-    for five) for independent ensembles. ``epochs`` and ``lr`` should match the recipe that trained
-    ``model``. With ``include_model`` the given model itself (not a copy) is member 0 and
+    for five) for independent ensembles. ``epochs``, ``lr``, ``weight_decay`` and ``loss`` should
+    match the recipe that trained ``model`` (the train and evaluate commands take them from the run,
+    :func:`probneural.uq.report.follow_training_recipe`). With ``include_model`` the given model itself (not a copy) is member 0 and
     ``members − 1`` are trained. Members trained
     elsewhere join through ``member_runs`` (e.g. the runs of ``python -m probneural.train -m seed=1,2``,
     in parallel on other machines) and count towards ``members``.
@@ -193,6 +198,7 @@ def fit_ensemble(
         epochs: training epochs per new member.
         lr: initial learning rate (cosine to 0).
         weight_decay: Adam's weight decay.
+        loss: training loss, a name of :data:`probneural.train.losses.LOSSES`.
         include_model: use ``model`` as member 0 instead of training a new one.
         seed: base seed of the members' initialisation and training.
         processes: train members in this many processes (spawn context; each uses
@@ -215,7 +221,7 @@ def fit_ensemble(
                          f"got {members}")
     first = len(ensemble)
     ensemble += [reinitialised_copy(model, seed + k) for k in range(first, members)]
-    options = dict(epochs=epochs, lr=lr, weight_decay=weight_decay)
+    options = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, loss=LOSSES.get(loss))
     jobs = [(member, loader, options | {"seed": seed + k}) for k, member in enumerate(ensemble) if k >= first]
     losses: list[list[float]] = [[] for _ in range(first)]
     bar = tqdm(total=len(jobs), desc="ensemble", unit="member", disable=not progress)

@@ -23,6 +23,7 @@ import inspect
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Mapping
@@ -48,7 +49,7 @@ from probneural.validation import check_int
 
 __all__ = [
     "FIT_SPLITS", "HELD_OUT_METHODS", "SCORES", "UQSpec", "check_report_options", "posterior_record", "run_uq",
-    "summary_lines", "uq_precision", "write_uq_report",
+    "follow_training_recipe", "summary_lines", "uq_precision", "write_uq_report",
 ]
 
 FIT_SPLITS = ("train", "calibration")
@@ -217,6 +218,44 @@ def _band_coverage(pred: Prediction, y: torch.Tensor, alpha: float, n_samples: i
         return math.nan
     inside = ((lower <= y) & (y <= upper)).flatten(1).all(1)
     return inside.to(torch.float64).mean().item()
+
+
+# The options a method that trains new operators takes from the run's recipe unless given (else it would
+# train them with its own defaults, e.g. an ensemble's 20 epochs beside a base model trained for 500) ...
+_RECIPE_OPTIONS = {"ensemble": ("epochs", "lr", "weight_decay", "loss")}
+# ... and the recipe settings it cannot follow, with what it uses instead.
+_FIXED_TRAINING = {"optimizer": "adam", "scheduler": "cosine", "grad_clip": None}
+
+
+def follow_training_recipe(spec: Mapping[str, Any], recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """``UQSpec`` keyword arguments whose method (or base method) trains new operators, with the options
+    that the run's training recipe fixes filled in where ``spec`` does not set them.
+
+    Args:
+        spec: ``UQSpec`` keyword arguments (``name``, ``method``, ``options``, ``base``, ``base_options``...).
+        recipe: the run's :func:`~probneural.config.recipe.training_recipe`.
+
+    Returns:
+        ``spec`` with its options completed (other methods: unchanged).
+
+    Warns:
+        UserWarning: naming the recipe settings the new operators cannot follow (they train with
+        Adam, a cosine schedule, no gradient clipping and without autocast).
+    """
+    spec = dict(spec)
+    for method_key, options_key in (("method", "options"), ("base", "base_options")):
+        names = _RECIPE_OPTIONS.get(spec.get(method_key) or "", ())
+        if not names:
+            continue
+        spec[options_key] = {name: recipe[name] for name in names} | dict(spec.get(options_key) or {})
+        differ = {k: recipe[k] for k, used in _FIXED_TRAINING.items() if recipe[k] != used}
+        if recipe["precision"] not in ("fp32", "fp64"):
+            differ["precision"] = recipe["precision"]
+        if differ:
+            warnings.warn(f"{spec[method_key]}: new members train with Adam, a cosine schedule, no gradient clipping "
+                          f"and without autocast, unlike the run ({differ}); epochs, lr, weight_decay and loss follow "
+                          "the run", stacklevel=2)
+    return spec
 
 
 def uq_precision(model: nn.Module) -> str:

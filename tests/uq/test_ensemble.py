@@ -181,6 +181,15 @@ def test_equal_seeds_give_equal_ensembles_and_include_model_false_trains_every_m
     assert [len(losses) for losses in fitted[0].train_losses] == [2, 2]
 
 
+def test_members_train_with_the_loss_asked_for(problem):
+    # member 1 (seed 1) trained for one epoch: its first reported loss is that epoch's mean of the named loss
+    model, loader, _, _ = problem
+    fitted = {name: uq.fit("ensemble", model, loader, members=2, epochs=1, lr=1e-2, loss=name, seed=0)
+              for name in ("rel_l2", "rel_h1")}
+    l2, h1 = (fitted[name].train_losses[1][0] for name in ("rel_l2", "rel_h1"))
+    assert h1 > l2 > 0  # the H1 seminorm adds the (larger) relative error of the derivatives
+
+
 def test_parallel_processes_match_sequential_training(problem):
     model, loader, _, (x_test, _) = problem
     options = dict(members=3, epochs=2, lr=1e-2, seed=4)

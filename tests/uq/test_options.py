@@ -33,6 +33,7 @@ BAD_VALUES = [
     ("conformal", {"scale_split": 1.0}, r"scale_split: expected a fraction in \(0, 1\)"),
     ("ensemble", {"members": 0}, r"members must be an int >= 1"),
     ("ensemble", {"lr": 0.0}, r"lr must be > 0"),
+    ("ensemble", {"loss": "mse"}, r"loss: expected one of \['rel_h1', 'rel_l2'\]"),
     ("mc_dropout", {"p": 1.0}, r"p: expected a dropout probability in \(0, 1\)"),
     ("mc_dropout", {"layers": "hidden"}, r"layers: expected one of"),
     ("mc_dropout", {"samples": 1}, r"samples must be an int >= 2"),
@@ -95,3 +96,31 @@ def test_fitting_checks_the_options_before_reading_any_data(method, options, mat
     model = torch.nn.Conv1d(1, 1, 1)
     with pytest.raises(ValueError, match=f"^{match}"):
         uq.fit(method, model, _Untouchable(), **options)
+
+
+RECIPE = {"epochs": 500, "lr": 5e-4, "weight_decay": 1e-5, "loss": "rel_h1", "optimizer": "adam",
+          "scheduler": "cosine", "grad_clip": None, "precision": "fp32"}
+
+
+def test_new_members_follow_the_runs_recipe_unless_told_otherwise():
+    from probneural.uq.report import follow_training_recipe
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Adam, cosine, no clipping, fp32: nothing the members cannot follow
+        spec = follow_training_recipe({"name": "e", "method": "ensemble", "options": {"members": 3, "lr": 1e-3}},
+                                      RECIPE)
+    assert spec["options"] == {"members": 3, "epochs": 500, "lr": 1e-3, "weight_decay": 1e-5, "loss": "rel_h1"}
+    UQSpec(**spec)  # a valid spec
+    laplace = {"name": "l", "method": "laplace", "options": {"structure": "kfac"}}
+    assert follow_training_recipe(laplace, RECIPE) == laplace  # a method that trains no operator
+    based = follow_training_recipe({"name": "c", "method": "conformal", "base": "ensemble"}, RECIPE)
+    assert based["base_options"]["epochs"] == 500 and "options" not in based
+
+
+def test_recipe_settings_the_members_cannot_follow_are_named():
+    from probneural.uq.report import follow_training_recipe
+
+    recipe = RECIPE | {"scheduler": "step", "grad_clip": 1.0, "precision": "bf16"}
+    with pytest.warns(UserWarning, match=r"ensemble: new members train with Adam, a cosine schedule, .*unlike the run "
+                                         r"\({'scheduler': 'step', 'grad_clip': 1.0, 'precision': 'bf16'}\)"):
+        follow_training_recipe({"name": "e", "method": "ensemble"}, recipe)
