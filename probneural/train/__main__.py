@@ -59,8 +59,8 @@ def main(cfg: DictConfig) -> dict:
     # model, trainer, UQ method and report options first: a bad option fails before any data is generated
     # (a UQ method's option names and values here, those that depend on the model or data when it runs)
     uq = None if cfg.uq is None else UQSpec(**follow_training_recipe(to_kwargs(cfg.uq), training_recipe(cfg)))
+    check_report_options(cfg.report.alpha, cfg.trainer.batch_size, cfg.report.n_samples, cfg.report.n_plot_samples)
     if uq is not None:
-        check_report_options(cfg.report.alpha, cfg.trainer.batch_size, cfg.report.n_samples, cfg.report.n_plot_samples)
         uq.check_calibration_size(cfg.data.n_calibration, cfg.report.alpha)
     check_model_fits_data(cfg.model, cfg.data)
     torch.manual_seed(cfg.seed)

@@ -231,6 +231,12 @@ class Trainer:
             check_float(name, value, positive=True)
         check_float("weight_decay", weight_decay, nonnegative=True)
         check_int("seed", seed, 0)
+        if scheduler != "step":
+            for name, value in (("step_size", step_size), ("gamma", gamma)):
+                default = inspect.signature(Trainer.__init__).parameters[name].default
+                if value != default:
+                    warnings.warn(f"{name}={value!r} has no effect: {name} is only used with scheduler='step' "
+                                  f"(got scheduler={scheduler!r})", stacklevel=2)
         self.loss_fn: Callable[[Tensor, Tensor], Tensor] = LOSSES.get(loss)
         self.loss_name = loss
         self.epochs = epochs
@@ -251,11 +257,16 @@ class Trainer:
         self.is_main_process = is_main_process
 
     def settings(self) -> dict[str, Any]:
-        """Everything that shapes the optimisation path; a resume must match it (``epochs`` may grow)."""
+        """Everything that shapes the optimisation path; a resume must match it (``epochs`` may grow).
+
+        ``step_size`` and ``gamma`` only with ``scheduler="step"``: otherwise they shape nothing, and a
+        change of them must not block a resume.
+        """
+        schedule = {"step_size": self.step_size, "gamma": self.gamma} if self.scheduler_name == "step" else {}
         return {
             "loss": self.loss_name, "optimizer": self.optimizer_name, "lr": self.lr,
-            "weight_decay": self.weight_decay, "scheduler": self.scheduler_name, "step_size": self.step_size,
-            "gamma": self.gamma, "grad_clip": self.grad_clip, "batch_size": self.batch_size,
+            "weight_decay": self.weight_decay, "scheduler": self.scheduler_name, **schedule,
+            "grad_clip": self.grad_clip, "batch_size": self.batch_size,
             "precision": self.policy.name.value, "seed": self.seed,
         }
 

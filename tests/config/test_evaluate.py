@@ -135,6 +135,10 @@ def test_bad_report_options_fail_before_any_data_or_training(tmp_path):
     )
     assert result.returncode != 0 and "alpha" in result.stderr
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run" / "checkpoints").exists()
+    result = run_cli("probneural.train", "experiment=quickstart", "report.n_plot_samples=-1", "device=cpu",
+                     f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run1'}", cwd=tmp_path)
+    assert result.returncode != 0 and "n_plot_samples must be an int >= 0" in result.stderr  # without uq too
+    assert not (tmp_path / "cache").exists()
     # a level the calibration split is too small for: 30 functions, half of them for the band's scale
     result = run_cli(
         "probneural.train", "experiment=quickstart", "uq=conformal", "report.alpha=0.05", "data.n_calibration=30",

@@ -31,7 +31,9 @@ def make_model(train, seed=0):
 
 
 def trainer(tmp_path, epochs, **kwargs):
-    options = dict(batch_size=6, lr=3e-3, step_size=2, gamma=0.7, seed=3, progress=False, device="cpu")
+    options = dict(batch_size=6, lr=3e-3, seed=3, progress=False, device="cpu")
+    if kwargs.get("scheduler", "step") == "step":
+        options |= dict(step_size=2, gamma=0.7)
     return Trainer(epochs=epochs, run_dir=tmp_path, **(options | kwargs))
 
 
@@ -316,3 +318,15 @@ def test_a_checkpoint_written_before_a_new_constructor_option_still_describes_th
     assert not _same_model({**saved, "config": {**saved["config"], "width": 16}}, model)
     # how the operator runs (CPU batch chunking) does not make it another model
     assert _same_model(saved, FNO(1, 1, [4], width=8, cpu_chunk_bytes=None))
+
+
+def test_step_schedule_options_only_count_with_the_step_schedule(darcy_small, tmp_path):
+    train, _ = darcy_small
+    with pytest.warns(UserWarning, match=r"step_size=10 has no effect: step_size is only used with scheduler='step'"):
+        cosine = trainer(tmp_path, 1, scheduler="cosine", step_size=10)
+    assert "step_size" not in cosine.settings() and "gamma" not in cosine.settings()
+    assert trainer(tmp_path, 1).settings()["step_size"] == 2  # the step schedule's own
+    cosine.fit(make_model(train), train)
+    with pytest.warns(UserWarning, match="gamma=0.25 has no effect"):  # a resume is not blocked by an inert change
+        resumed = trainer(tmp_path, 2, scheduler="cosine", gamma=0.25)  # and step_size back at its default
+    assert [r["epoch"] for r in resumed.fit(make_model(train), train, resume=True)] == [1, 2]
