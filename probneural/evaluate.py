@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from probneural.allocator import keep_freed_memory
 from probneural.bench.environment import capture_environment
 from probneural.config import check_declared_keys, register_schemas, to_kwargs
-from probneural.config.data import build_splits, load_run_data
+from probneural.config.data import build_splits, data_dtype, load_run_data
 from probneural.config.paths import CONFIG_DIR
 from probneural.config.recipe import training_recipe
 from probneural.io import atomic_write
@@ -60,7 +60,8 @@ def main(cfg: DictConfig) -> dict:
 
     seed = run_config.get("seed", 0) if cfg.seed is None else cfg.seed
     torch.manual_seed(seed)
-    splits = build_splits(data, progress=cfg.progress, calibration=spec.fit_split == "calibration")
+    splits = build_splits(data, progress=cfg.progress, calibration=spec.fit_split == "calibration",
+                          dtype=data_dtype(run_config.precision.name))
     results = run_uq(
         spec, model, splits, out_dir,
         alpha=cfg.alpha, batch_size=cfg.batch_size, n_samples=cfg.n_samples, n_plot_samples=cfg.n_plot_samples,

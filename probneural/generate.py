@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from probneural.allocator import keep_freed_memory
 from probneural.config import check_declared_keys, register_schemas
-from probneural.config.data import build_splits, split_label
+from probneural.config.data import build_splits, data_dtype, split_label
 from probneural.config.paths import CONFIG_DIR
 
 register_schemas()
@@ -32,7 +32,7 @@ def main(cfg: DictConfig) -> dict[str, tuple[int, ...]]:
     if cfg.data.cache_dir is None:
         raise ValueError("data.cache_dir must be set: pre-generation writes to the on-disk cache")
     started = time.perf_counter()
-    splits = build_splits(cfg.data, progress=cfg.progress)
+    splits = build_splits(cfg.data, progress=cfg.progress, dtype=data_dtype(cfg.precision.name))
     seconds = time.perf_counter() - started
     for kind, dataset in splits.items():
         print(f"{split_label(kind, dataset)}: {len(dataset)} samples, x {tuple(dataset.x.shape[1:])}, "

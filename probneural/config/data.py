@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
@@ -11,8 +12,9 @@ from probneural.config.instantiate import to_kwargs
 from probneural.config.schema import register_schemas
 from probneural.data import OperatorDataset, check_arguments, generate
 from probneural.data.problems import field_layout
+from probneural.train.precision import PrecisionPolicy
 
-__all__ = ["build_splits", "check_model_fits_data", "load_run_data", "split_label"]
+__all__ = ["build_splits", "check_model_fits_data", "data_dtype", "load_run_data", "split_label"]
 
 
 def split_label(kind: str, dataset: OperatorDataset) -> str:
@@ -33,10 +35,11 @@ def _shift_changes(data: DictConfig, options: dict[str, object]) -> dict[str, di
     return shifts
 
 
-def _split_arguments(data: DictConfig, calibration: bool) -> dict[str, dict[str, object]]:
+def _split_arguments(data: DictConfig, calibration: bool, dtype: torch.dtype = torch.float32,
+                     ) -> dict[str, dict[str, object]]:
     """The generator arguments of every split ``data`` describes (see :func:`build_splits`), by split name."""
     options = to_kwargs(data.options)
-    shared = {"cache_dir": data.cache_dir} | options
+    shared = {"cache_dir": data.cache_dir, "dtype": dtype} | options
 
     def split(n: int, resolution: int, seed: int, **changes: object) -> dict[str, object]:
         return shared | {"n": n, "resolution": resolution, "seed": seed} | changes
@@ -54,6 +57,12 @@ def _split_arguments(data: DictConfig, calibration: bool) -> dict[str, dict[str,
     if calibration:
         splits["calibration"] = split(data.n_calibration, data.resolution, data.seed + 4)
     return splits
+
+
+def data_dtype(precision: str) -> torch.dtype:
+    """The dtype a run of the precision policy ``precision`` stores its data in: its parameter dtype
+    (float64 for ``fp64``; float32 for ``fp32`` and for the autocast policies, whose weights are float32)."""
+    return PrecisionPolicy.from_name(precision).param_dtype
 
 
 def check_model_fits_data(model: DictConfig, data: DictConfig) -> None:
@@ -99,13 +108,17 @@ def load_run_data(run_dir: str | Path) -> DictConfig:
     return OmegaConf.merge(ConfigStore.instance().load(f"data/{schemas[problem]}").node, data)
 
 
-def build_splits(data: DictConfig, *, progress: bool = True, calibration: bool = False) -> dict[str, OperatorDataset]:
+def build_splits(data: DictConfig, *, progress: bool = True, calibration: bool = False,
+                 dtype: torch.dtype = torch.float32) -> dict[str, OperatorDataset]:
     """Generate (or read from the cache) the splits described by ``data``.
 
     Args:
         data: a ``data`` config node.
         progress: show the generators' progress bars.
         calibration: also make the calibration split (for UQ methods fitted on held-out data).
+        dtype: dtype of the stored fields (the solvers compute in their own precision): the
+            parameter dtype of the run's precision policy (:func:`data_dtype`), so that an
+            ``fp64`` run trains on float64 data.
 
     Returns:
         ``{"train": ..., "test": ..., "zero_shot": ..., "shift_<name>": ..., "calibration": ...}``:
@@ -118,7 +131,7 @@ def build_splits(data: DictConfig, *, progress: bool = True, calibration: bool =
         ValueError: a shift changes an option the generator does not have, or the generator refuses
             the arguments of a split (every split is checked before the first one is generated).
     """
-    splits = _split_arguments(data, calibration)
+    splits = _split_arguments(data, calibration, dtype)
     for name, arguments in splits.items():
         try:
             check_arguments(data.problem, **arguments)

@@ -381,6 +381,7 @@ class GenerateAppConfig:
     """``configs/generate.yaml``: pre-generate every split of one data config into the cache."""
 
     data: Any = MISSING
+    precision: PrecisionConfig = MISSING
     progress: bool = True
     keep_freed_memory: bool = True
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from probneural.allocator import keep_freed_memory
 from probneural.bench.environment import capture_environment
 from probneural.config import check_declared_keys, instantiate, register_schemas, to_kwargs
-from probneural.config.data import build_splits, check_model_fits_data, split_label
+from probneural.config.data import build_splits, check_model_fits_data, data_dtype, split_label
 from probneural.config.paths import CONFIG_DIR
 from probneural.config.recipe import training_recipe
 from probneural.io import atomic_write
@@ -74,7 +74,8 @@ def main(cfg: DictConfig) -> dict:
         run_dir=run_dir,
         progress=cfg.progress,
     )
-    splits = build_splits(cfg.data, progress=cfg.progress, calibration=uq is not None and uq.fit_split == "calibration")
+    splits = build_splits(cfg.data, progress=cfg.progress, calibration=uq is not None and uq.fit_split == "calibration",
+                          dtype=data_dtype(cfg.precision.name))
     model = normalize(operator, splits["train"])
     history = trainer.fit(model, splits["train"], splits["test"], resume=cfg.resume)
     tests = {split_label(kind, ds): ds for kind, ds in splits.items() if kind not in FIT_SPLITS}

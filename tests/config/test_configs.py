@@ -242,6 +242,20 @@ def test_every_split_is_checked_before_the_first_is_generated(tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
+def test_data_are_stored_in_the_dtype_the_runs_precision_trains_in(tmp_path):
+    from probneural.config.data import build_splits, data_dtype
+
+    assert [data_dtype(p) for p in ("fp64", "fp32", "bf16", "fp16")] == [torch.float64] + [torch.float32] * 3
+    cfg = compose_config("train", ["data.n_train=2", "data.n_test=1", "data.resolution=5", "~data.shifts.contrast",
+                                   "~data.shifts.length_scale", "data.options.solve_resolution=9",
+                                   f"data.cache_dir={tmp_path}"])
+    double = build_splits(cfg.data, progress=False, dtype=torch.float64)
+    single = build_splits(cfg.data, progress=False)
+    assert double["train"].x.dtype == torch.float64 and double["train"].metadata["dtype"] == "float64"
+    assert single["train"].y.dtype == torch.float32 and len(list(tmp_path.iterdir())) == 4  # cached apart
+    torch.testing.assert_close(single["train"].y, double["train"].y.float(), rtol=0, atol=0)  # one solve, rounded
+
+
 def test_generator_arguments_are_checked_without_generating(tmp_path):
     from probneural.data import check_arguments, generate
 
