@@ -102,10 +102,10 @@ def load_run_data(run_dir: str | Path) -> DictConfig:
         raise FileNotFoundError(f"run_dir: expected a training run directory with a config.yaml; {path} does not exist")
     data = OmegaConf.load(path).get("data")
     problem = None if data is None else data.get("problem")
-    schemas = {name.removesuffix("_schema.yaml"): name for name in ConfigStore.instance().list("data")}
+    schemas = {name.removesuffix(".yaml"): name for name in ConfigStore.instance().list("schema/data")}
     if problem not in schemas:
         raise ValueError(f"{path}: expected data.problem to be one of {sorted(schemas)}; got {problem!r}")
-    return OmegaConf.merge(ConfigStore.instance().load(f"data/{schemas[problem]}").node, data)
+    return OmegaConf.merge(ConfigStore.instance().load(f"schema/data/{schemas[problem]}").node, data)
 
 
 def build_splits(data: DictConfig, *, progress: bool = True, calibration: bool = False,

@@ -1,7 +1,8 @@
 """Dataclass schemas of every config, registered in Hydra's ConfigStore.
 
 Each YAML option in ``configs/<group>/`` starts its defaults list with its schema
-(``defaults: [<name>_schema, _self_]``), so a mistyped key or a value of the wrong type
+(``defaults: [/schema/<group>/<name>@_here_, _self_]``; the primary configs with
+``<app>_schema``), so a mistyped key or a value of the wrong type
 stops the run with Hydra's error before any work starts. A key appended with Hydra's ``+``
 syntax composes even into a schema-typed node; the entry points refuse it with
 :func:`check_declared_keys`.
@@ -427,22 +428,24 @@ def register_schemas() -> None:
     cs.store(name="benchmark_schema", node=BenchmarkAppConfig)
     cs.store(name="generate_schema", node=GenerateAppConfig)
     cs.store(name="evaluate_schema", node=EvaluateAppConfig)
+    # the group options' schemas live in groups of their own (``schema/<group>``), so that they are not
+    # options of the groups they type (``data=darcy_schema`` would compose a half-empty data config)
     for group, name, node in (
-        ("data", "darcy_schema", DarcyDataConfig),
-        ("data", "burgers_schema", BurgersDataConfig),
-        ("data", "kuramoto_sivashinsky_schema", KuramotoSivashinskyDataConfig),
-        ("data", "allen_cahn_schema", AllenCahnDataConfig),
-        ("data", "navier_stokes_schema", NavierStokesDataConfig),
-        ("model", "fno_schema", FNOConfig),
-        ("optim", "optim_schema", OptimConfig),
-        ("trainer", "trainer_schema", TrainerConfig),
-        ("device", "device_schema", DeviceConfig),
-        ("precision", "precision_schema", PrecisionConfig),
-        ("uq", "uq_schema", UQConfig),
-        ("benchmark", "throughput_schema", ThroughputBenchmark),
-        ("benchmark", "compare_neuralop_schema", CompareNeuralopBenchmark),
-        ("benchmark", "data_generation_schema", DataGenerationBenchmark),
-        ("benchmark", "hessian_schema", HessianBenchmark),
-        ("benchmark", "curvature_compare_schema", CurvatureCompareBenchmark),
+        ("data", "darcy", DarcyDataConfig),
+        ("data", "burgers", BurgersDataConfig),
+        ("data", "kuramoto_sivashinsky", KuramotoSivashinskyDataConfig),
+        ("data", "allen_cahn", AllenCahnDataConfig),
+        ("data", "navier_stokes", NavierStokesDataConfig),
+        ("model", "fno", FNOConfig),
+        ("optim", "optim", OptimConfig),
+        ("trainer", "trainer", TrainerConfig),
+        ("device", "device", DeviceConfig),
+        ("precision", "precision", PrecisionConfig),
+        ("uq", "uq", UQConfig),
+        ("benchmark", "throughput", ThroughputBenchmark),
+        ("benchmark", "compare_neuralop", CompareNeuralopBenchmark),
+        ("benchmark", "data_generation", DataGenerationBenchmark),
+        ("benchmark", "hessian", HessianBenchmark),
+        ("benchmark", "curvature_compare", CurvatureCompareBenchmark),
     ):
-        cs.store(group=group, name=name, node=node)
+        cs.store(group=f"schema/{group}", name=name, node=node)

@@ -105,6 +105,7 @@ def test_free_form_option_nodes_are_left_to_their_consumers():
         ("model.widht=8", ConfigCompositionException),
         ("data.options.solve_res=9", ConfigCompositionException),
         ("precision=fp8", ConfigCompositionException),        # unknown option
+        ("data=darcy_schema", ConfigCompositionException),    # a schema is no option of the group it types
     ],
 )
 def test_mistakes_stop_at_composition(override, error):
