@@ -46,12 +46,15 @@ def main(cfg: DictConfig) -> dict:
     # every mistake (unknown method, bad option names or values, a bad report option, a calibration split
     # too small for the levels, missing run or checkpoint) stops before data are generated
     data = load_run_data(run_dir)
-    run_config = OmegaConf.load(run_dir / "config.yaml")
+    # the configuration a resume recorded beside the first (more epochs, say) is the one that trained the model
+    resumed = run_dir / "config.resumed.yaml"
+    run_config = OmegaConf.load(resumed if resumed.is_file() else run_dir / "config.yaml")
     spec = UQSpec(**follow_training_recipe(to_kwargs(cfg.uq), training_recipe(run_config)))
     check_report_options(cfg.alpha, cfg.batch_size, cfg.n_samples, cfg.n_plot_samples)
     if cfg.n_calibration is not None:
         data.n_calibration = cfg.n_calibration
-    spec.check_calibration_size(data.n_calibration, cfg.alpha)
+    spec.check_calibration_size(data.n_calibration, cfg.alpha,
+                                size_name="n_calibration" if cfg.n_calibration is not None else "the run's data.n_calibration")
     checkpoints = run_dir / "checkpoints"
     model = load_model(checkpoints if cfg.checkpoint is None else checkpoints / cfg.checkpoint,
                        map_location=resolve_device(cfg.device.name))

@@ -108,6 +108,11 @@ def load_run_data(run_dir: str | Path) -> DictConfig:
     return OmegaConf.merge(ConfigStore.instance().load(f"schema/data/{schemas[problem]}").node, data)
 
 
+def _distribution(params: dict[str, object]) -> dict[str, object]:
+    """Generation parameters without those that only pick samples (``n``, ``seed``)."""
+    return {k: v for k, v in params.items() if k not in ("n", "seed")}
+
+
 def build_splits(data: DictConfig, *, progress: bool = True, calibration: bool = False,
                  dtype: torch.dtype = torch.float32) -> dict[str, OperatorDataset]:
     """Generate (or read from the cache) the splits described by ``data``.
@@ -128,13 +133,19 @@ def build_splits(data: DictConfig, *, progress: bool = True, calibration: bool =
         ``data.n_calibration`` samples at ``data.resolution`` with ``seed + 4``.
 
     Raises:
-        ValueError: a shift changes an option the generator does not have, or the generator refuses
-            the arguments of a split (every split is checked before the first one is generated).
+        ValueError: a shift changes an option the generator does not have or nothing it uses, or
+            the generator refuses the arguments of a split (every split is checked before the first
+            one is generated).
     """
     splits = _split_arguments(data, calibration, dtype)
+    params = {}
     for name, arguments in splits.items():
         try:
-            check_arguments(data.problem, **arguments)
+            params[name] = check_arguments(data.problem, **arguments)
         except ValueError as error:
             raise ValueError(f"data ({name} split): {error}") from error
+    for name in (name for name in splits if name.startswith("shift_")):
+        if _distribution(params[name]) == _distribution(params["test"]):
+            raise ValueError(f"data.shifts.{name.removeprefix('shift_')}: changes nothing the generator uses, so its "
+                             "split would be in-distribution test data scored as out-of-distribution")
     return {name: generate(data.problem, progress=progress, **arguments) for name, arguments in splits.items()}

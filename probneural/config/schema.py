@@ -403,21 +403,23 @@ def check_declared_keys(cfg: DictConfig | ListConfig, path: str = "") -> None:
         ValueError: naming the first undeclared key with its full path and the declared ones.
     """
     if isinstance(cfg, ListConfig):
-        for index, item in enumerate(cfg):
-            if isinstance(item, (DictConfig, ListConfig)):
-                check_declared_keys(item, f"{path}[{index}]")
-        return
-    schema = OmegaConf.get_type(cfg)
-    declared = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
-    for key in cfg.keys():
-        where = f"{path}.{key}" if path else str(key)
-        if declared is not None and key not in declared:
-            raise ValueError(
-                f"{where}: not an option of {path or 'the config'} ({schema.__name__}), so it would have no "
-                f"effect; expected one of {declared}"
-            )
-        child = cfg._get_node(key)
-        if isinstance(child, (DictConfig, ListConfig)) and not child._is_none() and not child._is_missing():
+        children = [(f"{path}[{index}]", cfg._get_node(index)) for index in range(len(cfg))]
+    else:
+        schema = OmegaConf.get_type(cfg)
+        declared = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
+        children = []
+        for key in cfg.keys():
+            where = f"{path}.{key}" if path else str(key)
+            if declared is not None and key not in declared:
+                raise ValueError(
+                    f"{where}: not an option of {path or 'the config'} ({schema.__name__}), so it would have no "
+                    f"effect; expected one of {declared}"
+                )
+            children.append((where, cfg._get_node(key)))
+    for where, child in children:
+        # an interpolation is checked where its target is defined; None and ??? have no keys
+        if (isinstance(child, (DictConfig, ListConfig)) and not child._is_interpolation() and not child._is_none()
+                and not child._is_missing()):
             check_declared_keys(child, where)
 
 

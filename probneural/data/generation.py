@@ -29,8 +29,9 @@ SampleBatch = Callable[[int, int], "tuple[torch.Tensor, torch.Tensor]"]
 _CHECKING: ContextVar[bool] = ContextVar("probneural_data_checking", default=False)
 
 
-class _ArgumentsChecked(Exception):
-    """Raised by :func:`build` under :func:`checked_params`, carrying the ``params`` it was given."""
+class _ArgumentsChecked(BaseException):
+    """Raised by :func:`build` under :func:`checked_params`, carrying the ``params`` it was given (a
+    ``BaseException``, like ``GeneratorExit``: an ``except Exception`` in a generator must not stop it)."""
 
     def __init__(self, params: dict[str, Any]) -> None:
         super().__init__("arguments checked")

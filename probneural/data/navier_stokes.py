@@ -49,6 +49,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Union
@@ -583,15 +584,15 @@ _TASK_OPTIONS = {"final": ("t",), "rollout": ("snapshot_interval", "n_input_step
 
 
 def _check_task_options(task: str, **options: object) -> None:
-    """Refuse an option of the other task set away from its default (it would not change the data)."""
+    """Warn of an option of the other task set away from its default: it does not change the data."""
     defaults = inspect.signature(generate).parameters
     for other, names in _TASK_OPTIONS.items():
         if other == task:
             continue
         for name in names:
             if options[name] != defaults[name].default:
-                raise ValueError(f"{name}: only task={other!r} uses it, so with task={task!r} it would not change the "
-                                 f"data; got {name}={options[name]!r} (leave it at {defaults[name].default!r})")
+                warnings.warn(f"{name}={options[name]!r} has no effect: {name} is only used with task={other!r} "
+                              f"(got task={task!r})", stacklevel=3)
 
 
 def generate(
@@ -652,9 +653,8 @@ def generate(
         t: final time of task ``"final"``.
         snapshot_interval: spacing of the ``"rollout"`` snapshots.
         n_input_steps: input snapshots of ``"rollout"``.
-        n_output_steps: output snapshots of ``"rollout"``. The options of one task must stay at
-            their defaults for the other (which would not read them: a data shift of one would be
-            no shift).
+        n_output_steps: output snapshots of ``"rollout"``. An option of one task set for the
+            other, which does not read it, warns.
         solve_resolution: points per axis of the solve, a multiple of ``resolution``.
         forcing_amplitude: amplitude of :func:`fno_forcing` (paper: 0.1).
         alpha: GRF smoothness exponent (paper: 2.5).

@@ -51,6 +51,8 @@ def main(cfg: DictConfig) -> dict:
     if not cfg.resume:  # before anything is written: a run directory in use belongs to its run
         check_no_checkpoints(run_dir)
     resuming = cfg.resume and (run_dir / "config.yaml").is_file()
+    if cfg.resume and not resuming:  # the way a preemptible job starts; or a run directory mistyped
+        print(f"resume=true: {run_dir} holds no run yet; starting one there")
     config_name = "config.resumed.yaml" if resuming else "config.yaml"
     atomic_write(run_dir / config_name, lambda tmp: tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True)))
     environment = capture_environment(cfg.precision.name, cfg.device.name, list(HydraConfig.get().overrides.task))
@@ -61,7 +63,8 @@ def main(cfg: DictConfig) -> dict:
     uq = None if cfg.uq is None else UQSpec(**follow_training_recipe(to_kwargs(cfg.uq), training_recipe(cfg)))
     check_report_options(cfg.report.alpha, cfg.trainer.batch_size, cfg.report.n_samples, cfg.report.n_plot_samples)
     if uq is not None:
-        uq.check_calibration_size(cfg.data.n_calibration, cfg.report.alpha)
+        uq.check_calibration_size(cfg.data.n_calibration, cfg.report.alpha, size_name="data.n_calibration",
+                                  alpha_name="report.alpha")
     check_model_fits_data(cfg.model, cfg.data)
     torch.manual_seed(cfg.seed)
     operator = instantiate(cfg.model)

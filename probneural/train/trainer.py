@@ -354,12 +354,8 @@ class Trainer:
         start = 0
         data = _data_identity(train) if self.checkpoint_dir is not None else {}
         if resume:
-            checkpoint = self._resumable_checkpoint(model, data)
-            if checkpoint is None:
-                warnings.warn(f"resume: {self.checkpoint_dir} holds no checkpoint to resume from; training from epoch 1 "
-                              "(to resume a run, give its directory: hydra.run.dir=<run> on the command line)",
-                              stacklevel=2)
-            else:
+            checkpoint = self._resumable_checkpoint(model, data)  # None: nothing to resume yet, a first run
+            if checkpoint is not None:
                 model.load_state_dict(checkpoint.section("model"))
                 restore_optimizer(optimizer, checkpoint)
                 scheduler.load_state_dict(checkpoint.meta["scheduler"]["state"])

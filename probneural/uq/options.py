@@ -21,9 +21,13 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from probneural.uq.posterior import Posterior
 
-__all__ = ["OptionCheck", "check_method_options", "checked_options", "warn_unused"]
+__all__ = ["InertOptionWarning", "OptionCheck", "check_method_options", "checked_options", "warn_unused"]
 
 OptionCheck = Callable[[dict[str, Any], Mapping[str, Any], bool], None]
+
+
+class InertOptionWarning(UserWarning):
+    """An option is set away from its default where the method's other options make it have no effect."""
 Method = TypeVar("Method", bound=Callable[..., Any])
 
 
@@ -86,7 +90,7 @@ def check_method_options(method: Callable[..., Any], options: Mapping[str, Any],
 
 def warn_unused(options: Mapping[str, Any], defaults: Mapping[str, Any], names: tuple[str, ...], *,
                 used: bool, because: str) -> None:
-    """A ``UserWarning`` for each of ``names`` set away from its default when it is not ``used``.
+    """An :class:`InertOptionWarning` for each of ``names`` set away from its default when it is not ``used``.
 
     A warning, not an error: a sweep over the other options (``structure=last_layer,low_rank``
     with ``rank=20``) legitimately reaches settings where an option does nothing.
@@ -102,4 +106,5 @@ def warn_unused(options: Mapping[str, Any], defaults: Mapping[str, Any], names: 
         return
     for name in names:
         if options[name] != defaults[name]:
-            warnings.warn(f"{name}={options[name]!r} has no effect: {name} is only used {because}", stacklevel=4)
+            warnings.warn(f"{name}={options[name]!r} has no effect: {name} is only used {because}",
+                          InertOptionWarning, stacklevel=2)

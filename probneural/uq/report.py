@@ -42,7 +42,7 @@ from probneural.plots import (
 )
 from probneural.uq.conformal import check_calibration_size
 from probneural.uq.metrics import calibration_curve, evaluate
-from probneural.uq.options import check_method_options
+from probneural.uq.options import InertOptionWarning, check_method_options
 from probneural.uq.posterior import METHODS, Posterior, fit, model_parameters, predict_in_batches
 from probneural.uq.prediction import Prediction, check_alpha
 from probneural.validation import check_int
@@ -134,21 +134,31 @@ class UQSpec:
             if self.base in HELD_OUT_METHODS:
                 raise ValueError(f"base: {self.base!r} needs held-out data, but a base is fitted on the training split")
 
-    def check_calibration_size(self, n_calibration: int, alpha: float) -> None:
+    def check_calibration_size(self, n_calibration: int, alpha: float, *, size_name: str = "n_calibration",
+                               alpha_name: str = "alpha") -> None:
         """For a method fitted on held-out data (conformal): check that ``n_calibration`` functions allow
         its bands at its own level and at the report's level ``alpha`` (known before any data exist).
 
+        Args:
+            n_calibration: size of the calibration split.
+            alpha: the report's miscoverage level.
+            size_name, alpha_name: what the caller calls them (config paths), for the message.
+
         Raises:
-            ValueError: naming ``n_calibration`` with the size the levels need, or ``scale_split``.
+            ValueError: naming ``size_name`` with the size the levels need, or ``scale_split``.
         """
-        if self.method != "conformal":
+        if self.method not in HELD_OUT_METHODS:
             return
-        options = check_method_options(METHODS.get(self.method), self.options, on_posterior=self.base is not None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", InertOptionWarning)  # given when the spec was made
+            options = check_method_options(METHODS.get(self.method), self.options, on_posterior=self.base is not None)
+        n = check_int(size_name, n_calibration, 1)
         try:
-            check_calibration_size(check_int("n_calibration", n_calibration, 1), [options["alpha"], alpha],
-                                   scale_split=options["scale_split"], on_posterior=self.base is not None)
+            check_calibration_size(n, [options["alpha"], alpha], scale_split=options["scale_split"],
+                                   on_posterior=self.base is not None)
         except ValueError as error:
-            raise ValueError(f"n_calibration: {error}") from error
+            raise ValueError(f"{size_name}={n} is too small for {self.name}'s bands at its fit level "
+                             f"options.alpha={options['alpha']} and the report's {alpha_name}={alpha}: {error}") from error
 
     def fit(
         self, model: nn.Module, splits: Mapping[str, OperatorDataset], *, batch_size: int = 32, progress: bool = True,
@@ -188,7 +198,9 @@ class UQSpec:
             defaults = {"progress": progress} if "progress" in parameters else {}
             if seed is not None and "seed" in parameters:
                 defaults["seed"] = check_int("seed", seed, 0)
-            return fit(method, target, loader(split), **(defaults | dict(options)))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", InertOptionWarning)  # given once, when the spec was made
+                return fit(method, target, loader(split), **(defaults | dict(options)))
 
         target = model if self.base is None else fitted(self.base, model, "train", self.base_options)
         return fitted(self.method, target, self.fit_split, self.options)
@@ -244,7 +256,9 @@ def follow_training_recipe(spec: Mapping[str, Any], recipe: Mapping[str, Any]) -
     """
     spec = dict(spec)
     for method_key, options_key in (("method", "options"), ("base", "base_options")):
-        names = _RECIPE_OPTIONS.get(spec.get(method_key) or "", ())
+        # AdamW's decoupled weight decay is no value for Adam's coupled one: only an Adam run's is taken
+        names = [n for n in _RECIPE_OPTIONS.get(spec.get(method_key) or "", ())
+                 if n != "weight_decay" or recipe["optimizer"] == "adam"]
         if not names:
             continue
         spec[options_key] = {name: recipe[name] for name in names} | dict(spec.get(options_key) or {})
@@ -253,8 +267,8 @@ def follow_training_recipe(spec: Mapping[str, Any], recipe: Mapping[str, Any]) -
             differ["precision"] = recipe["precision"]
         if differ:
             warnings.warn(f"{spec[method_key]}: new members train with Adam, a cosine schedule, no gradient clipping "
-                          f"and without autocast, unlike the run ({differ}); epochs, lr, weight_decay and loss follow "
-                          "the run", stacklevel=2)
+                          f"and without autocast, unlike the run ({differ}); {', '.join(names)} follow the run",
+                          stacklevel=2)
     return spec
 
 

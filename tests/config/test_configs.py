@@ -92,6 +92,12 @@ def test_keys_appended_with_plus_must_be_declared(override, path):
         check_declared_keys(cfg)
 
 
+@pytest.mark.parametrize("override", ["model.modes=${model.modes}", "model.modes=[${model.width},4]",
+                                      "data.shifts.contrast=${data.shifts.length_scale}"])
+def test_interpolated_values_are_checked_where_their_targets_are(override):
+    check_declared_keys(compose_config("train", [override]))
+
+
 def test_free_form_option_nodes_are_left_to_their_consumers():
     cfg = compose_config("train", ["uq=laplace", "+uq.options.not_an_option=1"])
     check_declared_keys(cfg)  # UQSpec names the unknown option (tests/uq)
@@ -157,6 +163,7 @@ def test_train_cli_writes_a_complete_run_directory_and_resumes(tmp_path):
             "data.cache_dir=cache", f"hydra.run.dir={run}"]
     result = run_cli(*args[:-1], "resume=true", args[-1], cwd=tmp_path)  # nothing to resume: a first run
     assert result.returncode == 0, result.stderr
+    assert f"resume=true: {run} holds no run yet; starting one there" in result.stdout
     for name in ("config.yaml", "environment.json", "metrics.jsonl", "report.md", "learning_curves.png", "samples_0.png"):
         assert (run / name).is_file(), name
     assert sorted(p.name for p in (run / "checkpoints").glob("*.json")) == ["epoch-0001.json", "epoch-0002.json"]
@@ -238,7 +245,8 @@ def test_every_split_is_checked_before_the_first_is_generated(tmp_path):
     assert not (tmp_path / "cache").exists()  # the train and test splits were not generated first
     cfg = compose_config("train", ["data=navier_stokes", f"data.cache_dir={tmp_path}/cache",
                                    "+data.shifts.longer={t: 5.0}", "data.options.task=rollout"])
-    with pytest.raises(ValueError, match=r"^data \(shift_longer split\): t: only task='final' uses it.*got t=5.0"):
+    with pytest.raises(ValueError, match=r"^data.shifts.longer: changes nothing the generator uses"), \
+            pytest.warns(UserWarning, match="t=5.0 has no effect"):
         build_splits(cfg.data, progress=False)  # a shift of t would be a copy of the test split labelled OOD
     assert not (tmp_path / "cache").exists()
 

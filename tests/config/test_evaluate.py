@@ -146,6 +146,7 @@ def test_bad_report_options_fail_before_any_data_or_training(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode != 0
-    assert ("n_calibration: alpha: 0.05 needs at least 19 calibration functions for the function-level band "
-            "(rank ⌈(n + 1)(1 − alpha)⌉ <= n); got n = 15") in result.stderr
+    assert ("data.n_calibration=30 is too small for conformal's bands at its fit level options.alpha=0.1 and the "
+            "report's report.alpha=0.05: alpha: 0.05 needs at least 19 calibration functions for the function-level "
+            "band (rank ⌈(n + 1)(1 − alpha)⌉ <= n); got n = 15") in result.stderr
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run2" / "checkpoints").exists()

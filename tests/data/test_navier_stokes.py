@@ -299,6 +299,18 @@ def test_independent_of_batch_size(small, device):
     assert not torch.equal(navier_stokes.generate(**{**SMALL, "seed": 4}).x, small.x)
 
 
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"task": "rollout"}, r"t=0.5 has no effect: t is only used with task='final' \(got task='rollout'\)"),
+    ({"n_input_steps": 5}, r"n_input_steps=5 has no effect: n_input_steps is only used with task='rollout'"),
+    ({"snapshot_interval": 2.0}, r"snapshot_interval=2.0 has no effect"),
+])
+def test_an_option_of_the_other_task_warns(kwargs, match):
+    from probneural.data import check_arguments
+
+    with pytest.warns(UserWarning, match=match):
+        check_arguments("navier_stokes", **{**SMALL, **kwargs})
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -307,11 +319,7 @@ def test_independent_of_batch_size(small, device):
         ({"viscosity": 0.0}, r"viscosity must be > 0"),
         ({"t": 0.0}, r"t must be > 0"),
         ({"task": "rollout", "n_output_steps": 0}, r"n_output_steps must be an int >= 1"),
-        # an option of the other task would not change the data (a shift of it would be no shift)
-        ({"task": "rollout"}, r"t: only task='final' uses it, so with task='rollout' it would not change the data; "
-                              r"got t=0.5 \(leave it at 1.0\)"),
-        ({"n_input_steps": 5}, r"n_input_steps: only task='rollout' uses it, so with task='final'"),
-        ({"snapshot_interval": 2.0}, r"snapshot_interval: only task='rollout' uses it"),
+
         ({"solve_dtype": torch.float16}, r"solve_dtype must be torch.float32 or torch.float64"),
     ],
 )

@@ -117,6 +117,14 @@ def test_new_members_follow_the_runs_recipe_unless_told_otherwise():
     assert based["base_options"]["epochs"] == 500 and "options" not in based
 
 
+def test_an_adamw_runs_weight_decay_is_not_given_to_adam_members():
+    from probneural.uq.report import follow_training_recipe
+
+    with pytest.warns(UserWarning, match=r"unlike the run \({'optimizer': 'adamw'}\); epochs, lr, loss follow the run"):
+        spec = follow_training_recipe({"name": "e", "method": "ensemble"}, RECIPE | {"optimizer": "adamw"})
+    assert spec["options"] == {"epochs": 500, "lr": 5e-4, "loss": "rel_h1"}  # decoupled decay means another thing
+
+
 def test_recipe_settings_the_members_cannot_follow_are_named():
     from probneural.uq.report import follow_training_recipe
 

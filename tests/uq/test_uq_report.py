@@ -136,3 +136,20 @@ def test_uq_runs_in_the_parameters_precision_without_autocast():
 
     assert uq_precision(torch.nn.Linear(2, 2)) == "fp32"
     assert uq_precision(torch.nn.Linear(2, 2).double()) == "fp64"
+
+
+def test_an_inert_option_warns_once_when_the_spec_is_made_not_again_when_it_is_fitted():
+    import warnings
+
+    from probneural.uq.options import InertOptionWarning
+
+    torch.manual_seed(0)
+    model = FNO(in_channels=1, out_channels=1, modes=(3,), width=4, n_layers=1, projection_channels=4)
+    splits = {"train": noisy(8, (16,), 0.1, 0), "calibration": noisy(19, (16,), 0.1, 1)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        spec = UQSpec("c", "conformal", {"scale_split": 0.3}, fit_split="calibration", base="laplace")
+        spec.check_calibration_size(19, 0.1)
+        spec.fit(model, splits, progress=False)
+    inert = [w for w in caught if issubclass(w.category, InertOptionWarning)]
+    assert len(inert) == 1 and "scale_split=0.3 has no effect" in str(inert[0].message)
