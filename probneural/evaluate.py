@@ -14,6 +14,7 @@ The run's ``config.yaml`` gives the data (regenerated, or read from the cache) a
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import hydra
@@ -52,6 +53,9 @@ def main(cfg: DictConfig) -> dict:
     spec = UQSpec(**follow_training_recipe(to_kwargs(cfg.uq), training_recipe(run_config)))
     check_report_options(cfg.alpha, cfg.batch_size, cfg.n_samples, cfg.n_plot_samples)
     if cfg.n_calibration is not None:
+        if spec.fit_split != "calibration":
+            warnings.warn(f"n_calibration={cfg.n_calibration} has no effect: {spec.name} is fitted on the "
+                          f"{spec.fit_split} split, not on a calibration split", stacklevel=1)
         data.n_calibration = cfg.n_calibration
     spec.check_calibration_size(data.n_calibration, cfg.alpha,
                                 size_name="n_calibration" if cfg.n_calibration is not None else "the run's data.n_calibration")

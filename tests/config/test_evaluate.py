@@ -126,6 +126,11 @@ def test_train_uq_hook_and_evaluate_cli(tmp_path):
         assert (run / "uq" / name / "environment.json").is_file()
     assert results["posterior"]["base"]["method"] == "laplace"
     assert len(list((tmp_path / "cache").iterdir())) == 4  # train, test, shift, calibration: each made once
+    result = run_cli("probneural.evaluate", f"run_dir={run}", "uq=laplace", "n_calibration=7", "device=cpu",
+                     "n_samples=10", "n_plot_samples=0", "progress=false", f"hydra.run.dir={tmp_path / 'again'}",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "n_calibration=7 has no effect: laplace is fitted on the train split" in result.stderr
 
 
 def test_bad_report_options_fail_before_any_data_or_training(tmp_path):
