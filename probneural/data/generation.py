@@ -9,7 +9,6 @@ does the rest, identically for every problem.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Callable, Iterator
 

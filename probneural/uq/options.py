@@ -24,11 +24,11 @@ from probneural.uq.posterior import Posterior
 __all__ = ["InertOptionWarning", "OptionCheck", "check_method_options", "checked_options", "warn_unused"]
 
 OptionCheck = Callable[[dict[str, Any], Mapping[str, Any], bool], None]
+Method = TypeVar("Method", bound=Callable[..., Any])
 
 
 class InertOptionWarning(UserWarning):
     """An option is set away from its default where the method's other options make it have no effect."""
-Method = TypeVar("Method", bound=Callable[..., Any])
 
 
 def _defaults(method: Callable[..., Any]) -> dict[str, Any]:
