@@ -53,13 +53,10 @@ def main(cfg: DictConfig) -> dict:
     resuming = cfg.resume and (run_dir / "config.yaml").is_file()
     if cfg.resume and not resuming:  # the way a preemptible job starts; or a run directory mistyped
         print(f"resume=true: {run_dir} holds no run yet; starting one there")
-    config_name = "config.resumed.yaml" if resuming else "config.yaml"
-    atomic_write(run_dir / config_name, lambda tmp: tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True)))
-    environment = capture_environment(cfg.precision.name, cfg.device.name, list(HydraConfig.get().overrides.task))
-    atomic_write(run_dir / "environment.json", lambda tmp: tmp.write_text(json.dumps(environment, indent=1)))
 
-    # model, trainer, UQ method and report options first: a bad option fails before any data is generated
-    # (a UQ method's option names and values here, those that depend on the model or data when it runs)
+    # model, trainer, UQ method and report options first: a bad option fails before anything is written and any
+    # data are generated (a UQ method's option names and values here; those that depend on the model or the data
+    # when it runs)
     uq = None if cfg.uq is None else UQSpec(**follow_training_recipe(to_kwargs(cfg.uq), training_recipe(cfg)))
     check_report_options(cfg.report.alpha, cfg.trainer.batch_size, cfg.report.n_samples, cfg.report.n_plot_samples)
     if uq is not None:
@@ -77,6 +74,10 @@ def main(cfg: DictConfig) -> dict:
         run_dir=run_dir,
         progress=cfg.progress,
     )
+    config_name = "config.resumed.yaml" if resuming else "config.yaml"
+    atomic_write(run_dir / config_name, lambda tmp: tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True)))
+    environment = capture_environment(cfg.precision.name, cfg.device.name, list(HydraConfig.get().overrides.task))
+    atomic_write(run_dir / "environment.json", lambda tmp: tmp.write_text(json.dumps(environment, indent=1)))
     splits = build_splits(cfg.data, progress=cfg.progress, calibration=uq is not None and uq.fit_split == "calibration",
                           dtype=data_dtype(cfg.precision.name))
     model = normalize(operator, splits["train"])

@@ -254,7 +254,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         meta = json.loads(handle.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint: metadata file {handle} does not exist") from None
+        kept = [p.name for p in checkpoints(handle.parent)] if handle.parent.is_dir() else []
+        raise CheckpointError(f"checkpoint: metadata file {handle} does not exist"
+                              + (f"; the directory holds {kept} (only the newest are kept)" if kept else "")) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"checkpoint: metadata file {handle} is not valid JSON ({error})") from None
     missing = [k for k in _REQUIRED if not isinstance(meta, dict) or k not in meta]

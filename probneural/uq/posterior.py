@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
+from probneural.data.dataset import OperatorDataset
 from probneural.data.normalizer import ChannelNormalizer
 from probneural.registry import Registry
 from probneural.train.normalized import NormalizedOperator
@@ -69,9 +70,13 @@ def fit(name: str, model: nn.Module | Posterior, loader: Batches, **options: Any
         The fitted :class:`Posterior`, with ``method`` and ``fit_seconds`` set.
 
     Raises:
-        ValueError: ``loader`` is a one-shot iterator (a generator): methods pass over it more than once.
+        ValueError: ``loader`` is a one-shot iterator (a generator): methods pass over it more than once;
+            or a data set rather than batches of it.
     """
     method = METHODS.get(name)
+    if isinstance(loader, OperatorDataset):  # it iterates over single (x, y) samples without a batch axis
+        raise ValueError("loader: expected re-iterable (x, y) batches; got an OperatorDataset: pass "
+                         "torch.utils.data.DataLoader(dataset, batch_size=32) (or a list of (x, y) batches)")
     if isinstance(loader, Iterator):  # (iter() on a DataLoader would start its workers)
         raise ValueError("loader: expected re-iterable (x, y) batches (a list or a DataLoader); got a one-shot "
                          f"iterator ({type(loader).__name__}), which a second pass would find empty")

@@ -195,6 +195,9 @@ def test_corrupted_or_tampered_checkpoint_raises_a_clear_error(darcy_small, tmp_
     empty.mkdir()
     with pytest.raises(CheckpointError, match="no epoch-"):
         load_checkpoint(empty)
+    with pytest.raises(CheckpointError, match=r"epoch-0010.json does not exist; the directory holds "
+                                              r"\['epoch-0001.json'\] \(only the newest are kept\)"):
+        load_checkpoint(handle.parent / "epoch-0010.json")
 
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(darcy_small, tmp_path):

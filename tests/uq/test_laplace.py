@@ -247,6 +247,11 @@ def test_bad_options_name_the_argument():
         uq.fit("laplace", model, [])
     with pytest.raises(ValueError, match="loader: expected re-iterable .* one-shot iterator \\(generator\\)"):
         uq.fit("laplace", model, ((a, b) for a, b in [(x, y)]))
+    from probneural.data import OperatorDataset
+
+    dataset = OperatorDataset(x, y, (torch.linspace(0, 1, x.shape[-1]),), {})
+    with pytest.raises(ValueError, match=r"loader: .* got an OperatorDataset: pass torch.utils.data.DataLoader"):
+        uq.fit("laplace", model, dataset)
     with pytest.raises(ValueError, match=r"loader: batch 0 has y of shape \(20, 1, 4\)"):
         uq.fit("laplace", model, [(x, y[..., :4])])
     with pytest.raises(ValueError, match="loader: batch 1 has NaN or Inf targets"):
