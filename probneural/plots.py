@@ -120,7 +120,7 @@ def plot_uncertainty_samples(
     """Input / truth / predictive mean / predictive std / |error| for a few samples (channel 0).
 
     2-D fields are drawn as images, truth and mean on one colour scale, std and |error| on another
-    (so a calibrated std looks like the error), one colour bar per scale. 1-D fields are drawn as
+    (so a calibrated std looks like the error), each with its colour bar (equal panel widths). 1-D fields are drawn as
     curves: the truth, the mean and the band ``[lower, upper]`` on one axis, std and |error| on another.
 
     Args:
@@ -154,11 +154,10 @@ def plot_uncertainty_samples(
         else:
             values = (min(truth.min(), centre.min()).item(), max(truth.max(), centre.max()).item())
             errors = (0.0, max(error.max(), spread.max()).item())
-            names = ("input", "truth", "mean", "std", "|error|")
+            names = ("input", "truth", "mean (truth's scale)", "std", "|error| (std's scale)")
             for j, field in enumerate((source, truth, centre, spread, error)):
                 limits = values if j in (1, 2) else errors if j in (3, 4) else (None, None)
-                _image(fig, axes[i, j], field, cmap="magma" if j >= 3 else "viridis", limits=limits,
-                       colorbar=j in (0, 2, 4))
+                _image(fig, axes[i, j], field, cmap="magma" if j >= 3 else "viridis", limits=limits)
         if i == 0:
             for ax, name in zip(axes[0], names):
                 ax.set_title(name)

@@ -381,13 +381,14 @@ def write_uq_report(
                 shown = pred.select(slice(0, min(n_plot_samples, len(data))))
                 plot_uncertainty_samples(data.x[: n_plot_samples], y[: n_plot_samples], shown.mean, shown.std,
                                          *shown.interval(alpha), out_dir / f"samples_{name}.png",
-                                         title=f"{name}: {1 - alpha:.0%} interval")
+                                         title=f"{name}: {1 - alpha:.0%} interval" if len(data.spatial_shape) == 1
+                                         else f"{name}: predictive mean and standard deviation")
         if name == reference:
             reference_prediction = pred
     plot_calibration_curves(curves, out_dir / "calibration.png")
     plot_coverage_against_alpha(points, bands, out_dir / "coverage.png")
     if draws:
-        plot_posterior_samples(draws, out_dir / "posterior_samples.png", title="joint predictive draws (first sample)")
+        plot_posterior_samples(draws, out_dir / "posterior_samples.png", title="joint predictive draws of the first sample (observation noise included)")
     record = posterior_record(posterior)
     results = {
         "title": title,
@@ -429,8 +430,9 @@ def _markdown(results: Mapping[str, Any], *, samples: list[str], posterior_sampl
         f"# {results['title']}",
         "",
         f"Intervals at α = {alpha:g} ({1 - alpha:.0%} nominal coverage, pointwise and of whole fields); "
-        f"sampled scores from {results['n_samples']} joint draws. Lower is better except coverage "
-        f"(target {1 - alpha:g}) and OOD AUROC (higher is better, against the reference split).",
+        f"sampled scores from {results['n_samples']} joint draws. Lower is better except coverage and field "
+        f"coverage (target {1 - alpha:g}) and OOD AUROC (higher is better, against the reference split: 0.5 when the "
+        "variance does not tell shifted fields apart, below 0.5 when it is lower on them).",
         "",
         "| split | samples | grid | " + " | ".join(_HEADERS) + " |",
         "|---|---|---|" + "---|" * len(_HEADERS),
