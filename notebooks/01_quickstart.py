@@ -55,7 +55,8 @@ print(train, "\n", zero_shot)
 u = darcy.solve(train.x[:2, 0].double(), 1.0)
 # the stored u were solved on the finer solve grid and subsampled: this coarse re-solve differs from them by
 # the coarse grid's discretisation error (a few per cent of max u here), not by round-off
-print(f"max |u - stored u| = {(u.float() - train.y[:2, 0]).abs().max().item():.2e} (max u {train.y[:2].max().item():.2e})")
+difference = (u.float() - train.y[:2, 0]).abs().max().item()
+print(f"max |u - stored u| = {difference:.2e} (max u {train.y[:2].max().item():.2e})")
 
 # %% [markdown]
 # ## Model and training

@@ -57,8 +57,8 @@ def main(cfg: DictConfig) -> dict:
             warnings.warn(f"n_calibration={cfg.n_calibration} has no effect: {spec.name} is fitted on the "
                           f"{spec.fit_split} split, not on a calibration split", stacklevel=1)
         data.n_calibration = cfg.n_calibration
-    spec.check_calibration_size(data.n_calibration, cfg.alpha,
-                                size_name="n_calibration" if cfg.n_calibration is not None else "the run's data.n_calibration")
+    size_name = "n_calibration" if cfg.n_calibration is not None else "the run's data.n_calibration"
+    spec.check_calibration_size(data.n_calibration, cfg.alpha, size_name=size_name)
     checkpoints = run_dir / "checkpoints"
     model = load_model(checkpoints if cfg.checkpoint is None else checkpoints / cfg.checkpoint,
                        map_location=resolve_device(cfg.device.name))

@@ -183,10 +183,10 @@ def fit_ensemble(
     fitted with seeds closer than ``members`` share members: space them by ``members`` (``seed=0,5,10``
     for five) for independent ensembles. ``epochs``, ``lr``, ``weight_decay`` and ``loss`` should
     match the recipe that trained ``model`` (the train and evaluate commands take them from the run,
-    :func:`probneural.uq.report.follow_training_recipe`). With ``include_model`` the given model itself (not a copy) is member 0 and
-    ``members − 1`` are trained. Members trained
-    elsewhere join through ``member_runs`` (e.g. the runs of ``python -m probneural.train -m seed=1,2``,
-    in parallel on other machines) and count towards ``members``.
+    :func:`probneural.uq.report.follow_training_recipe`). With ``include_model`` the given model
+    itself (not a copy) is member 0 and ``members − 1`` are trained. Members trained elsewhere join
+    through ``member_runs`` (e.g. the runs of ``python -m probneural.train -m seed=1,2``, in parallel
+    on other machines) and count towards ``members``.
 
     The aleatoric noise is, per output channel, the mean squared residual of the ensemble mean on
     ``loader``; on the training data it underestimates the noise (members fit part of it).

@@ -102,7 +102,8 @@ class UQSpec:
         KeyError: an unregistered ``method`` or ``base`` (listing the registered ones).
         ValueError: naming ``options`` or ``base_options`` with an option the method does not have,
             or a value its check refuses (:mod:`probneural.uq.options`, which also warns of
-            options the others make ineffective; nothing is fitted to check them), ``fit_split`` not in :data:`FIT_SPLITS` (or not ``"calibration"`` for a method of
+            options the others make ineffective; nothing is fitted to check them); ``fit_split``
+            not in :data:`FIT_SPLITS` (or not ``"calibration"`` for a method of
             :data:`HELD_OUT_METHODS`), a ``base`` of :data:`HELD_OUT_METHODS`, or ``base_options``
             without ``base``.
     """
@@ -158,7 +159,8 @@ class UQSpec:
                                    on_posterior=self.base is not None)
         except ValueError as error:
             raise ValueError(f"{size_name}={n} is too small for {self.name}'s bands at its fit level "
-                             f"options.alpha={options['alpha']} and the report's {alpha_name}={alpha}: {error}") from error
+                             f"options.alpha={options['alpha']} and the report's {alpha_name}={alpha}: "
+                             f"{error}") from error
 
     def fit(
         self, model: nn.Module, splits: Mapping[str, OperatorDataset], *, batch_size: int = 32, progress: bool = True,
@@ -388,7 +390,8 @@ def write_uq_report(
     plot_calibration_curves(curves, out_dir / "calibration.png")
     plot_coverage_against_alpha(points, bands, out_dir / "coverage.png")
     if draws:
-        plot_posterior_samples(draws, out_dir / "posterior_samples.png", title="joint predictive draws of the first sample (observation noise included)")
+        plot_posterior_samples(draws, out_dir / "posterior_samples.png",
+                               title="joint predictive draws of the first sample (observation noise included)")
     record = posterior_record(posterior)
     results = {
         "title": title,

@@ -38,7 +38,8 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 
 
 def check_training_options(epochs: Any, lr: Any, weight_decay: Any, seed: Any) -> tuple[int, float, float, int]:
-    """The options of :func:`train_operator` checked: ``epochs >= 0``, ``lr > 0``, ``weight_decay >= 0``, ``seed >= 0``."""
+    """The options of :func:`train_operator`, checked: ``epochs >= 0``, ``lr > 0``, ``weight_decay >= 0``,
+    ``seed >= 0``."""
     return (check_int("epochs", epochs, 0), check_float("lr", lr, positive=True),
             check_float("weight_decay", weight_decay, nonnegative=True), check_int("seed", seed, 0))
 
