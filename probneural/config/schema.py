@@ -379,10 +379,16 @@ class BenchmarkAppConfig:
 
 @dataclass
 class GenerateAppConfig:
-    """``configs/generate.yaml``: pre-generate every split of one data config into the cache."""
+    """``configs/generate.yaml``: pre-generate every split of one data config into the cache.
+
+    ``for_experiment`` names an experiment whose data (and precision) to generate instead, composed
+    as ``train experiment=<name>`` with the command's ``data.*`` and ``precision`` overrides (``experiment``
+    itself is a config group, which this app does not compose: experiments set model and trainer keys).
+    """
 
     data: Any = MISSING
     precision: PrecisionConfig = MISSING
+    for_experiment: Optional[str] = None
     progress: bool = True
     keep_freed_memory: bool = True
 

@@ -289,6 +289,19 @@ def test_generate_cli_fills_the_cache_that_training_reads(tmp_path):
     assert [f.stat().st_mtime_ns for f in files] == [f.stat().st_mtime_ns for f in sorted((tmp_path / "cache").iterdir())]
 
 
+def test_generate_for_an_experiment_fills_the_cache_its_training_run_reads(tmp_path):
+    from probneural.config.data import build_splits
+
+    sizes = ["data.n_train=4", "data.n_test=2", "data.n_zero_shot=2", "data.n_shift=2", f"data.cache_dir={tmp_path}/cache"]
+    result = run_cli("probneural.generate", "for_experiment=quickstart", *sizes, "progress=false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "zero_shot (s=65×65): 2 samples" in result.stdout  # the experiment's resolutions, not the data default's
+    files = {f: f.stat().st_mtime_ns for f in (tmp_path / "cache").iterdir()}
+    assert len(files) == 5
+    build_splits(compose_config("train", ["experiment=quickstart", *sizes]).data, progress=False)
+    assert {f: f.stat().st_mtime_ns for f in (tmp_path / "cache").iterdir()} == files  # read, nothing regenerated
+
+
 TINY_DATA = {
     "darcy": ["data.resolution=9", "data.options.solve_resolution=17"],
     "burgers": ["data.resolution=32", "data.options.solve_resolution=64"],
