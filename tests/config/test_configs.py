@@ -292,7 +292,8 @@ def test_generate_cli_fills_the_cache_that_training_reads(tmp_path):
 def test_generate_for_an_experiment_fills_the_cache_its_training_run_reads(tmp_path):
     from probneural.config.data import build_splits
 
-    sizes = ["data.n_train=4", "data.n_test=2", "data.n_zero_shot=2", "data.n_shift=2", f"data.cache_dir={tmp_path}/cache"]
+    sizes = ["data.n_train=4", "data.n_test=2", "data.n_zero_shot=2", "data.n_shift=2",
+             f"data.cache_dir={tmp_path}/cache"]
     result = run_cli("probneural.generate", "for_experiment=quickstart", *sizes, "progress=false", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "zero_shot (s=65×65): 2 samples" in result.stdout  # the experiment's resolutions, not the data default's
