@@ -1,15 +1,19 @@
-"""Argument checks shared by the library: each raises ``ValueError`` naming the argument, what was expected and what came."""
+"""Argument checks shared by the library: each raises ``ValueError`` naming the argument, what was expected and
+what came; :func:`warn_unused` warns of an option that the other options make ineffective."""
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["check_float", "check_floating_dtype", "check_int", "check_positive_ints"]
+__all__ = [
+    "InertOptionWarning", "check_float", "check_floating_dtype", "check_int", "check_positive_ints", "warn_unused",
+]
 
 
 def check_int(name: str, value: Any, least: int | None = None) -> int:
@@ -47,3 +51,30 @@ def check_positive_ints(name: str, values: Any) -> tuple[int, ...]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
         raise ValueError(f"{name}: expected a non-empty sequence of positive integers; got {values!r}")
     return tuple(check_int(name, value, 1) for value in values)
+
+
+class InertOptionWarning(UserWarning):
+    """An option is set away from its default where the other options make it have no effect."""
+
+
+def warn_unused(options: Mapping[str, Any], defaults: Mapping[str, Any], names: Sequence[str], *,
+                used: bool, because: str, stacklevel: int = 2) -> None:
+    """An :class:`InertOptionWarning` for each of ``names`` set away from its default when it is not ``used``.
+
+    A warning, not an error: a sweep over the other options (``structure=last_layer,low_rank``
+    with ``rank=20``) legitimately reaches settings where an option does nothing.
+
+    Args:
+        options: the values (at least ``names``).
+        defaults: their defaults.
+        names: options that only matter when ``used``.
+        used: whether the other options make ``names`` matter.
+        because: completes "only used ...", e.g. ``"with structure='low_rank'"``.
+        stacklevel: as for ``warnings.warn``, counted from the caller of this function.
+    """
+    if used:
+        return
+    for name in names:
+        if options[name] != defaults[name]:
+            warnings.warn(f"{name}={options[name]!r} has no effect: {name} is only used {because}",
+                          InertOptionWarning, stacklevel=stacklevel + 1)

@@ -49,7 +49,6 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Union
@@ -60,7 +59,7 @@ import probneural
 from probneural.data import generation
 from probneural.data.dataset import OperatorDataset
 from probneural.data.grf import grf_periodic
-from probneural.validation import check_float, check_floating_dtype, check_int
+from probneural.validation import check_float, check_floating_dtype, check_int, warn_unused
 
 __all__ = ["DEFAULT_CFL", "GENERATOR_VERSION", "TASKS", "dealiasing_cutoff", "fno_forcing", "generate", "solve"]
 
@@ -585,14 +584,10 @@ _TASK_OPTIONS = {"final": ("t",), "rollout": ("snapshot_interval", "n_input_step
 
 def _check_task_options(task: str, **options: object) -> None:
     """Warn of an option of the other task set away from its default: it does not change the data."""
-    defaults = inspect.signature(generate).parameters
+    defaults = {name: p.default for name, p in inspect.signature(generate).parameters.items()}
     for other, names in _TASK_OPTIONS.items():
-        if other == task:
-            continue
-        for name in names:
-            if options[name] != defaults[name].default:
-                warnings.warn(f"{name}={options[name]!r} has no effect: {name} is only used with task={other!r} "
-                              f"(got task={task!r})", stacklevel=3)
+        warn_unused(options, defaults, names, used=other == task, because=f"with task={other!r} (got task={task!r})",
+                    stacklevel=3)
 
 
 def generate(

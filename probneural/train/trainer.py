@@ -36,7 +36,7 @@ from probneural.train.checkpoint import (
 from probneural.train.losses import LOSSES, relative_h1, relative_l2
 from probneural.train.normalized import NormalizedOperator
 from probneural.train.precision import PrecisionPolicy, resolve_device
-from probneural.validation import check_float, check_int
+from probneural.validation import check_float, check_int, warn_unused
 
 __all__ = ["NonFiniteLossError", "Trainer", "evaluate", "load_model", "normalize"]
 
@@ -231,12 +231,9 @@ class Trainer:
             check_float(name, value, positive=True)
         check_float("weight_decay", weight_decay, nonnegative=True)
         check_int("seed", seed, 0)
-        if scheduler != "step":
-            for name, value in (("step_size", step_size), ("gamma", gamma)):
-                default = inspect.signature(Trainer.__init__).parameters[name].default
-                if value != default:
-                    warnings.warn(f"{name}={value!r} has no effect: {name} is only used with scheduler='step' "
-                                  f"(got scheduler={scheduler!r})", stacklevel=2)
+        defaults = {name: p.default for name, p in inspect.signature(Trainer.__init__).parameters.items()}
+        warn_unused({"step_size": step_size, "gamma": gamma}, defaults, ("step_size", "gamma"),
+                    used=scheduler == "step", because=f"with scheduler='step' (got scheduler={scheduler!r})")
         self.loss_fn: Callable[[Tensor, Tensor], Tensor] = LOSSES.get(loss)
         self.loss_name = loss
         self.epochs = epochs

@@ -40,12 +40,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from probneural.uq.options import checked_options, warn_unused
+from probneural.uq.options import checked_options
 from probneural.uq.posterior import METHODS, Batches, Posterior, model_parameters, switched_mode
 from probneural.uq.prediction import (
     GaussianPrediction, Prediction, affine_arguments, cat, check_alpha, normal_quantile,
 )
-from probneural.validation import check_float
+from probneural.validation import check_float, warn_unused
 
 __all__ = ["ConformalPosterior", "ConformalPrediction", "ConformalScores", "conformal_rank", "fit_conformal"]
 

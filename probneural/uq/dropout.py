@@ -30,9 +30,9 @@ from probneural.operators.fno import DROPOUT_LAYERS, FNO
 from probneural.train.normalized import NormalizedOperator
 from probneural.uq.posterior import METHODS, Batches, Posterior, model_parameters, normalized_parts, switched_mode
 from probneural.uq.prediction import MixturePrediction
-from probneural.uq.options import checked_options, warn_unused
+from probneural.uq.options import checked_options
 from probneural.uq.training import check_training_options, residual_variance, seeded, train_operator
-from probneural.validation import check_float, check_int
+from probneural.validation import check_float, check_int, warn_unused
 
 __all__ = [
     "SCORES",

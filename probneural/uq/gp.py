@@ -48,10 +48,10 @@ with warnings.catch_warnings():  # gpytorch 1.15 calls the deprecated torch.jit.
 
 from probneural.operators.fno import positional_grid
 from probneural.uq.heads import FrozenTrunk, TrainingFields, check_dtype, random_points, without_autocast
-from probneural.uq.options import checked_options, warn_unused
+from probneural.uq.options import checked_options
 from probneural.uq.posterior import METHODS, Batches, Posterior
 from probneural.uq.prediction import GaussianPrediction
-from probneural.validation import check_float, check_int
+from probneural.validation import check_float, check_int, warn_unused
 
 __all__ = ["GPPosterior", "fit_gp_exact", "fit_gp_svgp"]
 

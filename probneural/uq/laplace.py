@@ -51,9 +51,9 @@ from probneural.hessian.structure import flatten, unflatten
 from probneural.uq.posterior import (
     METHODS, Batches, Posterior, model_parameters, normalized_parts, switched_mode, to_data_units,
 )
-from probneural.uq.options import checked_options, warn_unused
+from probneural.uq.options import checked_options
 from probneural.uq.prediction import GaussianPrediction
-from probneural.validation import check_float, check_int
+from probneural.validation import check_float, check_int, warn_unused
 
 __all__ = ["LaplacePosterior", "MarginalLikelihood", "Structure", "fit_laplace"]
 

@@ -9,26 +9,22 @@ A check function ``check(options, defaults, on_posterior)`` changes ``options`` 
 (normalised values) and raises a ``ValueError`` naming the option. ``on_posterior`` says
 whether the method is fitted to a posterior (a ``base`` method's) rather than to an operator.
 Besides values, it warns of options set away from their defaults where the other options make
-them have no effect (:func:`warn_unused`): a setting should not silently do nothing.
+them have no effect (:func:`probneural.validation.warn_unused`): a setting should not silently do
+nothing.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import warnings
 from typing import Any, Callable, Mapping, TypeVar
 
 from probneural.uq.posterior import Posterior
 
-__all__ = ["InertOptionWarning", "OptionCheck", "check_method_options", "checked_options", "warn_unused"]
+__all__ = ["OptionCheck", "check_method_options", "checked_options"]
 
 OptionCheck = Callable[[dict[str, Any], Mapping[str, Any], bool], None]
 Method = TypeVar("Method", bound=Callable[..., Any])
-
-
-class InertOptionWarning(UserWarning):
-    """An option is set away from its default where the method's other options make it have no effect."""
 
 
 def _defaults(method: Callable[..., Any]) -> dict[str, Any]:
@@ -86,25 +82,3 @@ def check_method_options(method: Callable[..., Any], options: Mapping[str, Any],
     if check is None:
         return dict(defaults) | dict(options)
     return _checked(check, defaults, options, on_posterior)
-
-
-def warn_unused(options: Mapping[str, Any], defaults: Mapping[str, Any], names: tuple[str, ...], *,
-                used: bool, because: str) -> None:
-    """An :class:`InertOptionWarning` for each of ``names`` set away from its default when it is not ``used``.
-
-    A warning, not an error: a sweep over the other options (``structure=last_layer,low_rank``
-    with ``rank=20``) legitimately reaches settings where an option does nothing.
-
-    Args:
-        options: the method's options (defaults filled in).
-        defaults: its defaults.
-        names: options that only matter when ``used``.
-        used: whether the other options make ``names`` matter.
-        because: completes "only used ...", e.g. ``"with structure='low_rank'"``.
-    """
-    if used:
-        return
-    for name in names:
-        if options[name] != defaults[name]:
-            warnings.warn(f"{name}={options[name]!r} has no effect: {name} is only used {because}",
-                          InertOptionWarning, stacklevel=2)

@@ -53,11 +53,11 @@ from torch.distributions import constraints
 
 from probneural.operators.pointwise import Pointwise
 from probneural.uq.heads import FrozenTrunk, ReadoutStatistics, check_dtype, without_autocast
-from probneural.uq.options import checked_options, warn_unused
+from probneural.uq.options import checked_options
 from probneural.uq.posterior import METHODS, Batches, Posterior
 from probneural.uq.prediction import MixturePrediction
 from probneural.uq.training import seeded
-from probneural.validation import check_float, check_int
+from probneural.validation import check_float, check_int, warn_unused
 
 __all__ = ["BayesianHead", "PyroPosterior", "fit_pyro_nuts", "fit_pyro_svi"]
 

@@ -42,10 +42,10 @@ from probneural.plots import (
 )
 from probneural.uq.conformal import check_calibration_size
 from probneural.uq.metrics import calibration_curve, evaluate
-from probneural.uq.options import InertOptionWarning, check_method_options
+from probneural.uq.options import check_method_options
 from probneural.uq.posterior import METHODS, Posterior, fit, model_parameters, predict_in_batches
 from probneural.uq.prediction import Prediction, check_alpha
-from probneural.validation import check_int
+from probneural.validation import InertOptionWarning, check_int
 
 __all__ = [
     "FIT_SPLITS", "HELD_OUT_METHODS", "SCORES", "UQSpec", "check_report_options", "posterior_record", "run_uq",

@@ -141,7 +141,7 @@ def test_uq_runs_in_the_parameters_precision_without_autocast():
 def test_an_inert_option_warns_once_when_the_spec_is_made_not_again_when_it_is_fitted():
     import warnings
 
-    from probneural.uq.options import InertOptionWarning
+    from probneural.validation import InertOptionWarning
 
     torch.manual_seed(0)
     model = FNO(in_channels=1, out_channels=1, modes=(3,), width=4, n_layers=1, projection_channels=4)
