@@ -29,6 +29,7 @@ from torch.func import vjp, vmap
 from probneural.hessian.ggn import LOSSES, functional_model, loss_hessian_sqrt
 from probneural.hessian.kfac import batches
 from probneural.hessian.structure import cast, flatten, from_real, to_real
+from probneural.validation import check_int
 
 __all__ = ["PROBES", "ggn_diagonal_mc"]
 
@@ -61,8 +62,9 @@ def ggn_diagonal_mc(
     probes ``z_ns`` per sample (see the module docstring).
 
     Args:
-        model: the network. Samples must not interact (no batch statistics); it runs in its
-            current train/eval mode, one sample at a time under ``vmap``.
+        model: the network. Samples must not interact; it runs in its current train/eval mode,
+            one sample at a time under ``vmap`` (dropout or batch norm in train mode is refused,
+            see :func:`~probneural.hessian.functional_model`).
         inputs: one `(b, ...)` input batch or an iterable of them (e.g. ``(x for x, _ in loader)``).
         loss: ``"mse"`` or ``"gaussian_nll"`` (see :mod:`probneural.hessian.ggn`).
         noise_variance: ``σ²`` for ``gaussian_nll``: a number or one value per output channel.
@@ -90,6 +92,8 @@ def ggn_diagonal_mc(
         raise ValueError(f"loss: expected one of {LOSSES}; got {loss!r}")
     if probes not in PROBES:
         raise ValueError(f"probes: expected one of {PROBES}; got {probes!r}")
+    check_int("n_samples", n_samples)
+    check_int("chunk_size", chunk_size)
     if n_samples < (2 if with_error else 1):
         raise ValueError(f"n_samples: expected at least {2 if with_error else 1} probes per sample"
                          f"{' for a standard error' if with_error else ''}; got {n_samples}")

@@ -71,6 +71,8 @@ def _forward_over_reverse(
     with torch.enable_grad(), fwAD.dual_level():
         duals = tuple(fwAD.make_dual(r, d) for r, d in zip(leaves, directions))
         loss = _check_scalar(g(duals))
+        if not loss.requires_grad:  # f does not depend on the parameters
+            return tuple(torch.zeros_like(r) for r in reals)
         with tangent_only_gradients(duals):  # only the gradient's tangent is returned
             grads = torch.autograd.grad(loss, leaves, allow_unused=True)
         tangents = tuple(None if gr is None else fwAD.unpack_dual(gr).tangent for gr in grads)

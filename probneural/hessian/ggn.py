@@ -1,10 +1,13 @@
 """Generalised Gauss–Newton products ``G v = Jᵀ Λ J v`` for (model, loss) pairs, and the exact Hessian operator.
 
-Supported losses, both with a diagonal loss Hessian ``Λ`` with respect to the outputs:
+Supported losses, both with a diagonal loss Hessian ``Λ`` with respect to the outputs and
+both *summed* over every output entry of the batch (not averaged: ``torch.nn.functional.mse_loss``
+with its default mean reduction has the Hessian ``2 / N`` times this one):
 
 * ``"mse"``: ``½ Σ (f − y)²``, ``Λ = I``;
-* ``"gaussian_nll"``: ``Σ (f − y)² / (2 σ_c²)`` with one noise variance per output channel
-  (axis 1 of the output), ``Λ = diag(1 / σ_c²)``.
+* ``"gaussian_nll"``: ``Σ (f − y)² / (2 σ_c²)`` with a fixed noise variance per output channel
+  (axis 1 of the output), ``Λ = diag(1 / σ_c²)``. A heteroscedastic model, whose outputs include
+  the variance, is not covered.
 
 ``G = Σ_o (√Λ_o J_o)ᵀ (√Λ_o J_o)`` can therefore be formed blockwise from
 :func:`loss_hessian_sqrt` and Jacobian rows.
@@ -19,6 +22,7 @@ float64, not only the accumulation.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -28,6 +32,7 @@ from torch.func import functional_call, jacrev, jvp, vjp
 from probneural.hessian.functional import hvp
 from probneural.hessian.operator import LinearOperator
 from probneural.hessian.structure import Params, as_tuple, cast, check_direction, flatten, from_real, to_real, unflatten
+from probneural.validation import InertOptionWarning
 
 __all__ = [
     "LOSSES",
@@ -52,12 +57,21 @@ def loss_hessian_sqrt(loss: str, output: Tensor, noise_variance: float | Sequenc
 
     Returns:
         Tensor broadcastable to ``output``.
+
+    Warns:
+        InertOptionWarning: ``noise_variance`` is set with ``loss="mse"``, which ignores it.
     """
     if loss == "mse":
+        if not (isinstance(noise_variance, (int, float)) and noise_variance == 1.0):
+            warnings.warn("noise_variance has no effect: it is only used with loss='gaussian_nll'",
+                          InertOptionWarning, stacklevel=3)
         return torch.ones((), dtype=output.dtype, device=output.device)
     if loss == "gaussian_nll":
         variance = torch.as_tensor(noise_variance, dtype=output.dtype, device=output.device)
         if variance.dim() == 1:
+            if output.dim() < 2:
+                raise ValueError(f"output: expected a batched output (b, c, ...) for per-channel noise; "
+                                 f"got shape {tuple(output.shape)}")
             if variance.numel() != output.shape[1]:
                 raise ValueError(
                     f"noise_variance: expected one value per output channel ({output.shape[1]}); got {variance.numel()}"
@@ -75,7 +89,9 @@ def functional_model(
     """A module as a function of its trainable parameters at a fixed input.
 
     Args:
-        model: the network; run as it is (its train/eval mode is not changed).
+        model: the network; run as it is (its train/eval mode is not changed). Refused if it
+            is not one deterministic function of its parameters: a dropout layer with ``p > 0``
+            or a batch norm in train mode (call ``model.eval()`` first).
         x: `(b, ...)` input batch.
 
     Returns:
@@ -84,7 +100,11 @@ def functional_model(
         the input, the frozen parameters and the floating buffers cast to the dtype of the
         given parameters (so a float64 copy of the parameters runs the whole forward pass in
         float64, also for a model with frozen parts).
+
+    Raises:
+        ValueError: no trainable parameter, or a dropout or batch-norm layer in train mode.
     """
+    _check_deterministic(model)
     trainable = [(name, p.detach()) for name, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise ValueError(f"model: expected at least one trainable parameter; {type(model).__name__} has none")
@@ -105,6 +125,30 @@ def functional_model(
     return model_fn, tuple(p for _, p in trainable)
 
 
+def _check_deterministic(model: nn.Module) -> None:
+    """Refuse train-mode layers that make ``model`` random or batch-dependent.
+
+    A dropout layer draws a new mask on every call, so the two passes of a Gauss–Newton
+    product or the samples of an estimate would see different functions (an asymmetric
+    ``G``); a batch norm normalises with the batch's statistics, couples the samples and
+    updates its running averages on every curvature product.
+    """
+    offending = [
+        name or type(model).__name__
+        for name, module in model.named_modules()
+        if module.training and (
+            isinstance(module, nn.modules.batchnorm._BatchNorm)
+            or (isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0)
+        )
+    ]
+    if offending:
+        raise ValueError(
+            f"model: {offending} are in train mode (dropout draws a new mask per call; batch norm uses "
+            "batch statistics and updates its running averages), so the curvature would not be that of "
+            "one function; call model.eval() first"
+        )
+
+
 def _real_model(model_fn: Callable[[Params], Tensor], tensors: tuple[Tensor, ...], single: bool):
     def g(reals: tuple[Tensor, ...]) -> Tensor:
         params = from_real(reals, tensors)
@@ -121,13 +165,16 @@ def ggn_vp(
     loss: str = "mse",
     noise_variance: float | Sequence[float] | Tensor = 1.0,
 ) -> Params:
-    """``Jᵀ Λ J v``: one forward-mode and one reverse-mode pass through the model.
+    """``Jᵀ Λ J v``: a forward-mode pass for ``J v``, then a reverse-mode pass for ``Jᵀ (Λ J v)``.
+
+    The model runs in each pass, so ``model_fn`` must be deterministic (no dropout masks drawn
+    per call; :func:`functional_model` checks this for modules).
 
     Args:
         model_fn: called as ``model_fn(params)``; returns the `(b, c, *spatial)` output.
         params: point of evaluation (complex tensors through their real view).
         v: direction with the structure of ``params``.
-        loss: ``"mse"`` or ``"gaussian_nll"`` (see the module docstring).
+        loss: ``"mse"`` (``½ Σ (f − y)²``, summed) or ``"gaussian_nll"`` (see the module docstring).
         noise_variance: ``σ²`` for ``gaussian_nll``.
 
     Returns:
@@ -189,7 +236,11 @@ def ggn_operator(
     noise_variance: float | Sequence[float] | Tensor = 1.0,
     dtype: torch.dtype | None = None,
 ) -> LinearOperator:
-    """The GGN as a matrix-free `(P, P)` operator over the flattened real parameters (exact diagonal included).
+    """The GGN as a matrix-free `(P, P)` operator over the flattened real parameters.
+
+    Its ``diagonal()`` is exact, from the full Jacobian (:func:`ggn_diagonal`: memory
+    ``O(outputs · P)``, small models only; :func:`~probneural.hessian.ggn_diagonal_mc` estimates
+    it for large ones).
 
     Args:
         model_fn: as for :func:`ggn_vp`; with ``dtype`` set, it is called with parameters of that dtype.

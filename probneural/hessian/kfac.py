@@ -75,6 +75,7 @@ from probneural.hessian.operator import LinearOperator
 from probneural.hessian.structure import cast
 from probneural.operators.pointwise import Pointwise
 from probneural.operators.spectral import SpectralConv, kept_frequencies, kept_shape
+from probneural.validation import check_int, warn_unused
 
 __all__ = ["KFACVariant", "KroneckerBlock", "KroneckerOperator", "SpectralKroneckerBlock", "kfac_operator"]
 
@@ -521,10 +522,11 @@ def kfac_operator(
         model: the network; its ``nn.Linear`` and :class:`Pointwise` layers with a trainable
             weight are covered (one :class:`KroneckerBlock` each), with ``spectral`` also its
             :class:`SpectralConv` layers (one :class:`SpectralKroneckerBlock` each). Samples must not
-            interact (no batch statistics); it runs in its current train/eval mode.
+            interact; it runs in its current train/eval mode, and dropout or batch norm in train
+            mode is refused (:func:`~probneural.hessian.functional_model`).
         inputs: one `(b, ...)` input batch or an iterable of them (e.g. ``(x for x, _ in loader)``);
             the factors are accumulated over all batches.
-        loss: ``"mse"`` or ``"gaussian_nll"`` (see :mod:`probneural.hessian.ggn`).
+        loss: ``"mse"`` (``½ Σ (f − y)²``, summed) or ``"gaussian_nll"`` (see :mod:`probneural.hessian.ggn`).
         noise_variance: ``σ²`` for ``gaussian_nll``: a number or one value per output channel
             (axis 1 of the `(b, c, ...)` output).
         variant: ``"exact"`` or ``"mc"`` (see :class:`KFACVariant`).
@@ -546,10 +548,13 @@ def kfac_operator(
             no input batch, an unbatched output, or a covered layer that never ran.
     """
     variant = _variant(variant)
+    check_int("n_samples", n_samples)
+    check_int("seed", seed, 0)
     if variant is KFACVariant.MC and n_samples < 1:
         raise ValueError(f"n_samples: expected at least 1 Monte-Carlo sample; got {n_samples}")
     if variant is KFACVariant.EXACT and n_samples != 1:
         raise ValueError(f"n_samples: only variant 'mc' draws samples; got n_samples={n_samples} with 'exact'")
+    warn_unused({"seed": seed}, {"seed": 0}, ["seed"], used=variant is KFACVariant.MC, because="with variant='mc'")
     types = LAYER_TYPES + ((SpectralConv,) if spectral else ())
     layers = {
         name: module

@@ -34,6 +34,10 @@ def lanczos(operator: LinearOperator, k: int, *, n_iter: int | None = None, seed
     Returns:
         eigenvalues `(k,)` in descending order and eigenvectors `(P, k)` (orthonormal columns).
     """
+    if not isinstance(operator, LinearOperator):
+        raise ValueError("operator: expected a probneural.hessian.LinearOperator (a matrix M is "
+                         "LinearOperator(P, lambda v: M @ v, dtype=M.dtype, device=M.device)); "
+                         f"got {type(operator).__name__}")
     size = operator.size
     check_int("k", k)
     if not 1 <= k <= size:

@@ -53,8 +53,8 @@ def last_layer_ggn(
         model: the network; its output must be the output of the read-out layer (checked).
         inputs: one `(b, ...)` input batch or an iterable of them; summed over all batches.
         layer: name of the read-out in ``model.named_modules()``, an ``nn.Linear`` or
-            :class:`Pointwise` layer; ``None`` takes the last such layer (``projection_out``
-            for the FNO).
+            :class:`Pointwise` layer with a trainable weight; ``None`` takes the last such layer
+            (``projection_out`` for the FNO).
         loss: ``"mse"`` or ``"gaussian_nll"``.
         noise_variance: ``σ²`` for ``gaussian_nll``: a number or one value per output channel
             (axis 1 of the `(b, c, ...)` output).
@@ -72,13 +72,18 @@ def last_layer_ggn(
             whose output has more than two axes), no input batch, or an unknown ``loss``.
     """
     modules = dict(model.named_modules())
-    candidates = [name for name, module in modules.items() if isinstance(module, LAYER_TYPES)]
+    candidates = [
+        name for name, module in modules.items() if isinstance(module, LAYER_TYPES) and module.weight.requires_grad
+    ]
     if not candidates:
-        raise ValueError(f"model: expected an nn.Linear or Pointwise read-out; {type(model).__name__} has none")
+        raise ValueError(
+            f"model: expected an nn.Linear or Pointwise read-out with a trainable weight; {type(model).__name__} has none"
+        )
     if layer is None:
         layer = candidates[-1]
     elif layer not in candidates:
-        raise ValueError(f"layer: expected the name of an nn.Linear or Pointwise module, one of {candidates}; "
+        raise ValueError(f"layer: expected the name of an nn.Linear or Pointwise module with a trainable weight, "
+                         f"one of {candidates}; "
                          f"got {layer!r}")
     readout = modules[layer]
     bias = has_trainable_bias(readout)
