@@ -1,5 +1,6 @@
 """Neural operators as ``torch.nn.Module``s: spectral layers and the FNO (1-, 2-, 3-D)."""
 
+from probneural.operators.dropout import ChannelDropout
 from probneural.operators.fno import FNO, positional_grid
 from probneural.operators.parameters import count_parameters
 from probneural.operators.pointwise import Pointwise
@@ -7,6 +8,7 @@ from probneural.operators.registry import OPERATORS, build, name_of
 from probneural.operators.spectral import SpectralConv, kept_frequencies, kept_shape, spectral_contract
 
 __all__ = [
+    "ChannelDropout",
     "FNO",
     "OPERATORS",
     "Pointwise",

@@ -84,9 +84,12 @@ def dropout_copy(model: nn.Module, p: float, layers: str = "all") -> nn.Module:
 
     An :class:`~probneural.operators.FNO` (possibly inside a :class:`NormalizedOperator`, whose
     normalisers are kept) is rebuilt from its ``config`` with ``dropout=p`` and
-    ``dropout_layers=layers`` and given the trained weights. Any other model must already contain
-    dropout layers (``nn.Dropout`` and relatives); it is deep-copied and each of its dropout layers
-    gets probability ``p``.
+    ``dropout_layers=layers`` and given the trained weights; its dropout drops whole channels, so
+    passes are coherent function draws (:class:`~probneural.operators.ChannelDropout`). Any other
+    model must already contain dropout layers (``nn.Dropout`` and relatives); it is deep-copied and
+    each of its dropout layers gets probability ``p`` (as they are: an elementwise ``nn.Dropout`` on
+    fields draws a mask per grid point, and its passes deviate from the mean by spatially white
+    noise).
 
     Args:
         model: the trained operator.

@@ -26,8 +26,10 @@ or inducing points), mean ``K* w_q`` and covariance ``k_q(X*, X*) − K* M_q K*�
 * SVGP (whitened, ``K_uu = L Lᵀ``, ``q(v) = N(μ, S)``): ``w = L⁻ᵀ μ``, ``M = L⁻ᵀ (I − S) L⁻¹``.
 
 Predictions are Gaussian over whole fields (:class:`GaussianPrediction`): exact marginal means
-and variances, plus a factor ``K* W_q`` of rank ``rank`` per latent GP (exact: the leading
-eigendirections of ``K⁻¹ − (K + σ²I)⁻¹``; SVGP: of ``L⁻ᵀ S L⁻¹``) so joint draws are coherent
+and variances, plus a factor ``K* W_q`` of rank ``rank`` per latent GP (exact: ``K⁻¹ − (K + σ²I)⁻¹``
+on the eigendirections of ``K`` with the largest eigenvalues ``λ``, which carry the most
+posterior covariance at the anchors, ``λσ²/(λ + σ²)`` each; SVGP: the leading eigendirections of
+``L⁻ᵀ S L⁻¹``) so joint draws are coherent
 across the field; the rest of the variance is on the diagonal. All posterior linear algebra
 runs in ``dtype`` (float64 by default) whatever the operator's precision, with autocast off
 (:func:`~probneural.uq.heads.without_autocast`) even when the caller runs under mixed precision.
@@ -340,7 +342,8 @@ def fit_gp_exact(
         cholesky = torch.linalg.cholesky(noisy + jitter)
         weights = torch.cholesky_solve(targets.unsqueeze(-1), cholesky).squeeze(-1)
         reduction = torch.cholesky_inverse(cholesky)
-        # K⁻¹ − (K + σ²I)⁻¹ = U diag(σ² / (λ (λ + σ²))) Uᵀ: its leading directions are those of K's largest λ
+        # K⁻¹ − (K + σ²I)⁻¹ = U diag(σ² / (λ (λ + σ²))) Uᵀ; at the anchors a direction adds λσ² / (λ + σ²)
+        # to the covariance (K U diag(·) Uᵀ K), increasing in λ: keep those of K's largest λ
         values, vectors = torch.linalg.eigh(kernel_matrix + jitter)
         r = min(rank, x.shape[0])
         values, vectors = values[..., -r:].clamp_min(_JITTER[dtype]), vectors[..., -r:]

@@ -18,8 +18,13 @@ Structures of ``G`` (:class:`Structure`):
 * ``kfac``: all weights; K-FAC blocks for the linear, pointwise and spectral layers (the spectral
   ones widely linear in the complex weights, :class:`SpectralKroneckerBlock`), the GGN diagonal
   for the rest (biases outside linear layers).
-* ``low_rank``: all weights; the top eigenpairs of the GGN by Lanczos (on a subset of the training
-  data, rescaled to its size), the prior in the remaining directions.
+* ``low_rank``: all weights; the top eigenpairs ``(λ, V)`` of the GGN by Lanczos (on a subset of the
+  training data, rescaled to its size), and in the remaining directions their mean curvature
+  ``c = tr((I − VVᵀ) G) / (P − k)`` (Hutchinson, :data:`REMAINDER_PROBES` Rademacher probes projected
+  off ``V``): ``G ≈ V diag(λ) Vᵀ + c (I − VVᵀ)``. With zero curvature there (the prior alone, as in
+  laplace-torch's low-rank Laplace) the marginal likelihood is degenerate: its optimum is exactly
+  ``δ = γ / ‖θ*‖²`` with ``γ = Σ λ/(λ + δσ²) <= k``, a prior fitted to ``k`` directions and spread
+  over all ``P``, whose bands are the prior's.
 
 For the all-weights structures the predictive factor is ``J(x) Δθ_s / √S`` for ``S`` posterior draws
 ``Δθ_s ~ N(0, P⁻¹)`` pushed through the operator by forward-mode differentiation (one ``jvp`` each).
@@ -260,20 +265,43 @@ class _SpectralKronecker(_Segment):
 
 
 class _LowRank(_Segment):
-    """Top-``k`` eigenpairs ``(λ, V)`` of ``G``, zero elsewhere."""
+    """Top-``k`` eigenpairs ``(λ, V)`` of ``G`` and the curvature ``c`` of every other direction:
+    ``G = V diag(λ) Vᵀ + c (I − VVᵀ)``."""
 
-    def __init__(self, start: int, stop: int, values: Tensor, vectors: Tensor) -> None:
+    def __init__(self, start: int, stop: int, values: Tensor, vectors: Tensor, remainder: float) -> None:
         super().__init__(start, stop)
         self.values = values.to(_LINALG).clamp_min(0.0)
         self.vectors = vectors.to(_LINALG)
+        self.remainder = max(float(remainder), 0.0)
 
     def eigenvalues(self) -> Tensor:
-        return self.values
+        rest = self.values.new_full((self.stop - self.start - self.values.numel(),), self.remainder)
+        return torch.cat((self.values, rest))
 
     def sample(self, z: Tensor, prior_precision: float, noise_variance: float) -> Tensor:
-        prior_scale = prior_precision**-0.5
-        scales = (self.values / noise_variance + prior_precision).rsqrt() - prior_scale
-        return prior_scale * z + ((z @ self.vectors) * scales) @ self.vectors.T
+        rest_scale = (self.remainder / noise_variance + prior_precision) ** -0.5
+        scales = (self.values / noise_variance + prior_precision).rsqrt() - rest_scale
+        return rest_scale * z + ((z @ self.vectors) * scales) @ self.vectors.T
+
+
+REMAINDER_PROBES = 16
+"""Rademacher probes of the low-rank structure's remainder curvature (see the module docstring)."""
+
+
+def _remainder_curvature(ggn: LinearOperator, vectors: Tensor, seed: int) -> float:
+    """``tr(Π G Π) / (P − k)`` with ``Π = I − VVᵀ``: the mean curvature of ``G`` outside the orthonormal
+    columns ``V`` `(P, k)`, by Hutchinson with :data:`REMAINDER_PROBES` Rademacher probes (each term
+    ``(Πz)ᵀ G (Πz) >= 0`` for a positive semi-definite ``G``)."""
+    size, k = vectors.shape
+    if k == size:
+        return 0.0
+
+    def project(v: Tensor) -> Tensor:
+        return v - vectors @ (vectors.T @ v)
+
+    projected = LinearOperator(size, lambda v: project(ggn.matvec(project(v))), dtype=ggn.dtype, device=ggn.device)
+    diagonal, _ = hessian.hutchinson_diagonal(projected, REMAINDER_PROBES, seed=seed + 1)
+    return float(diagonal.sum()) / (size - k)
 
 
 class _AllWeights:
@@ -423,7 +451,8 @@ def _curvature(structure: Structure, operator: nn.Module, inputs: list[Tensor], 
         total = sum(x.shape[0] for x in inputs)
         ggn = _summed_ggn(operator, kept, total / count)
         values, vectors = lanczos(ggn, min(rank, n_params), seed=seed)
-        return _AllWeights(operator, [_LowRank(0, n_params, values, vectors)], n_params)
+        remainder = _remainder_curvature(ggn, vectors, seed)
+        return _AllWeights(operator, [_LowRank(0, n_params, values, vectors, remainder)], n_params)
     def mc_diagonal() -> Tensor:
         return hessian.ggn_diagonal_mc(operator, inputs, loss="mse", n_samples=curvature_samples, seed=seed)
 

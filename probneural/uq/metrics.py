@@ -53,7 +53,8 @@ def evaluate(
     * ``function_coverage``: fraction of samples whose whole field lies inside
       ``pred.simultaneous_interval(alpha, n_samples=n_samples, generator=generator)``;
     * ``calibration_error``: mean over the levels ``p = 0.05, 0.10, …, 0.95`` of
-      ``|observed − p|`` from :func:`calibration_curve`;
+      ``|observed − p|`` from :func:`calibration_curve` (over the levels ``pred`` can give: a
+      conformal band from few calibration functions has no 95 % interval);
     * ``ood_auroc`` (only with ``ood``): :func:`auroc` of the per-sample mean predicted variance,
       ``pred``'s samples as negatives and ``ood``'s as positives.
 
@@ -94,7 +95,7 @@ def evaluate(
         "coverage": _average(_inside(lower, upper, y)),
         "width": _average(upper - lower),
         "function_coverage": _average(_inside(band_lower, band_upper, y).flatten(1).all(1)),
-        "calibration_error": (observed - levels).abs().mean().item(),
+        "calibration_error": (observed - levels).abs().nanmean().item(),
     }
     if ood is not None:
         scores["ood_auroc"] = auroc(_mean_variance(pred), _mean_variance(ood))
@@ -166,7 +167,9 @@ def calibration_curve(
         levels: `(L,)` nominal probabilities in (0, 1); ``None`` means ``0.05, 0.10, …, 0.95``.
 
     Returns:
-        ``(levels, observed)``, each `(L,)` float64 on ``y``'s device.
+        ``(levels, observed)``, each `(L,)` float64 on ``y``'s device; ``observed`` is NaN at a
+        level ``pred`` cannot give (a conformal band from fewer than ``⌈(n + 1) p⌉`` calibration
+        functions).
 
     Raises:
         ValueError: naming ``pred`` (not a prediction), ``y`` (shape or non-finite values) or
@@ -184,7 +187,14 @@ def calibration_curve(
         distance = (pred.cdf(y) - 0.5).abs().flatten().to(torch.float64).sort().values
         inside = torch.searchsorted(distance, levels / 2.0, right=True)
         return levels, inside.to(torch.float64) / distance.numel()
-    observed = [_inside(*pred.interval(1.0 - p), y).to(torch.float64).mean() for p in levels.tolist()]
+    observed = []
+    for p in levels.tolist():
+        try:
+            lower, upper = pred.interval(1.0 - p)
+        except ValueError:  # a level pred cannot give: NaN (see Returns)
+            observed.append(torch.tensor(math.nan, dtype=torch.float64, device=y.device))
+            continue
+        observed.append(_inside(lower, upper, y).to(torch.float64).mean())
     return levels, torch.stack(observed)
 
 

@@ -435,7 +435,9 @@ def _markdown(results: Mapping[str, Any], *, samples: list[str], posterior_sampl
         f"Intervals at α = {alpha:g} ({1 - alpha:.0%} nominal coverage, pointwise and of whole fields); "
         f"sampled scores from {results['n_samples']} joint draws. Lower is better except coverage and field "
         f"coverage (target {1 - alpha:g}) and OOD AUROC (higher is better, against the reference split: 0.5 when the "
-        "variance does not tell shifted fields apart, below 0.5 when it is lower on them).",
+        "variance does not tell shifted fields apart, below 0.5 when it is lower on them). NLL is the Gaussian "
+        "NLL of the predictive mean and variance, per point (for a mixture, of the Gaussian with its moments); "
+        "the calibration error averages |observed − nominal| over the levels 0.05, …, 0.95 the method can give.",
         "",
         "| split | samples | grid | " + " | ".join(_HEADERS) + " |",
         "|---|---|---|" + "---|" * len(_HEADERS),

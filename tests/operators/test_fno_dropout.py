@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from probneural.operators import FNO, build
+from probneural.operators import FNO, ChannelDropout, build
 
 
 def _pair(dropout: float) -> tuple[FNO, FNO]:
@@ -65,3 +65,25 @@ def test_config_round_trip_and_old_configs_default_to_no_dropout():
 def test_bad_dropout_is_rejected(dropout):
     with pytest.raises(ValueError, match="dropout"):
         FNO(1, 1, (4,), dropout=dropout)
+
+
+def test_dropout_drops_whole_channels_so_passes_are_coherent_function_draws():
+    torch.manual_seed(0)
+    layer = ChannelDropout(0.5).train()
+    x = torch.rand(64, 6, 7, 5) + 1.0
+    mask = layer(x) / x  # one value per (sample, channel), shared by every grid point
+    assert torch.equal(mask, mask[..., :1, :1].expand_as(mask))
+    assert set(mask.unique().tolist()) == {0.0, 2.0}
+    assert abs(mask[:, :, 0, 0].mean().item() - 1.0) < 0.1  # inverted dropout: unbiased
+    layer.eval()
+    assert torch.equal(layer(x), x)
+    # through an FNO with dropout before the read-out: a pass minus the mean is a smooth field
+    # (a per-point mask would leave spatially white deviations, lag-1 correlation ~ 0)
+    model = FNO(1, 1, (4,), width=8, n_layers=2, projection_channels=16, dropout=0.5, dropout_layers="projection")
+    inputs = torch.sin(torch.linspace(0, 6.283, 64)).expand(1, 1, 64)
+    model.train()
+    deviations = torch.stack([model(inputs) for _ in range(200)])[:, 0, 0] - model.eval()(inputs)[0, 0]
+    lag1 = torch.corrcoef(torch.stack((deviations[:, :-1].reshape(-1), deviations[:, 1:].reshape(-1))))[0, 1]
+    assert lag1 > 0.5
+    with pytest.raises(ValueError, match=r"x: expected a field \(b, c, \*spatial\)"):
+        ChannelDropout(0.5).train()(torch.ones(3, 4))

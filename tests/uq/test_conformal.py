@@ -291,3 +291,14 @@ def test_a_point_predictor_gets_inputs_in_its_own_dtype():
     posterior = fit_conformal(operator, [(x[:12], y[:12]), (x[12:], y[12:])], alpha=ALPHA)
     with torch.no_grad():
         torch.testing.assert_close(posterior.predict(x).mean, operator(x.float()))
+
+
+def test_levels_beyond_the_calibration_set_are_nan_in_the_calibration_curve_not_a_crash():
+    # 12 functions: the 95 % band needs rank ⌈(n + 1) · 0.95⌉ <= n, i.e. n >= 19
+    x, y = synthetic((12,), torch.Generator().manual_seed(1))
+    pred = fit_conformal(Imperfect(), [(x, y)], alpha=0.2).predict(x)
+    levels, observed = uq.calibration_curve(pred, y)
+    missing = torch.isnan(observed)
+    assert missing[-1] and not missing[levels <= 0.5].any()
+    scores = uq.evaluate(pred, y, alpha=0.2)
+    assert scores["calibration_error"] == pytest.approx((observed - levels).abs()[~missing].mean().item())

@@ -8,13 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from probneural import uq
+from probneural import hessian, uq
 from probneural.data.normalizer import ChannelNormalizer
 from probneural.hessian.kfac import KroneckerBlock, SpectralKroneckerBlock
 from probneural.operators import FNO
 from probneural.operators.pointwise import Pointwise
 from probneural.train.normalized import NormalizedOperator
-from probneural.uq.laplace import MarginalLikelihood, _Diagonal, _Kronecker, _LowRank, _SpectralKronecker
+from probneural.uq.laplace import (
+    MarginalLikelihood, _Diagonal, _Kronecker, _LowRank, _remainder_curvature, _SpectralKronecker,
+)
 
 DOUBLE = {"dtype": torch.float64}
 
@@ -201,7 +203,8 @@ def test_posterior_draws_have_the_inverse_posterior_precision_as_covariance(kind
     else:
         vectors, _ = torch.linalg.qr(torch.randn(6, 2, generator=generator, **DOUBLE))
         values = torch.tensor([5.0, 2.0], **DOUBLE)
-        segment, curvature = _LowRank(0, 6, values, vectors), vectors @ torch.diag(values) @ vectors.T
+        segment = _LowRank(0, 6, values, vectors, remainder=0.3)
+        curvature = vectors @ torch.diag(values) @ vectors.T + 0.3 * (torch.eye(6, **DOUBLE) - vectors @ vectors.T)
     expected = torch.linalg.inv(curvature / sigma2 + delta * torch.eye(curvature.shape[0], **DOUBLE))
     assert torch.allclose(_empirical_covariance(segment, delta, sigma2), expected, atol=0.02 * expected.abs().max())
     assert torch.allclose(segment.eigenvalues().sort().values[-2:],
@@ -265,3 +268,33 @@ def test_bad_options_name_the_argument():
         uq.fit("laplace", normalized, [(x, y.expand(-1, 2, -1))])
     with pytest.raises(KeyError, match="laplace"):
         uq.fit("laplce", model, [(x, y)])
+
+
+def test_low_rank_remainder_is_the_mean_curvature_outside_the_top_eigenvectors():
+    generator = torch.Generator().manual_seed(5)
+    factor = torch.randn(40, 60, generator=generator, **DOUBLE) * torch.linspace(3, 0.1, 60, **DOUBLE)
+    matrix = factor @ factor.T
+    values, vectors = torch.linalg.eigh(matrix)
+    top = vectors[:, -5:]
+    exact = values[:-5].mean().item()  # tr((I − VVᵀ) G) / (P − k)
+    operator = hessian.LinearOperator(40, lambda v: matrix @ v, dtype=torch.float64, device=torch.device("cpu"))
+    estimates = torch.tensor([_remainder_curvature(operator, top, seed) for seed in range(200)], **DOUBLE)
+    assert (estimates >= 0).all()
+    assert abs(estimates.mean().item() - exact) < 3 * estimates.std().item() / 200**0.5
+    assert _remainder_curvature(operator, vectors, 0) == 0.0  # k = P: nothing remains
+
+
+def test_low_rank_evidence_is_not_degenerate():
+    # with zero curvature outside the top-k directions the evidence's optimum is δ‖θ*‖² = γ <= k whatever the data;
+    # with the remainder the prior precision depends on the curvature of every direction
+    eigenvalues = torch.cat((torch.tensor([50.0, 20.0], **DOUBLE), torch.full((98,), 0.5, **DOUBLE)))
+    options = {"squared_errors": torch.tensor([10.0], **DOUBLE), "counts": torch.tensor([100.0], **DOUBLE),
+               "map_norm": 400.0, "n_params": 100}
+    degenerate = MarginalLikelihood(eigenvalues[:2].unsqueeze(0), 98, **options)
+    delta, sigma2 = degenerate.maximise(None, torch.tensor([0.1], **DOUBLE))
+    gamma = (eigenvalues[:2] / (eigenvalues[:2] + delta * 0.1)).sum().item()
+    assert delta * 400.0 == pytest.approx(gamma, rel=1e-6)
+    full = MarginalLikelihood(eigenvalues.unsqueeze(0), 0, **options)
+    delta_full, _ = full.maximise(None, torch.tensor([0.1], **DOUBLE))
+    gamma_full = (eigenvalues / (eigenvalues + delta_full * 0.1)).sum().item()
+    assert delta_full * 400.0 == pytest.approx(gamma_full, rel=1e-6) and gamma_full > 10 * gamma

@@ -44,6 +44,7 @@ BAD_VALUES = [
     ("gp_svgp", {"latents": 0}, r"latents must be an int >= 1"),
     ("gp_svgp", {"epochs": -0.5}, r"epochs must be >= 0"),
     ("pyro_svi", {"guide": "full"}, r"guide: expected one of \['normal', 'low_rank'\]"),
+    ("pyro_svi", {"scale_lr": 0.0}, r"scale_lr must be > 0"),
     ("pyro_svi", {"noise": "heteroscedastic", "noise_variance": 0.1}, r"noise_variance: a fixed noise variance"),
     ("pyro_nuts", {"chains": 0}, r"chains must be an int >= 1"),
     ("pyro_nuts", {"prior_scale": 0.0}, r"prior_scale must be > 0"),

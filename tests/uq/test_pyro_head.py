@@ -61,12 +61,33 @@ def problem(noise=NOISE, collinear=0.0, channels=1):
 def test_svi_readout_head_matches_the_exact_posterior():
     model, loader, x_test, exact_mean, exact_variance = problem()
     posterior = uq.fit("pyro_svi", model, loader, head="readout", guide="low_rank", rank=5, noise_variance=NOISE,
-                       prior_scale=PRIOR, epochs=600, lr=0.02, batch_size=4, points=16, samples=4000)
+                       prior_scale=PRIOR, epochs=600, lr=0.02, scale_lr=0.02, batch_size=4, points=16,
+                       samples=4000)
     assert posterior.summary()["n_random_weights"] == 5
     prediction = posterior.predict(x_test)
     epistemic = (exact_variance - NOISE).sqrt()
     assert ((prediction.mean - exact_mean).abs() < 0.2 * epistemic).all()
     torch.testing.assert_close(prediction.variance, exact_variance, rtol=0.05, atol=0)
+
+
+def test_svi_mean_field_spread_reaches_its_optimum_at_the_default_learning_rates():
+    # the mean-field optimum of a Gaussian posterior with precision Λ has variances 1 / Λ_jj; the guide's scales
+    # start at 1e-3, about 40 times too small here, and must get there at the default lr of the means
+    model, loader, x_test, _, _ = problem()
+    posterior = uq.fit("pyro_svi", model, loader, head="readout", noise_variance=NOISE, prior_scale=PRIOR,
+                       epochs=400, batch_size=4, points=16, samples=4000)
+
+    def design(inputs):
+        with torch.no_grad():
+            hidden = model.act(model.projection_hidden(model.features(inputs)))
+        rows = hidden.transpose(1, 2).reshape(-1, 4)
+        return torch.cat((rows, torch.ones_like(rows[:, :1])), dim=1)
+
+    phi = design(torch.cat([x for x, _ in loader]))
+    precision = phi.T @ phi / NOISE + torch.eye(5, **DOUBLE) / PRIOR**2
+    mean_field = (design(x_test).square() / precision.diagonal()).sum(1).view(2, 1, 16)
+    epistemic = posterior.predict(x_test).variance - NOISE
+    torch.testing.assert_close(epistemic, mean_field, rtol=0.15, atol=0)
 
 
 @pytest.mark.parametrize("noise, collinear", [(NOISE, 0.0), (1e-4, 0.01)])
