@@ -5,8 +5,8 @@ A data set generated from ``params`` is stored in
 canonical JSON of ``{"format": FORMAT_VERSION, "params": params}`` and ``problem`` is
 ``params["problem"]``. The file is a standard safetensors file holding the tensors ``x``,
 ``y`` and ``grid_<axis>``; its header metadata holds the format version, the full key, the
-parameters, the data set's metadata (JSON) and a SHA-256 checksum of the tensors (names,
-dtypes, shapes and bytes).
+parameters, the data set's metadata (JSON) and a SHA-256 checksum of those two JSON texts and
+of the tensors (names, dtypes, shapes and bytes).
 
 Writing streams: :func:`write_batches` lays out the file from the first batch's shapes and
 writes each batch in place, so generating a data set larger than memory needs one batch
@@ -39,7 +39,7 @@ from probneural.io import atomic_write
 
 __all__ = ["CacheError", "CacheWarning", "cache_key", "cache_path", "read", "read_if_valid", "write", "write_batches"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Version of the file layout; part of every key, so a layout change never reads old files."""
 
 _PROBLEM_NAME = re.compile(r"[A-Za-z0-9_]+")
@@ -108,9 +108,13 @@ class _Layout:
         return struct.pack("<Q", len(text)) + text
 
 
-def _checksum(buffers: Iterable[tuple[str, torch.dtype, tuple[int, ...], Iterator[memoryview]]]) -> str:
-    """SHA-256 over each tensor's name, dtype, shape and raw bytes, in name order."""
+def _checksum(
+    texts: dict[str, Any], buffers: Iterable[tuple[str, torch.dtype, tuple[int, ...], Iterator[memoryview]]]
+) -> str:
+    """SHA-256 over the header's ``params`` and ``metadata`` JSON texts, then each tensor's name, dtype,
+    shape and raw bytes, in name order (a value missing from ``texts`` enters as ``null``)."""
     digest = hashlib.sha256()
+    digest.update(_canonical_json([texts.get("params"), texts.get("metadata")]).encode("ascii"))
     for name, dtype, shape, chunks in sorted(buffers, key=lambda item: item[0]):
         digest.update(_canonical_json([name, str(dtype), list(shape)]).encode("ascii"))
         for chunk in chunks:
@@ -208,9 +212,10 @@ def write_batches(
             if layout is None or not written.all():
                 raise ValueError(f"the batches do not cover all {n} samples")
             checksum = _checksum(
-                (name, dtype, shape, _file_chunks(handle, data_start + begin, data_start + end))
+                header_metadata,
+                ((name, dtype, shape, _file_chunks(handle, data_start + begin, data_start + end))
                 for name, (dtype, shape) in layout.entries.items()
-                for begin, end in [layout.ranges[name]]
+                 for begin, end in [layout.ranges[name]]),
             )
             patched = layout.header(header_metadata | {"checksum": checksum})
             handle.seek(0)
@@ -278,9 +283,9 @@ def read(path: str | os.PathLike[str], params: dict[str, Any]) -> OperatorDatase
             arrays[name] = (dtype, shape, mapped[begin:end])
     except (KeyError, TypeError, ValueError) as err:
         raise CacheError(f"inconsistent header ({err!r})") from None
-    checksum = _checksum((name, dtype, shape, _array_chunks(raw)) for name, (dtype, shape, raw) in arrays.items())
+    checksum = _checksum(meta, ((name, dtype, shape, _array_chunks(raw)) for name, (dtype, shape, raw) in arrays.items()))
     if meta.get("checksum") != checksum:
-        raise CacheError("tensor checksum mismatch (corrupted data)")
+        raise CacheError("checksum mismatch (corrupted data or metadata)")
     tensors = {name: torch.from_numpy(raw).view(dtype).reshape(shape) for name, (dtype, shape, raw) in arrays.items()}
     try:
         metadata = json.loads(meta["metadata"])

@@ -24,9 +24,21 @@ def _check_field(name: str, value: Any) -> torch.Tensor:
     if min(value.shape[1:]) < 1:
         raise ValueError(f"{name} must have at least one channel and one point per spatial axis, "
                          f"got shape {tuple(value.shape)}")
-    if not torch.isfinite(value).all():
+    if not _all_finite(value):
         raise ValueError(f"{name} contains NaN or Inf values")
     return value
+
+
+_FINITE_CHECK_ELEMENTS = 1 << 22  # per chunk: its boolean mask is 4 MB, however large the data set
+
+
+def _all_finite(value: torch.Tensor) -> bool:
+    """Whether every element of ``value`` is finite, checked in chunks of samples so that the mask
+    stays bounded (a cached data set is a memory map: one mask of the whole would cost a quarter
+    of the float32 data in memory)."""
+    flat = value.reshape(value.shape[0], -1)
+    rows = max(1, _FINITE_CHECK_ELEMENTS // flat.shape[1])
+    return all(bool(torch.isfinite(chunk).all()) for chunk in flat.split(rows))
 
 
 class OperatorDataset(Dataset):

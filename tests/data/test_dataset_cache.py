@@ -92,10 +92,23 @@ def _metadata_of_another_type(path):
     path.write_bytes(len(encoded).to_bytes(8, "little") + encoded + data[8 + size :])
 
 
+def _edit_metadata(path):
+    """A header still valid JSON and safetensors, whose data-set metadata says something else."""
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    metadata = json.loads(header["__metadata__"]["metadata"]) | {"viscosity": 0.7}
+    header["__metadata__"]["metadata"] = json.dumps(metadata)
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    path.write_bytes(len(encoded).to_bytes(8, "little") + encoded + data[8 + size :])
+
+
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [
         (_flip_last_bytes, "checksum"),
+        (_edit_metadata, "checksum mismatch"),
         (_truncate, "truncated"),
         (_corrupt_header, "unreadable"),
         (_empty, "unreadable"),

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from probneural.data import OperatorDataset
+from probneural.data import dataset as dataset_module
 
 
 def _dataset(n=6, spatial=(4, 5), c_in=2, c_out=1, **kwargs):
@@ -86,3 +87,14 @@ def test_invalid_construction_names_the_argument(x, y, grid, pattern):
 def test_metadata_must_be_json():
     with pytest.raises(ValueError, match="metadata must be a JSON-serialisable dict"):
         OperatorDataset(torch.zeros(1, 1, 3), torch.zeros(1, 1, 3), (torch.zeros(3),), {"dtype": torch.float32})
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("where", [0, 3, 4])
+def test_non_finite_values_are_found_in_any_chunk_of_the_check(monkeypatch, bad, where):
+    monkeypatch.setattr(dataset_module, "_FINITE_CHECK_ELEMENTS", 8)  # two samples of 4 values per chunk
+    x, y = torch.randn(5, 1, 4), torch.randn(5, 1, 4)
+    OperatorDataset(x, y, (torch.arange(4.0),))
+    x[where, 0, 3] = bad
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        OperatorDataset(x, y, (torch.arange(4.0),))
