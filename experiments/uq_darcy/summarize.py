@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 
 ORDER = ("laplace", "laplace_diagonal", "laplace_kfac", "laplace_low_rank", "ensemble", "mc_dropout",
-         "mc_dropout_all_layers", "pno", "pyro_svi", "pyro_svi_heteroscedastic", "pyro_nuts", "gp_exact", "gp_svgp",
+         "mc_dropout_all_layers", "pno", "pno_energy", "pyro_svi", "pyro_svi_heteroscedastic", "pyro_nuts", "gp_exact", "gp_svgp",
          "conformal", "conformal_laplace")
 REFERENCE = "conformal"  # a point predictor's mean is the trained operator itself
 

@@ -214,7 +214,7 @@ def write_batches(
             checksum = _checksum(
                 header_metadata,
                 ((name, dtype, shape, _file_chunks(handle, data_start + begin, data_start + end))
-                for name, (dtype, shape) in layout.entries.items()
+                 for name, (dtype, shape) in layout.entries.items()
                  for begin, end in [layout.ranges[name]]),
             )
             patched = layout.header(header_metadata | {"checksum": checksum})

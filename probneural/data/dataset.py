@@ -36,9 +36,8 @@ def _all_finite(value: torch.Tensor) -> bool:
     """Whether every element of ``value`` is finite, checked in chunks of samples so that the mask
     stays bounded (a cached data set is a memory map: one mask of the whole would cost a quarter
     of the float32 data in memory)."""
-    flat = value.reshape(value.shape[0], -1)
-    rows = max(1, _FINITE_CHECK_ELEMENTS // flat.shape[1])
-    return all(bool(torch.isfinite(chunk).all()) for chunk in flat.split(rows))
+    rows = max(1, _FINITE_CHECK_ELEMENTS // value[0].numel())
+    return all(bool(torch.isfinite(chunk).all()) for chunk in value.split(rows))
 
 
 class OperatorDataset(Dataset):

@@ -94,6 +94,7 @@ def ggn_diagonal_mc(
         raise ValueError(f"probes: expected one of {PROBES}; got {probes!r}")
     check_int("n_samples", n_samples)
     check_int("chunk_size", chunk_size)
+    check_int("seed", seed, 0)
     if n_samples < (2 if with_error else 1):
         raise ValueError(f"n_samples: expected at least {2 if with_error else 1} probes per sample"
                          f"{' for a standard error' if with_error else ''}; got {n_samples}")

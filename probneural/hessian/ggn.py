@@ -62,7 +62,7 @@ def loss_hessian_sqrt(loss: str, output: Tensor, noise_variance: float | Sequenc
         InertOptionWarning: ``noise_variance`` is set with ``loss="mse"``, which ignores it.
     """
     if loss == "mse":
-        if not (isinstance(noise_variance, (int, float)) and noise_variance == 1.0):
+        if not bool((torch.as_tensor(noise_variance) == 1.0).all()):
             warnings.warn("noise_variance has no effect: it is only used with loss='gaussian_nll'",
                           InertOptionWarning, stacklevel=3)
         return torch.ones((), dtype=output.dtype, device=output.device)
@@ -133,20 +133,25 @@ def _check_deterministic(model: nn.Module) -> None:
     ``G``); a batch norm normalises with the batch's statistics, couples the samples and
     updates its running averages on every curvature product.
     """
-    offending = [
-        name or type(model).__name__
-        for name, module in model.named_modules()
-        if module.training and (
-            isinstance(module, nn.modules.batchnorm._BatchNorm)
-            or (isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0)
-        )
-    ]
+    offending = [name or type(model).__name__ for name, module in model.named_modules() if _random_or_coupled(module)]
     if offending:
         raise ValueError(
-            f"model: {offending} are in train mode (dropout draws a new mask per call; batch norm uses "
-            "batch statistics and updates its running averages), so the curvature would not be that of "
-            "one function; call model.eval() first"
+            f"model: {offending} are random or couple the samples (in train mode dropout and RReLU draw anew "
+            "per call and a norm layer updates its running averages; batch norm uses batch statistics in "
+            "train mode, and in eval mode too without running statistics), so the curvature would not be "
+            "that of one function; call model.eval() first"
         )
+
+
+def _random_or_coupled(module: nn.Module) -> bool:
+    """Whether ``module`` makes its output random, batch-dependent or its buffers change on every call."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module.training or not module.track_running_stats
+    if isinstance(module, nn.modules.instancenorm._InstanceNorm):
+        return module.training and module.track_running_stats
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return module.training and module.p > 0
+    return isinstance(module, nn.RReLU) and module.training
 
 
 def _real_model(model_fn: Callable[[Params], Tensor], tensors: tuple[Tensor, ...], single: bool):

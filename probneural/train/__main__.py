@@ -74,13 +74,15 @@ def main(cfg: DictConfig) -> dict:
         run_dir=run_dir,
         progress=cfg.progress,
     )
+    splits = build_splits(cfg.data, progress=cfg.progress, calibration=uq is not None and uq.fit_split == "calibration",
+                          dtype=data_dtype(cfg.precision.name))
+    model = normalize(operator, splits["train"])
+    if resuming:  # a refused resume (other settings, model or data) must not rewrite the run's record
+        trainer.check_resume(model, splits["train"])
     config_name = "config.resumed.yaml" if resuming else "config.yaml"
     atomic_write(run_dir / config_name, lambda tmp: tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True)))
     environment = capture_environment(cfg.precision.name, cfg.device.name, list(HydraConfig.get().overrides.task))
     atomic_write(run_dir / "environment.json", lambda tmp: tmp.write_text(json.dumps(environment, indent=1)))
-    splits = build_splits(cfg.data, progress=cfg.progress, calibration=uq is not None and uq.fit_split == "calibration",
-                          dtype=data_dtype(cfg.precision.name))
-    model = normalize(operator, splits["train"])
     history = trainer.fit(model, splits["train"], splits["test"], resume=cfg.resume)
     tests = {split_label(kind, ds): ds for kind, ds in splits.items() if kind not in FIT_SPLITS}
     experiment = HydraConfig.get().runtime.choices.get("experiment") or "custom"

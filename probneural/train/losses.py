@@ -54,13 +54,13 @@ def relative_h1(pred: Tensor, target: Tensor) -> Tensor:
     """
     _check_pair(pred, target)
 
-    def squared_h1(u: Tensor) -> Tensor:
-        total = u.flatten(1).pow(2).sum(1)
-        for du in gradients(u):
-            total = total + du.flatten(1).pow(2).sum(1)
-        return total
+    def h1_norm(u: Tensor) -> Tensor:
+        # the norm of the per-part norms, not the square root of a sum of squares: its gradient at an exact
+        # fit (u = 0) is the norm's subgradient 0, where sqrt's would be 0 · ∞ = NaN
+        parts = [_per_sample_norm(u), *(_per_sample_norm(du) for du in gradients(u))]
+        return torch.linalg.vector_norm(torch.stack(parts), dim=0)
 
-    return (squared_h1(pred - target) / squared_h1(target)).sqrt().mean()
+    return (h1_norm(pred - target) / h1_norm(target)).mean()
 
 
 def _check_pair(pred: Tensor, target: Tensor) -> None:

@@ -98,8 +98,8 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn
     Raises:
         CheckpointError: if the checkpoint is missing, corrupted or modified.
     """
-    checkpoint = load_checkpoint(path, map_location=resolve_device(map_location))
-    return _model_from(checkpoint, torch.device(map_location))
+    device = resolve_device(map_location)
+    return _model_from(load_checkpoint(path, map_location=device), device)
 
 
 def _model_from(checkpoint: Checkpoint, device: torch.device) -> nn.Module:
@@ -135,12 +135,17 @@ def evaluate(
     ``device`` and ``precision`` default to those of the model's parameters.
 
     Raises:
-        ValueError: ``batch_size`` is not a positive integer.
+        ValueError: ``batch_size`` is not a positive integer, or ``precision`` computes in another
+            dtype than the model's parameters (cast the model with the policy's ``cast_module``).
     """
     check_int("batch_size", batch_size, 1)
     parameter = next(model.parameters())
     device = parameter.device if device is None else resolve_device(device)
     policy = PrecisionPolicy.from_name(precision or ("fp64" if parameter.dtype == torch.float64 else "fp32"))
+    if policy.param_dtype != parameter.dtype:
+        raise ValueError(f"precision: {policy.name.value!r} computes with {policy.param_dtype} parameters, but the "
+                         f"model's are {parameter.dtype}; cast the model first (PrecisionPolicy.cast_module) "
+                         "or leave precision=None")
     model.eval()
     totals = {"rel_l2": 0.0, "rel_h1": 0.0}
     for start in range(0, len(dataset), batch_size):
@@ -158,13 +163,18 @@ _NOT_DATA = ("probneural_version", "source_mtime")  # metadata that a copy or an
 
 
 def _data_identity(dataset: OperatorDataset) -> dict[str, Any]:
-    """What identifies a training set for a resume: its size, its field shapes and the sha256 of its
+    """What identifies a training set for a resume: its size, its field shapes, the sha256 of its
     metadata (every generation parameter and the seed; the package version and a source file's
-    modification time left out)."""
+    modification time left out) and the sha256 of its values (data sets without metadata, or read
+    from files whose metadata does not describe them)."""
     metadata = {str(k): v for k, v in dataset.metadata.items() if k not in _NOT_DATA}
     digest = hashlib.sha256(json.dumps(metadata, sort_keys=True, default=str).encode()).hexdigest()
+    values = hashlib.sha256()
+    for field in (dataset.x, dataset.y):
+        for chunk in field.detach().reshape(len(dataset), -1).split(max(1, 2**22 // field[0].numel())):
+            values.update(chunk.cpu().contiguous().view(torch.uint8).numpy())
     return {"samples": len(dataset), "x": list(dataset.x.shape[1:]), "y": list(dataset.y.shape[1:]),
-            "metadata_sha256": digest}
+            "metadata_sha256": digest, "values_sha256": values.hexdigest()}
 
 
 class Trainer:
@@ -172,8 +182,9 @@ class Trainer:
 
     Library code: every option is an explicit keyword argument. A run directory, when
     given, receives ``metrics.jsonl`` (one JSON line per epoch) and ``checkpoints/``; only
-    the main process writes (``is_main_process``), so distributed data parallelism is a
-    wrapper around the model and a flag here, with no global state.
+    the main process writes (``is_main_process``). Distributed data parallelism is not supported
+    yet: the batches are not split between ranks and a ``DistributedDataParallel`` wrapper is not
+    a registered operator that checkpoints can rebuild.
 
     Args:
         epochs: total number of epochs (resume continues up to this number).
@@ -276,7 +287,8 @@ class Trainer:
         """One optimisation step on the batch ``(x, y)`` under the precision policy; returns the loss.
 
         Raises:
-            NonFiniteLossError: the loss is NaN or Inf (checked before any weight changes).
+            NonFiniteLossError: the loss or, without a gradient scaler (whose step skips them),
+                the gradient is NaN or Inf (checked before any weight changes).
         """
         with self.policy.autocast(self.device):
             pred = model(x)
@@ -285,9 +297,14 @@ class Trainer:
             raise NonFiniteLossError(f"training loss is {loss.item()}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        if self.grad_clip is not None:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
+        if self.grad_clip is not None or not scaler.is_enabled():
+            scaler.unscale_(optimizer)  # fp16: clip the true gradients (a no-op without a scaler)
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            norm = nn.utils.get_total_norm(grads)
+            if not scaler.is_enabled() and not torch.isfinite(norm):
+                raise NonFiniteLossError(f"gradient norm is {norm.item()} with a finite training loss {loss.item()}")
+            if self.grad_clip is not None:
+                nn.utils.clip_grads_with_norm_(grads, self.grad_clip, norm)
         scaler.step(optimizer)
         scaler.update()
         return loss.detach()
@@ -395,6 +412,17 @@ class Trainer:
                 self._write(model, optimizer, scheduler, scaler, epoch + 1, history, data)
         return history
 
+    def check_resume(self, model: nn.Module, train: OperatorDataset) -> int:
+        """The epoch ``fit(model, train, resume=True)`` would continue from (0: ``run_dir`` holds no
+        checkpoint yet), without training: lets a caller refuse a resume before it records anything.
+
+        Raises:
+            ValueError: as :meth:`fit` when resuming: no ``run_dir``, or the checkpoint was written with
+                other settings, another model or other training data, or has trained more than ``epochs``.
+        """
+        checkpoint = self._resumable_checkpoint(model, _data_identity(train))
+        return 0 if checkpoint is None else checkpoint.meta["epoch"]
+
     def _resumable_checkpoint(self, model: nn.Module, data: dict[str, Any]) -> Checkpoint | None:
         """The newest checkpoint that verifies (older ones are tried, with a warning, when it does not).
 
@@ -425,8 +453,8 @@ class Trainer:
                 raise ValueError(
                     f"resume: {handle} has trained {checkpoint.meta['epoch']} epochs, more than epochs={self.epochs}"
                 )
-            saved_data = checkpoint.meta["extra"].get("data")  # absent in checkpoints of older versions
-            if saved_data is not None and saved_data != data:
+            saved_data = checkpoint.meta["extra"].get("data")  # absent (or partial) in checkpoints of older versions
+            if saved_data is not None and any(data.get(key) != value for key, value in saved_data.items()):
                 raise ValueError(
                     f"resume: {handle} was trained on other data (saved {saved_data}, now {data}); its "
                     "normalisers were fitted to that data: start a new run directory to train on these"

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from probneural.uq.options import checked_options
 from probneural.uq.posterior import METHODS, Batches, Posterior, model_parameters, switched_mode
 from probneural.uq.prediction import (
-    GaussianPrediction, Prediction, affine_arguments, cat, check_alpha, normal_quantile,
+    GaussianPrediction, LevelUnavailableError, Prediction, affine_arguments, cat, check_alpha, normal_quantile,
 )
 from probneural.validation import check_float, warn_unused
 
@@ -64,13 +64,14 @@ def conformal_rank(n: int, alpha: float, band: str = "band") -> int:
         ``k`` in ``[1, n]`` (round-off in ``(n + 1)(1 − alpha)`` is forgiven up to ``1e-9``).
 
     Raises:
-        ValueError: naming ``alpha`` when ``k > n``, with the smallest ``n`` that allows it.
+        LevelUnavailableError: (a ``ValueError``) naming ``alpha`` when ``k > n``, with the smallest
+            ``n`` that allows it.
     """
     alpha = check_alpha(alpha)
     k = math.ceil((n + 1) * (1.0 - alpha) - 1e-9)
     if k > n:
         needed = math.ceil(1.0 / alpha - 1.0 - 1e-9)
-        raise ValueError(
+        raise LevelUnavailableError(
             f"alpha: {alpha} needs at least {needed} calibration functions for the {band} "
             f"(rank ⌈(n + 1)(1 − alpha)⌉ <= n); got n = {n}"
         )

@@ -288,28 +288,31 @@ REMAINDER_PROBES = 16
 """Rademacher probes of the low-rank structure's remainder curvature (see the module docstring)."""
 
 
-def _remainder_curvature(ggn: LinearOperator, vectors: Tensor, seed: int) -> float:
-    """``tr(Π G Π) / (P − k)`` with ``Π = I − VVᵀ``: the mean curvature of ``G`` outside the orthonormal
-    columns ``V`` `(P, k)`, by Hutchinson with :data:`REMAINDER_PROBES` Rademacher probes (each term
-    ``(Πz)ᵀ G (Πz) >= 0`` for a positive semi-definite ``G``)."""
+def _remainder_curvature(ggn: LinearOperator, vectors: Tensor, seed: int) -> tuple[float, float]:
+    """``tr(Π G Π) / (P − k)`` with ``Π = I − VVᵀ``, the mean curvature of ``G`` outside the orthonormal
+    columns ``V`` `(P, k)`, and its standard error: Hutchinson over :data:`REMAINDER_PROBES` Rademacher
+    probes ``z``, each term ``(Πz)ᵀ G (Πz) >= 0`` for a positive semi-definite ``G``."""
     size, k = vectors.shape
     if k == size:
-        return 0.0
-
-    def project(v: Tensor) -> Tensor:
-        return v - vectors @ (vectors.T @ v)
-
-    projected = LinearOperator(size, lambda v: project(ggn.matvec(project(v))), dtype=ggn.dtype, device=ggn.device)
-    diagonal, _ = hessian.hutchinson_diagonal(projected, REMAINDER_PROBES, seed=seed + 1)
-    return float(diagonal.sum()) / (size - k)
+        return 0.0, 0.0
+    generator = torch.Generator().manual_seed(seed + 1)
+    terms = []
+    for _ in range(REMAINDER_PROBES):
+        z = (torch.randint(0, 2, (size,), generator=generator, dtype=torch.int8) * 2 - 1).to(vectors)
+        z -= vectors @ (vectors.T @ z)
+        terms.append(float(torch.dot(z, ggn.matvec(z))) / (size - k))
+    values = torch.tensor(terms, dtype=_LINALG)
+    return float(values.mean()), float(values.std() / math.sqrt(REMAINDER_PROBES))
 
 
 class _AllWeights:
     """Posterior over every trainable weight, as :class:`_Segment` pieces covering the flattened real vector."""
 
-    def __init__(self, operator: nn.Module, segments: list[_Segment], n_params: int) -> None:
+    def __init__(self, operator: nn.Module, segments: list[_Segment], n_params: int,
+                 details: Mapping[str, float] | None = None) -> None:
         self.segments = segments
         self.n_params = n_params
+        self.details = dict(details or {})  # estimates behind the curvature, for the posterior's summary
         self.device = model_parameters(operator)[0]
         covered = sum(s.stop - s.start for s in segments)
         if covered != n_params:
@@ -393,6 +396,7 @@ class LaplacePosterior(Posterior):
             "log_marginal_likelihood": self.log_marginal_likelihood,
             "n_params": self.curvature.n_params,
             "predictive_rank": None if self.structure is Structure.LAST_LAYER else self.samples,
+            **(self.curvature.details if isinstance(self.curvature, _AllWeights) else {}),
         }
 
     def _weight_draws(self) -> Tensor:
@@ -451,8 +455,9 @@ def _curvature(structure: Structure, operator: nn.Module, inputs: list[Tensor], 
         total = sum(x.shape[0] for x in inputs)
         ggn = _summed_ggn(operator, kept, total / count)
         values, vectors = lanczos(ggn, min(rank, n_params), seed=seed)
-        remainder = _remainder_curvature(ggn, vectors, seed)
-        return _AllWeights(operator, [_LowRank(0, n_params, values, vectors, remainder)], n_params)
+        remainder, error = _remainder_curvature(ggn, vectors, seed)
+        return _AllWeights(operator, [_LowRank(0, n_params, values, vectors, remainder)], n_params,
+                           {"remainder_curvature": remainder, "remainder_curvature_stderr": error})
     def mc_diagonal() -> Tensor:
         return hessian.ggn_diagonal_mc(operator, inputs, loss="mse", n_samples=curvature_samples, seed=seed)
 

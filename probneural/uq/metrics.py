@@ -20,7 +20,9 @@ import torch
 from torch import Tensor
 
 from probneural.train.losses import relative_h1, relative_l2
-from probneural.uq.prediction import MixturePrediction, Prediction, check_alpha, check_target
+from probneural.uq.prediction import (
+    LevelUnavailableError, MixturePrediction, Prediction, check_alpha, check_target,
+)
 from probneural.validation import check_int
 
 __all__ = ["auroc", "calibration_curve", "energy_score", "evaluate"]
@@ -191,7 +193,7 @@ def calibration_curve(
     for p in levels.tolist():
         try:
             lower, upper = pred.interval(1.0 - p)
-        except ValueError:  # a level pred cannot give: NaN (see Returns)
+        except LevelUnavailableError:  # NaN (see Returns)
             observed.append(torch.tensor(math.nan, dtype=torch.float64, device=y.device))
             continue
         observed.append(_inside(lower, upper, y).to(torch.float64).mean())

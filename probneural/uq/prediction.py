@@ -26,7 +26,9 @@ from torch import Tensor
 
 from probneural.validation import check_float, check_int
 
-__all__ = ["GaussianPrediction", "MixturePrediction", "Prediction", "cat", "normal_quantile"]
+__all__ = [
+    "GaussianPrediction", "LevelUnavailableError", "MixturePrediction", "Prediction", "cat", "normal_quantile",
+]
 
 _SQRT_PI = math.sqrt(math.pi)
 _MAX_STEPS = 60
@@ -63,6 +65,10 @@ def _expected_abs(mu: Tensor, variance: Tensor) -> Tensor:
     z = mu / safe
     value = 2.0 * safe * torch.exp(-0.5 * z.square()) / math.sqrt(2.0 * math.pi) + mu * torch.erf(z / math.sqrt(2.0))
     return torch.where(std > 0, value, mu.abs())
+
+
+class LevelUnavailableError(ValueError):
+    """A prediction cannot give an interval at this level (a conformal band from too few calibration functions)."""
 
 
 class Prediction(ABC):

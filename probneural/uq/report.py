@@ -44,7 +44,7 @@ from probneural.uq.conformal import check_calibration_size
 from probneural.uq.metrics import calibration_curve, evaluate
 from probneural.uq.options import check_method_options
 from probneural.uq.posterior import METHODS, Posterior, fit, model_parameters, predict_in_batches
-from probneural.uq.prediction import Prediction, check_alpha
+from probneural.uq.prediction import LevelUnavailableError, Prediction, check_alpha
 from probneural.validation import InertOptionWarning, check_int
 
 __all__ = [
@@ -228,7 +228,7 @@ def _band_coverage(pred: Prediction, y: torch.Tensor, alpha: float, n_samples: i
     give (a conformal band needs ``⌈(n + 1)(1 − alpha)⌉ <= n`` calibration functions)."""
     try:
         lower, upper = pred.simultaneous_interval(alpha, n_samples=n_samples, generator=generator)
-    except ValueError:
+    except LevelUnavailableError:
         return math.nan
     inside = ((lower <= y) & (y <= upper)).flatten(1).all(1)
     return inside.to(torch.float64).mean().item()

@@ -183,6 +183,11 @@ def test_train_cli_writes_a_complete_run_directory_and_resumes(tmp_path):
     result = run_cli(*args[:-3], "trainer.epochs=3", "optim.lr=0.01", *args[-2:], cwd=tmp_path)  # no resume
     assert result.returncode != 0 and "already holds checkpoints" in result.stderr
     assert (run / "config.yaml").read_text() == config and (run / "metrics.jsonl").read_text().splitlines() == first
+    environment = (run / "environment.json").read_text()
+    result = run_cli(*args[:-3], "trainer.epochs=3", "optim.lr=0.01", "resume=true", *args[-2:], cwd=tmp_path)
+    assert result.returncode != 0 and "was written with other settings" in result.stderr
+    assert not (run / "config.resumed.yaml").exists()  # a refused resume records nothing: evaluate reads that file
+    assert (run / "environment.json").read_text() == environment
     result = run_cli(*args[:-3], "trainer.epochs=3", "resume=true", *args[-2:], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = (run / "metrics.jsonl").read_text().splitlines()

@@ -29,7 +29,7 @@ def test_train_mode_dropout_and_batch_norm_are_refused_by_every_model_entry_poin
         "ggn_diagonal_mc": lambda: hessian.ggn_diagonal_mc(model, x),
     }
     for name, call in calls.items():
-        with pytest.raises(ValueError, match=r"model: \['1'\] are in train mode .* call model.eval\(\) first"):
+        with pytest.raises(ValueError, match=r"model: \['1'\] are random or couple the samples .* call model.eval\(\) first"):
             call()
     for name, buffer in model.named_buffers():  # batch norm's running averages untouched
         assert torch.equal(buffer, buffers[name])
@@ -39,6 +39,20 @@ def test_train_mode_dropout_and_batch_norm_are_refused_by_every_model_entry_poin
     dense = operator.to_dense()
     torch.testing.assert_close(dense, dense.T)  # one function: a symmetric G
     torch.testing.assert_close(operator.diagonal(), dense.diagonal())
+
+
+@pytest.mark.parametrize("middle, mode", [
+    (nn.BatchNorm1d(4, track_running_stats=False), "eval"),  # batch statistics in eval mode too
+    (nn.InstanceNorm1d(4, track_running_stats=True), "train"),  # its running averages change per call
+    (nn.RReLU(), "train"),  # a random slope per call
+])
+def test_other_random_or_coupled_layers_are_refused(middle, mode):
+    model = nn.Sequential(nn.Linear(3, 4), nn.Unflatten(1, (4, 1)), middle, nn.Flatten(), nn.Linear(4, 2)).double()
+    model.train(mode == "train")
+    with pytest.raises(ValueError, match=r"model: \['2'\] are random or couple the samples"):
+        hessian.functional_model(model, torch.randn(5, 3, dtype=torch.double))
+    if mode == "train":  # in eval mode the same layers are one deterministic function
+        hessian.functional_model(model.eval(), torch.randn(5, 3, dtype=torch.double))
 
 
 def test_dropout_with_p_zero_in_train_mode_is_deterministic_and_accepted():
@@ -74,6 +88,7 @@ def test_inert_options_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         loss_hessian_sqrt("mse", output)
+        loss_hessian_sqrt("mse", output, torch.tensor(1.0))
         loss_hessian_sqrt("gaussian_nll", output, 2.0)
         hessian.kfac_operator(model, x, variant="mc", seed=3)
 
@@ -88,5 +103,7 @@ def test_bad_arguments_name_the_argument():
         hessian.kfac_operator(model, x, seed=-1)
     with pytest.raises(ValueError, match="n_samples must be an int, got 2.5"):
         hessian.ggn_diagonal_mc(model, x, n_samples=2.5)
+    with pytest.raises(ValueError, match="seed must be an int >= 0"):
+        hessian.ggn_diagonal_mc(model, x, seed=-1)
     with pytest.raises(ValueError, match=r"output: expected a batched output \(b, c, ...\) for per-channel noise"):
         loss_hessian_sqrt("gaussian_nll", torch.zeros(4), [1.0, 2.0])

@@ -55,3 +55,11 @@ def test_losses_are_registered_and_check_their_inputs():
         relative_l2(torch.zeros(2, 1, 4), torch.zeros(2, 1, 5))
     with pytest.raises(ValueError, match="at least 3 points"):
         gradients(torch.zeros(1, 1, 2, 8))
+
+
+def test_relative_h1_has_a_finite_gradient_at_an_exact_fit():
+    y = torch.randn(3, 2, 8, 8, dtype=torch.float64)
+    pred = y.clone().requires_grad_()
+    loss = relative_h1(pred, y)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(pred.grad).all()

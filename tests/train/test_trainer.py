@@ -21,6 +21,7 @@ from probneural.train import (
     normalize,
 )
 from probneural.train import checkpoint as checkpoint_module
+from probneural.train import trainer as trainer_module
 from probneural.train.checkpoint import save_checkpoint
 from probneural.train.losses import relative_l2
 
@@ -206,9 +207,9 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
     trainer(tmp_path, 1).fit(model, train)
     good = latest_checkpoint(tmp_path / "checkpoints")
     good_bytes = good.with_suffix(".safetensors").read_bytes()
-    poisoned = OperatorDataset(train.x, torch.zeros_like(train.y), train.grid, metadata=train.metadata)
+    model.register_forward_hook(lambda module, args, output: output * float("nan"))  # the same model and data
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 1.*Last good checkpoint: .*epoch-0001\.json"):
-        trainer(tmp_path, 3).fit(model, poisoned, resume=True)
+        trainer(tmp_path, 3).fit(model, train, resume=True)
     assert latest_checkpoint(tmp_path / "checkpoints") == good
     assert good.with_suffix(".safetensors").read_bytes() == good_bytes
     load_model(good)
@@ -326,3 +327,43 @@ def test_step_schedule_options_only_count_with_the_step_schedule(darcy_small, tm
         resumed = trainer(tmp_path, 2, scheduler="cosine", gamma=0.25)  # and step_size back at its default
     history = resumed.fit(make_model(train, seed=99), train, resume=True)
     assert history[0] == first[0] and [r["epoch"] for r in history] == [1, 2]  # epoch 1 restored, not retrained
+
+
+def test_a_non_finite_gradient_with_a_finite_loss_stops_before_the_weights_change(darcy_small, tmp_path):
+    train, _ = darcy_small
+    model = make_model(train)
+    trainer(tmp_path, 1).fit(model, train)
+    good = latest_checkpoint(tmp_path / "checkpoints")
+    weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+    next(model.parameters()).register_hook(lambda grad: grad * float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"gradient norm is nan with a finite training loss .* epoch 2, step 1"):
+        trainer(tmp_path, 3).fit(model, train, resume=True)
+    assert latest_checkpoint(tmp_path / "checkpoints") == good
+    for name, p in model.named_parameters():
+        assert torch.equal(p, weights[name]), name
+
+
+def test_resume_refuses_other_values_behind_the_same_metadata_and_accepts_older_checkpoints(
+        darcy_small, tmp_path, monkeypatch):
+    train, _ = darcy_small
+    trainer(tmp_path / "a", 1).fit(make_model(train), train)
+    other = OperatorDataset(train.x, 2 * train.y, train.grid, metadata=train.metadata)
+    with pytest.raises(ValueError, match="resume: .* was trained on other data"):
+        trainer(tmp_path / "a", 2).fit(make_model(train), other, resume=True)
+    # a checkpoint from before the values digest records only size, shapes and metadata: still resumable
+    identity = trainer_module._data_identity
+    monkeypatch.setattr(trainer_module, "_data_identity",
+                        lambda dataset: {k: v for k, v in identity(dataset).items() if k != "values_sha256"})
+    trainer(tmp_path / "b", 1).fit(make_model(train), train)
+    monkeypatch.undo()
+    assert trainer(tmp_path / "b", 2).check_resume(make_model(train), train) == 1
+    assert trainer(tmp_path / "c", 2).check_resume(make_model(train), train) == 0  # nothing to resume yet
+
+
+def test_load_model_takes_auto_and_evaluate_names_a_precision_the_model_is_not_in(darcy_small, tmp_path):
+    train, test = darcy_small
+    trainer(tmp_path, 1).fit(make_model(train), train)
+    model = load_model(tmp_path / "checkpoints", map_location="auto")
+    assert next(model.parameters()).dtype == torch.float32
+    with pytest.raises(ValueError, match=r"precision: 'fp64' computes with torch.float64 parameters, but the model's"):
+        evaluate(model, test, precision="fp64")

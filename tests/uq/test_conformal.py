@@ -302,3 +302,13 @@ def test_levels_beyond_the_calibration_set_are_nan_in_the_calibration_curve_not_
     assert missing[-1] and not missing[levels <= 0.5].any()
     scores = uq.evaluate(pred, y, alpha=0.2)
     assert scores["calibration_error"] == pytest.approx((observed - levels).abs()[~missing].mean().item())
+
+
+def test_a_level_the_band_cannot_give_is_its_own_error_and_other_errors_still_raise():
+    x, y = synthetic((12,), torch.Generator().manual_seed(1))
+    pred = fit_conformal(Imperfect(), [(x, y)], alpha=0.2).predict(x)
+    with pytest.raises(uq.prediction.LevelUnavailableError, match="alpha: 0.05 needs at least 19"):
+        pred.interval(0.05)
+    with pytest.raises(ValueError, match="y:") as caught:  # not a level: the curve does not turn it into NaN
+        uq.calibration_curve(pred, y[..., :-1])
+    assert not isinstance(caught.value, uq.prediction.LevelUnavailableError)

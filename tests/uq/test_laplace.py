@@ -278,10 +278,10 @@ def test_low_rank_remainder_is_the_mean_curvature_outside_the_top_eigenvectors()
     top = vectors[:, -5:]
     exact = values[:-5].mean().item()  # tr((I − VVᵀ) G) / (P − k)
     operator = hessian.LinearOperator(40, lambda v: matrix @ v, dtype=torch.float64, device=torch.device("cpu"))
-    estimates = torch.tensor([_remainder_curvature(operator, top, seed) for seed in range(200)], **DOUBLE)
+    estimates = torch.tensor([_remainder_curvature(operator, top, seed)[0] for seed in range(200)], **DOUBLE)
     assert (estimates >= 0).all()
     assert abs(estimates.mean().item() - exact) < 3 * estimates.std().item() / 200**0.5
-    assert _remainder_curvature(operator, vectors, 0) == 0.0  # k = P: nothing remains
+    assert _remainder_curvature(operator, vectors, 0) == (0.0, 0.0)  # k = P: nothing remains
 
 
 def test_low_rank_evidence_is_not_degenerate():
@@ -298,3 +298,18 @@ def test_low_rank_evidence_is_not_degenerate():
     delta_full, _ = full.maximise(None, torch.tensor([0.1], **DOUBLE))
     gamma_full = (eigenvalues / (eigenvalues + delta_full * 0.1)).sum().item()
     assert delta_full * 400.0 == pytest.approx(gamma_full, rel=1e-6) and gamma_full > 10 * gamma
+
+
+def test_low_rank_fit_gives_the_remaining_directions_their_mean_curvature():
+    # the linear model's GGN is ΦᵀΦ (6 × 6); rank 2 leaves 4 directions whose mean eigenvalue is the remainder
+    model, x, y, phi, _ = linear_problem()
+    posterior = uq.fit("laplace", model, [(x, y)], structure="low_rank", rank=2, noise_variance=0.09)
+    eigenvalues = torch.linalg.eigvalsh(phi.T @ phi)
+    summary = posterior.summary()
+    remainder, error = summary["remainder_curvature"], summary["remainder_curvature_stderr"]
+    assert 0 < error < 0.5 * remainder
+    assert abs(remainder - eigenvalues[:4].mean().item()) < 4 * error
+    segment = posterior.curvature.segments[0]
+    assert segment.remainder == remainder
+    torch.testing.assert_close(segment.eigenvalues().sort().values,
+                               torch.cat((torch.full((4,), remainder, **DOUBLE), eigenvalues[4:])), rtol=1e-8, atol=0)

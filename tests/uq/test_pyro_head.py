@@ -62,7 +62,7 @@ def test_svi_readout_head_matches_the_exact_posterior():
     model, loader, x_test, exact_mean, exact_variance = problem()
     posterior = uq.fit("pyro_svi", model, loader, head="readout", guide="low_rank", rank=5, noise_variance=NOISE,
                        prior_scale=PRIOR, epochs=600, lr=0.02, scale_lr=0.02, batch_size=4, points=16,
-                       samples=4000)
+                       samples=4000)  # one learning rate for every guide parameter: the converged posterior
     assert posterior.summary()["n_random_weights"] == 5
     prediction = posterior.predict(x_test)
     epistemic = (exact_variance - NOISE).sqrt()
