@@ -90,8 +90,9 @@ def functional_model(
 
     Args:
         model: the network; run as it is (its train/eval mode is not changed). Refused if it
-            is not one deterministic function of its parameters: a dropout layer with ``p > 0``
-            or a batch norm in train mode (call ``model.eval()`` first).
+            is not one deterministic function of its parameters: dropout (``p > 0``) or RReLU in
+            train mode, a norm layer updating running statistics, or a batch norm using batch
+            statistics (call ``model.eval()`` first).
         x: `(b, ...)` input batch.
 
     Returns:
@@ -102,7 +103,7 @@ def functional_model(
         float64, also for a model with frozen parts).
 
     Raises:
-        ValueError: no trainable parameter, or a dropout or batch-norm layer in train mode.
+        ValueError: no trainable parameter, or a layer that is random or couples the samples.
     """
     _check_deterministic(model)
     trainable = [(name, p.detach()) for name, p in model.named_parameters() if p.requires_grad]
@@ -126,12 +127,12 @@ def functional_model(
 
 
 def _check_deterministic(model: nn.Module) -> None:
-    """Refuse train-mode layers that make ``model`` random or batch-dependent.
+    """Refuse layers that make ``model`` random or batch-dependent (:func:`_random_or_coupled`).
 
     A dropout layer draws a new mask on every call, so the two passes of a Gauss–Newton
     product or the samples of an estimate would see different functions (an asymmetric
-    ``G``); a batch norm normalises with the batch's statistics, couples the samples and
-    updates its running averages on every curvature product.
+    ``G``); a batch norm on batch statistics couples the samples, and a norm layer in train
+    mode updates its running averages on every curvature product.
     """
     offending = [name or type(model).__name__ for name, module in model.named_modules() if _random_or_coupled(module)]
     if offending:
