@@ -8,9 +8,10 @@ canonical JSON of ``{"format": FORMAT_VERSION, "params": params}`` and ``problem
 parameters, the data set's metadata (JSON) and a SHA-256 checksum of those two JSON texts and
 of the tensors (names, dtypes, shapes and bytes).
 
-Writing streams: :func:`write_batches` lays out the file from the first batch's shapes and
-writes each batch in place, so generating a data set larger than memory needs one batch
-at a time. The file is filled under a temporary name in the same directory, its checksum
+Writing streams: :func:`write_batches` lays out the file from the first batch's shapes,
+allocates its disk space (``posix_fallocate``: a disk too small fails after the first batch,
+naming the free and needed space) and writes each batch in place, so generating a data set
+larger than memory needs one batch at a time. The file is filled under a temporary name in the same directory, its checksum
 is computed by reading it back in chunks and patched into the header, and only then is it
 fsync'd and renamed over the target (``os.replace``): a crash never leaves a partial file
 under the final name. :func:`read` memory-maps the file copy-on-write, so the tensors are
@@ -22,10 +23,12 @@ never used silently.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
 import struct
 import warnings
 from pathlib import Path
@@ -191,7 +194,7 @@ def write_batches(
                     header = layout.header(header_metadata)
                     data_start = len(header)
                     handle.write(header)
-                    handle.truncate(data_start + layout.size)
+                    _reserve(handle, data_start + layout.size, path)
                     for axis, g in enumerate(grid):
                         handle.seek(data_start + layout.ranges[f"grid_{axis}"][0])
                         handle.write(_raw_bytes(g))
@@ -222,6 +225,31 @@ def write_batches(
             handle.write(patched)
 
     return atomic_write(path, fill)
+
+
+def _reserve(handle: BinaryIO, size: int, path: str | os.PathLike[str]) -> None:
+    """Grow the open file to ``size`` bytes, its disk blocks allocated now where the OS can.
+
+    With ``posix_fallocate`` a disk too small for the whole data set fails after its first batch,
+    not hours later at the batch that fills it (``truncate`` alone makes a sparse file); the
+    caller's atomic write then removes the temporary file.
+
+    Raises:
+        OSError: naming the cache directory, the bytes needed and those free, when the disk is full.
+    """
+    handle.truncate(size)
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows: a sparse file, filled as the batches come
+        return
+    try:
+        os.posix_fallocate(handle.fileno(), 0, size)
+    except OSError as error:
+        if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without it: sparse, as above
+            return
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        free = shutil.disk_usage(Path(path).parent).free
+        raise OSError(error.errno, f"cache: {Path(path).parent} has {free / 2**30:.2f} GiB free; this data set "
+                      f"needs {size / 2**30:.2f} GiB (set data.cache_dir or PROBNEURAL_CACHE_DIR elsewhere)") from None
 
 
 def write(path: str | os.PathLike[str], dataset: OperatorDataset, params: dict[str, Any]) -> Path:

@@ -1,5 +1,6 @@
 """On-disk cache: streamed writes equal in-memory data, hits skip the sampler, bad files are reported and regenerated, writes are atomic."""
 
+import errno
 import json
 import os
 
@@ -204,3 +205,21 @@ def test_a_diverged_batch_is_refused_before_anything_is_cached(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no file, no temporary
     with pytest.raises(RuntimeError, match="samples 2..3 are not finite"):  # without a cache too
         generation.build(params, 4, sample_batch, grid, batch_size=2, progress=False)
+
+
+def test_a_disk_too_small_for_the_data_set_fails_after_the_first_batch(tmp_path, monkeypatch):
+    reserved = []
+
+    def full_disk(fd, offset, size):
+        reserved.append(size)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache.os, "posix_fallocate", full_disk, raising=False)  # also where the OS has none
+    sampler = Sampler()
+    with pytest.raises(OSError, match=rf"cache: {tmp_path} has .* GiB free; this data set needs .* GiB"):
+        load_or_build(tmp_path, PARAMS, sampler)
+    assert sampler.calls == 1  # 3 batches of 7 samples: stopped after the first, not at the end
+    assert reserved and reserved[0] > 7 * (25 + 50) * 4  # the whole file, header included
+    assert os.listdir(tmp_path) == []
+    monkeypatch.undo()
+    assert len(load_or_build(tmp_path, PARAMS, sampler)) == 7  # with room, the same call succeeds
