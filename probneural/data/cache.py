@@ -11,8 +11,9 @@ of the tensors (names, dtypes, shapes and bytes).
 Writing streams: :func:`write_batches` lays out the file from the first batch's shapes,
 allocates its disk space (``posix_fallocate``: a disk too small fails after the first batch,
 naming the free and needed space) and writes each batch in place, so generating a data set
-larger than memory needs one batch at a time. The file is filled under a temporary name in the same directory, its checksum
-is computed by reading it back in chunks and patched into the header, and only then is it
+larger than memory needs one batch at a time. The file is filled under a temporary name in
+the same directory, its checksum is computed by reading it back in chunks and patched into
+the header, and only then is it
 fsync'd and renamed over the target (``os.replace``): a crash never leaves a partial file
 under the final name. :func:`read` memory-maps the file copy-on-write, so the tensors are
 paged in from disk on use. A file that cannot be read, is truncated, fails the checksum or

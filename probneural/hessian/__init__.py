@@ -18,7 +18,7 @@ from probneural.hessian.ggn import (
     hessian_operator,
     loss_hessian_sqrt,
 )
-from probneural.hessian.hutchinson import hutchinson_diagonal
+from probneural.hessian.hutchinson import hutchinson_diagonal, hutchinson_trace
 from probneural.hessian.kfac import (
     KFACVariant,
     KroneckerBlock,
@@ -44,6 +44,7 @@ __all__ = [
     "ggn_vp",
     "hessian_operator",
     "hutchinson_diagonal",
+    "hutchinson_trace",
     "hvp",
     "kfac_operator",
     "lanczos",

@@ -114,6 +114,11 @@ def augmented(rows: Tensor, bias: bool) -> Tensor:
     return torch.cat((rows, rows.new_ones(rows.shape[0], 1)), dim=1) if bias else rows
 
 
+def trainable_layers(model: nn.Module, types: tuple[type[nn.Module], ...] = LAYER_TYPES) -> dict[str, nn.Module]:
+    """``name → module`` of ``model``'s layers of ``types`` whose weight is trained, in module order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, types) and m.weight.requires_grad}
+
+
 def has_trainable_bias(module: nn.Module) -> bool:
     """Whether a layer's bias exists and is trained (then it is part of the curvature)."""
     bias = getattr(module, "bias", None)
@@ -556,11 +561,7 @@ def kfac_operator(
         raise ValueError(f"n_samples: only variant 'mc' draws samples; got n_samples={n_samples} with 'exact'")
     warn_unused({"seed": seed}, {"seed": 0}, ["seed"], used=variant is KFACVariant.MC, because="with variant='mc'")
     types = LAYER_TYPES + ((SpectralConv,) if spectral else ())
-    layers = {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, types) and module.weight.requires_grad
-    }
+    layers = trainable_layers(model, types)
     if not layers:
         kinds = "nn.Linear, Pointwise or SpectralConv" if spectral else "nn.Linear or Pointwise"
         raise ValueError(f"model: expected a trainable {kinds} layer; {type(model).__name__} has none")

@@ -23,7 +23,6 @@ from torch import Tensor, nn
 
 from probneural.hessian.ggn import functional_model, loss_hessian_sqrt
 from probneural.hessian.kfac import (
-    LAYER_TYPES,
     KroneckerBlock,
     KroneckerOperator,
     augmented,
@@ -32,6 +31,7 @@ from probneural.hessian.kfac import (
     layer_rows,
     parameter_names,
     recording,
+    trainable_layers,
 )
 from probneural.hessian.structure import cast
 
@@ -71,10 +71,8 @@ def last_layer_ggn(
             ``Λ`` that differs between locations (per-channel noise on a ``Linear`` read-out
             whose output has more than two axes), no input batch, or an unknown ``loss``.
     """
-    modules = dict(model.named_modules())
-    candidates = [
-        name for name, module in modules.items() if isinstance(module, LAYER_TYPES) and module.weight.requires_grad
-    ]
+    modules = trainable_layers(model)
+    candidates = list(modules)
     if not candidates:
         raise ValueError(
             f"model: expected an nn.Linear or Pointwise read-out with a trainable weight; {type(model).__name__} has none"

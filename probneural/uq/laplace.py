@@ -290,19 +290,19 @@ REMAINDER_PROBES = 16
 
 def _remainder_curvature(ggn: LinearOperator, vectors: Tensor, seed: int) -> tuple[float, float]:
     """``tr(Π G Π) / (P − k)`` with ``Π = I − VVᵀ``, the mean curvature of ``G`` outside the orthonormal
-    columns ``V`` `(P, k)`, and its standard error: Hutchinson over :data:`REMAINDER_PROBES` Rademacher
-    probes ``z``, each term ``(Πz)ᵀ G (Πz) >= 0`` for a positive semi-definite ``G``."""
+    columns ``V`` `(P, k)`, and its standard error: :func:`~probneural.hessian.hutchinson_trace` of
+    ``Π G Π`` over :data:`REMAINDER_PROBES` probes (each term ``(Πz)ᵀ G (Πz) >= 0`` for a positive
+    semi-definite ``G``)."""
     size, k = vectors.shape
     if k == size:
         return 0.0, 0.0
-    generator = torch.Generator().manual_seed(seed + 1)
-    terms = []
-    for _ in range(REMAINDER_PROBES):
-        z = (torch.randint(0, 2, (size,), generator=generator, dtype=torch.int8) * 2 - 1).to(vectors)
-        z -= vectors @ (vectors.T @ z)
-        terms.append(float(torch.dot(z, ggn.matvec(z))) / (size - k))
-    values = torch.tensor(terms, dtype=_LINALG)
-    return float(values.mean()), float(values.std() / math.sqrt(REMAINDER_PROBES))
+
+    def project(v: Tensor) -> Tensor:
+        return v - vectors @ (vectors.T @ v)
+
+    projected = LinearOperator(size, lambda v: project(ggn.matvec(project(v))), dtype=ggn.dtype, device=ggn.device)
+    trace, error = hessian.hutchinson_trace(projected, REMAINDER_PROBES, seed=seed + 1)
+    return trace / (size - k), error / (size - k)
 
 
 class _AllWeights:

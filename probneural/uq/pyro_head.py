@@ -218,7 +218,7 @@ def _check_svi_options(options: dict[str, Any], defaults: Mapping[str, Any], on_
                   because="when training, with epochs > 0")
 
 
-def _is_spread(name: str) -> bool:
+def _is_guide_scale(name: str) -> bool:
     """Whether the Pyro parameter ``name`` is a guide's (positive) scale: ``AutoNormal.scales.<site>`` or
     ``AutoLowRankMultivariateNormal.scale``; not a location, the low-rank factor or the noise."""
     return name.startswith("AutoNormal.scales.") or name == "AutoLowRankMultivariateNormal.scale"
@@ -281,10 +281,11 @@ def fit_pyro_svi(
             Larger steps leave the variational means wandering around the trained weights (Darcy
             study: the predictive mean's relative L2 rose 4.2 % over the operator's at 5e-3, 1.4–1.6 % at 1e-3).
         scale_lr: initial learning rate of the guide's scales (the low-rank guide's diagonal part; its
-            factor, which is not a log-scale, learns at ``lr``), decayed like ``lr``. The scales start at 1e-3 and must travel to the posterior's
-            spread: Adam moves a log-scale by at most its learning rate per step, so at ``lr`` they
-            would stay near their start (Darcy study, 625 steps: within ×1.3, against a mean-field
-            optimum 2–6 times larger), and the spread would be an artefact of the initialisation.
+            factor, which is not a log-scale, learns at ``lr``), decayed like ``lr``. The scales start
+            at 1e-3 and must travel to the posterior's spread: Adam moves a log-scale by at most its
+            learning rate per step, so at ``lr`` they would stay near their start (Darcy study, 625
+            steps: within ×1.3, against a mean-field optimum 2–6 times larger), and the spread would
+            be an artefact of the initialisation.
         batch_size: training fields per step.
         points: grid points per field and step.
         samples: posterior draws per prediction.
@@ -313,7 +314,7 @@ def fit_pyro_svi(
             approximation = AutoLowRankMultivariateNormal(model_fn, init_loc_fn=init, init_scale=1e-3, rank=rank)
         steps = epochs * math.ceil(sizes[0] / batch_size)
         decay = 0.1 ** (1 / max(steps, 1))  # the step size falls to lr / 10 over training
-        rates = lambda name: {"lr": scale_lr if _is_spread(name) else lr, "lrd": decay}  # noqa: E731
+        rates = lambda name: {"lr": scale_lr if _is_guide_scale(name) else lr, "lrd": decay}  # noqa: E731
         svi = SVI(model_fn, approximation, pyro.optim.ClippedAdam(rates), Trace_ELBO())
         losses = []
         for _ in range(epochs):

@@ -199,3 +199,13 @@ def test_bad_arguments():
         operator.diagonal()
     with pytest.raises(ValueError, match="loss: expected one of"):
         hessian.loss_hessian_sqrt("l1", torch.zeros(1, 1, 2))
+
+
+def test_hutchinson_trace_is_the_sum_of_the_diagonal_estimate_and_unbiased():
+    matrix = torch.randn(30, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    matrix = matrix @ matrix.T
+    operator = hessian.LinearOperator(30, lambda v: matrix @ v, dtype=torch.float64, device=torch.device("cpu"))
+    trace, error = hessian.hutchinson_trace(operator, 50, seed=4)
+    diagonal, _ = hessian.hutchinson_diagonal(operator, 50, seed=4)  # the same probes
+    assert trace == pytest.approx(diagonal.sum().item(), rel=1e-12)
+    assert abs(trace - matrix.trace().item()) < 3 * error
