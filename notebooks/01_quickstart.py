@@ -32,7 +32,7 @@ from probneural.operators import FNO
 
 pn.allocator.keep_freed_memory()  # CPU on Linux: reuse freed tensor memory instead of page-faulting (ADR 0012)
 smoke = os.environ.get("PROBNEURAL_SMOKE") == "1"
-n_train, n_test, epochs = (24, 8, 2) if smoke else (256, 64, 20)
+n_train, n_val, n_test, epochs = (24, 8, 8, 2) if smoke else (256, 32, 64, 20)
 coarse, fine, solve = (17, 33, 33) if smoke else (33, 65, 129)
 print("probneural", pn.__version__, "| torch", torch.__version__)
 
@@ -43,8 +43,9 @@ print("probneural", pn.__version__, "| torch", torch.__version__)
 # grid and subsampled. A seed fixes the samples.
 
 # %%
-data = darcy.generate(n=n_train + n_test, resolution=coarse, solve_resolution=solve, seed=0, progress=False)
-train, test = data.split(n_train)
+data = darcy.generate(n=n_train + n_val + n_test, resolution=coarse, solve_resolution=solve, seed=0, progress=False)
+train, held_out = data.split(n_train)
+val, test = held_out.split(n_val)  # the per-epoch error is the validation split's: the test split stays unseen
 zero_shot = darcy.generate(n=n_test, resolution=fine, solve_resolution=solve, seed=1, progress=False)
 print(train, "\n", zero_shot)
 
@@ -68,7 +69,7 @@ torch.manual_seed(0)
 operator = FNO(in_channels=1, out_channels=1, modes=(8, 8) if not smoke else (4, 4), width=24, n_layers=4)
 model = pn.train.normalize(operator, train)
 trainer = pn.train.Trainer(epochs=epochs, batch_size=16, lr=1e-3, step_size=10, gamma=0.5, progress=not smoke)
-history = trainer.fit(model, train, test)
+history = trainer.fit(model, train, val)
 print(f"{sum(p.numel() for p in operator.parameters()):,} parameters; last epoch {history[-1]}")
 
 # %% [markdown]

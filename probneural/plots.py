@@ -107,7 +107,7 @@ def plot_learning_curves(history: Sequence[dict], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.semilogy(epochs, [r["train_loss"] for r in history], label="train loss")
     if history and "val_rel_l2" in history[0]:
-        ax.semilogy(epochs, [r["val_rel_l2"] for r in history], label="test relative L2")
+        ax.semilogy(epochs, [r["val_rel_l2"] for r in history], label="validation relative L2")
     ax.set_xlabel("epoch")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()

@@ -35,8 +35,8 @@ def _shift_changes(data: DictConfig, options: dict[str, object]) -> dict[str, di
     return shifts
 
 
-def _split_arguments(data: DictConfig, calibration: bool, dtype: torch.dtype = torch.float32,
-                     ) -> dict[str, dict[str, object]]:
+def _split_arguments(data: DictConfig, calibration: bool, validation: bool = False,
+                     dtype: torch.dtype = torch.float32) -> dict[str, dict[str, object]]:
     """The generator arguments of every split ``data`` describes (see :func:`build_splits`), by split name."""
     options = to_kwargs(data.options)
     shared = {"cache_dir": data.cache_dir, "dtype": dtype} | options
@@ -56,6 +56,11 @@ def _split_arguments(data: DictConfig, calibration: bool, dtype: torch.dtype = t
         splits[f"shift_{name}"] = split(data.n_shift, resolution, data.seed + 3, **changes)
     if calibration:
         splits["calibration"] = split(data.n_calibration, data.resolution, data.seed + 4)
+    if data.n_validation < 0:
+        raise ValueError(f"data.n_validation: expected a number of samples >= 0 (0: no validation split); "
+                         f"got {data.n_validation}")
+    if validation and data.n_validation > 0:
+        splits["validation"] = split(data.n_validation, data.resolution, data.seed + 5)
     return splits
 
 
@@ -113,7 +118,7 @@ def _distribution(params: dict[str, object]) -> dict[str, object]:
     return {k: v for k, v in params.items() if k not in ("n", "seed")}
 
 
-def build_splits(data: DictConfig, *, progress: bool = True, calibration: bool = False,
+def build_splits(data: DictConfig, *, progress: bool = True, calibration: bool = False, validation: bool = False,
                  dtype: torch.dtype = torch.float32) -> dict[str, OperatorDataset]:
     """Generate (or read from the cache) the splits described by ``data``.
 
@@ -121,23 +126,26 @@ def build_splits(data: DictConfig, *, progress: bool = True, calibration: bool =
         data: a ``data`` config node.
         progress: show the generators' progress bars.
         calibration: also make the calibration split (for UQ methods fitted on held-out data).
+        validation: also make the validation split (for training's per-epoch error), unless
+            ``data.n_validation`` is 0.
         dtype: dtype of the stored fields (the solvers compute in their own precision): the
             parameter dtype of the run's precision policy (:func:`data_dtype`), so that an
             ``fp64`` run trains on float64 data.
 
     Returns:
-        ``{"train": ..., "test": ..., "zero_shot": ..., "shift_<name>": ..., "calibration": ...}``:
+        ``{"train": ..., "test": ..., "zero_shot": ..., "shift_<name>": ..., "calibration": ..., "validation": ...}``:
         train and test drawn with seeds ``seed`` and ``seed + 1``; the zero-shot split (only when
         ``data.zero_shot_resolution`` is set) with ``seed + 2``; one split per entry of
         ``data.shifts`` with ``seed + 3``; the calibration split (only with ``calibration``) of
-        ``data.n_calibration`` samples at ``data.resolution`` with ``seed + 4``.
+        ``data.n_calibration`` samples at ``data.resolution`` with ``seed + 4``; the validation
+        split (only with ``validation``) of ``data.n_validation`` samples with ``seed + 5``.
 
     Raises:
         ValueError: a shift changes an option the generator does not have or nothing it uses, or
             the generator refuses the arguments of a split (every split is checked before the first
             one is generated).
     """
-    splits = _split_arguments(data, calibration, dtype)
+    splits = _split_arguments(data, calibration, validation, dtype)
     params = {}
     for name, arguments in splits.items():
         try:

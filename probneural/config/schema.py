@@ -101,7 +101,10 @@ class DataConfig:
     ``options`` (or ``resolution``) changed, drawn with seed ``seed + 3`` (all shifts share
     the underlying random draws, so they differ only by the shifted parameters). The
     calibration split (``n_calibration`` samples at ``resolution``, seed ``seed + 4``) is
-    generated only for UQ methods fitted on held-out data (split conformal prediction).
+    generated only for UQ methods fitted on held-out data (split conformal prediction). The
+    validation split (``n_validation`` samples at ``resolution``, seed ``seed + 5``; ``0`` for
+    none) gives the training command's per-epoch held-out error (``val_rel_l2``) and learning
+    curve, so that choosing runs or settings by it never looks at the test split.
     """
 
     problem: str = MISSING
@@ -115,6 +118,7 @@ class DataConfig:
     shifts: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     n_shift: int = 50
     n_calibration: int = 200
+    n_validation: int = 100
     cache_dir: Optional[str] = None
 
 

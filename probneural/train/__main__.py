@@ -75,7 +75,8 @@ def main(cfg: DictConfig) -> dict:
         progress=cfg.progress,
     )
     splits = build_splits(cfg.data, progress=cfg.progress, calibration=uq is not None and uq.fit_split == "calibration",
-                          dtype=data_dtype(cfg.precision.name))
+                          validation=True, dtype=data_dtype(cfg.precision.name))
+    validation = splits.pop("validation", None)  # the per-epoch error only: neither a test nor a fit split
     model = normalize(operator, splits["train"])
     if resuming:  # a refused resume (other settings, model or data) must not rewrite the run's record
         trainer.check_resume(model, splits["train"])
@@ -83,7 +84,7 @@ def main(cfg: DictConfig) -> dict:
     atomic_write(run_dir / config_name, lambda tmp: tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True)))
     environment = capture_environment(cfg.precision.name, cfg.device.name, list(HydraConfig.get().overrides.task))
     atomic_write(run_dir / "environment.json", lambda tmp: tmp.write_text(json.dumps(environment, indent=1)))
-    history = trainer.fit(model, splits["train"], splits["test"], resume=cfg.resume)
+    history = trainer.fit(model, splits["train"], validation, resume=cfg.resume)
     tests = {split_label(kind, ds): ds for kind, ds in splits.items() if kind not in FIT_SPLITS}
     experiment = HydraConfig.get().runtime.choices.get("experiment") or "custom"
     title = f"{cfg.data.problem}: {type(model.operator).__name__} ({experiment})"

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -17,6 +18,7 @@ from probneural import uq
 from probneural.config import register_schemas, to_kwargs
 from probneural.config.data import build_splits, load_run_data
 from probneural.config.paths import CONFIG_DIR
+from probneural.train.trainer import evaluate, load_model
 from probneural.uq.report import SCORES, UQSpec
 
 register_schemas()
@@ -67,6 +69,21 @@ def test_calibration_split_only_when_asked(tmp_path):
     assert calibration.metadata["seed"] == cfg.data.seed + 4 and calibration.metadata["contrast"] == [12.0, 3.0]
 
 
+def test_validation_split_only_when_asked_and_never_negative(tmp_path):
+    sizes = ["data.n_train=2", "data.n_test=2", "data.n_shift=1", "data.resolution=9", "data.options.solve_resolution=17",
+             f"data.cache_dir={tmp_path}"]
+    cfg = compose_config("train", [*sizes, "data.n_validation=3"])
+    assert "validation" not in build_splits(cfg.data, progress=False)
+    splits = build_splits(cfg.data, progress=False, validation=True)
+    validation, test = splits["validation"], splits["test"]
+    assert len(validation) == 3 and validation.spatial_shape == (9, 9) and validation.metadata["seed"] == cfg.data.seed + 5
+    assert not torch.equal(validation.x[:2], test.x)  # other draws than the test split's
+    assert "validation" not in build_splits(compose_config("train", [*sizes, "data.n_validation=0"]).data,
+                                            progress=False, validation=True)
+    with pytest.raises(ValueError, match=r"data.n_validation: expected a number of samples >= 0 .*got -1"):
+        build_splits(compose_config("train", [*sizes, "data.n_validation=-1"]).data, progress=False)
+
+
 def test_load_run_data_fills_new_fields_and_names_bad_runs(tmp_path):
     config = OmegaConf.to_container(compose_config("train", ["data.n_train=7"]), resolve=True)
     del config["data"]["n_calibration"]  # a run made before the field existed
@@ -103,12 +120,23 @@ def test_train_uq_hook_and_evaluate_cli(tmp_path):
     run = tmp_path / "run"
     result = run_cli(
         "probneural.train", "experiment=quickstart", "uq=laplace", "data.n_train=16", "data.n_test=8",
-        "data.n_shift=4", "data.n_calibration=19", "data.resolution=17", "data.zero_shot_resolution=null",
-        "data.options.solve_resolution=33", "~data.shifts.length_scale", "model.modes=[4,4]", "model.width=8", "trainer.epochs=1",
-        "trainer.batch_size=8", "report.n_plot_samples=1", "report.n_samples=10", "device=cpu", "progress=false",
-        "seed=3", f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}", cwd=tmp_path,
+        "data.n_shift=4", "data.n_calibration=19", "data.n_validation=5", "data.resolution=17",
+        "data.zero_shot_resolution=null", "data.options.solve_resolution=33", "~data.shifts.length_scale",
+        "model.modes=[4,4]", "model.width=8", "trainer.epochs=1", "trainer.batch_size=8", "report.n_plot_samples=1",
+        "report.n_samples=10", "device=cpu", "progress=false", "seed=3", f"data.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={run}", cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
+    # the per-epoch error is the validation split's (5 samples, seed + 5), which no report scores as a test
+    data = load_run_data(run)
+    splits = build_splits(data, progress=False, validation=True)
+    validation = splits["validation"]
+    assert len(validation) == 5 and validation.metadata["seed"] == data.seed + 5
+    (record,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    model = load_model(run / "checkpoints")
+    assert record["val_rel_l2"] == pytest.approx(evaluate(model, validation)["rel_l2"], rel=1e-6)
+    assert record["val_rel_l2"] != pytest.approx(evaluate(model, splits["test"])["rel_l2"], rel=1e-3)
+    assert "validation" not in (run / "report.md").read_text()
     assert "uncertainty report:" in result.stdout and "calibration" not in (run / "report.md").read_text()
     assert json.loads((run / "uq" / "laplace" / "environment.json").read_text())["precision"]["name"] == "fp32"
     splits = ["test", "shift_contrast"]
@@ -125,7 +153,7 @@ def test_train_uq_hook_and_evaluate_cli(tmp_path):
         assert results["seed"] == 3  # the run's seed, as train uq=... would use it
         assert (run / "uq" / name / "environment.json").is_file()
     assert results["posterior"]["base"]["method"] == "laplace"
-    assert len(list((tmp_path / "cache").iterdir())) == 4  # train, test, shift, calibration: each made once
+    assert len(list((tmp_path / "cache").iterdir())) == 5  # train, test, shift, calibration, validation: each made once
     result = run_cli("probneural.evaluate", f"run_dir={run}", "uq=laplace", "n_calibration=7", "device=cpu",
                      "n_samples=10", "n_plot_samples=0", "progress=false", f"hydra.run.dir={tmp_path / 'again'}",
                      cwd=tmp_path)
