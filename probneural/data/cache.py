@@ -20,6 +20,10 @@ paged in from disk on use. A file that cannot be read, is truncated, fails the c
 belongs to other parameters raises :class:`CacheError`; :func:`read_if_valid` reports it
 with a :class:`CacheWarning` naming the file, and the caller regenerates it. A bad file is
 never used silently.
+
+Processes that need the same missing entry at once (the parallel jobs of a sweep) generate it
+once: :func:`probneural.data.generation.build` writes under :func:`entry_lock`, and the others
+wait for the lock and read the entry.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ import os
 import re
 import shutil
 import struct
+import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator
 
@@ -88,6 +94,42 @@ def cache_path(cache_dir: str | os.PathLike[str], params: dict[str, Any]) -> Pat
     if not isinstance(problem, str) or not _PROBLEM_NAME.fullmatch(problem):
         raise ValueError(f"params['problem'] must be a name of letters, digits and '_', got {problem!r}")
     return Path(cache_dir) / f"{problem}-{cache_key(params)[:16]}.safetensors"
+
+
+@contextmanager
+def entry_lock(path: str | os.PathLike[str], *, announce: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on the cache entry ``path`` while it is generated.
+
+    A second process that needs the same entry (the parallel jobs of a sweep) waits here, then
+    finds the entry written and reads it instead of generating it again. The lock is
+    ``fcntl.flock`` on ``<path>.lock``, which the kernel releases when its holder exits, so a
+    crashed generator never leaves a stale lock; the lock file is removed on release. Where there
+    is no ``fcntl`` (Windows) nothing is locked: each process generates, and the last atomic
+    rename wins.
+
+    Args:
+        path: the entry's file (:func:`cache_path`).
+        announce: say on stderr when another process holds the lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    lock = Path(path).with_name(Path(path).name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if announce:
+                print(f"waiting for another process generating {path}", file=sys.stderr)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)  # a process still waiting on it re-checks the entry once it holds it
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class _Layout:

@@ -109,7 +109,9 @@ def build(
 
     Without ``cache_dir`` the samples are collected in memory. With it, a valid cache entry
     of ``params`` is read (memory-mapped); otherwise the batches are streamed into a new
-    entry one at a time (memory stays bounded by one batch) and the entry is then read.
+    entry one at a time (memory stays bounded by one batch) and the entry is then read. The
+    entry is generated under :func:`~probneural.data.cache.entry_lock`: processes that need
+    the same entry at the same time generate it once.
 
     Args:
         params: every generation parameter, JSON-serialisable, with a ``"problem"`` name;
@@ -137,6 +139,9 @@ def build(
     path = cache.cache_path(cache_dir, params)
     dataset = cache.read_if_valid(path, params)
     if dataset is None:
-        cache.write_batches(path, params, params, n, grid, batches)
-        dataset = cache.read(path, params)
+        with cache.entry_lock(path, announce=progress):  # another process making it: wait, then read its entry
+            dataset = cache.read_if_valid(path, params)
+            if dataset is None:
+                cache.write_batches(path, params, params, n, grid, batches)
+                dataset = cache.read(path, params)
     return dataset.to(device=device)

@@ -3,6 +3,8 @@
 import errno
 import json
 import os
+import threading
+import time
 
 import pytest
 import torch
@@ -223,3 +225,37 @@ def test_a_disk_too_small_for_the_data_set_fails_after_the_first_batch(tmp_path,
     assert os.listdir(tmp_path) == []
     monkeypatch.undo()
     assert len(load_or_build(tmp_path, PARAMS, sampler)) == 7  # with room, the same call succeeds
+
+
+def test_concurrent_builders_of_one_entry_generate_it_once(tmp_path, capsys):
+    """A second builder of an entry being generated (a parallel job of a sweep) waits and reads it."""
+    started, release = threading.Event(), threading.Event()
+    first, second, results = Sampler(), Sampler(), {}
+
+    def slow(start, count):
+        started.set()
+        assert release.wait(30)
+        return first(start, count)
+
+    def build(name, sampler):
+        results[name] = generation.build(PARAMS, 7, sampler, (NODES, NODES), batch_size=3, cache_dir=tmp_path,
+                                         progress=name == "b")
+
+    a = threading.Thread(target=build, args=("a", slow))
+    a.start()
+    assert started.wait(30)
+    b = threading.Thread(target=build, args=("b", second))
+    b.start()
+    waited = ""
+    for _ in range(300):  # until b says it waits for a's lock
+        waited += capsys.readouterr().err
+        if "waiting for another process generating" in waited:
+            break
+        time.sleep(0.01)
+    assert "waiting for another process generating" in waited and b.is_alive()
+    release.set()
+    a.join(30)
+    b.join(30)
+    assert first.calls == 3 and second.calls == 0
+    assert torch.equal(results["a"].x, results["b"].x) and torch.equal(results["a"].y, results["b"].y)
+    _only_entry(tmp_path)  # the lock file is gone
