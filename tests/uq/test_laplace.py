@@ -139,8 +139,9 @@ def test_all_weights_predictives_push_the_posterior_through_the_jacobian(structu
     ``J Σ Jᵀ`` within its Monte Carlo error."""
     delta, sigma2, samples = 2.0, 0.09, 1500
     model, x, y, _, covariance = linear_problem(delta, sigma2)
+    rank = {"rank": 6} if structure == "low_rank" else {}
     posterior = uq.fit("laplace", model, [(x, y)], structure=structure, prior_precision=delta, noise_variance=sigma2,
-                       samples=samples, rank=6)
+                       samples=samples, **rank)
     if structure == "diagonal":
         diagonal = torch.cat([segment.diagonal for segment in posterior.curvature.segments])
         covariance = torch.diag(1 / (diagonal / sigma2 + delta))
@@ -231,7 +232,8 @@ def test_every_structure_fits_an_fno_with_its_defaults(structure):
     model = FNO(1, 1, (3, 3), width=4, n_layers=2, projection_channels=8).double()
     x = torch.randn(6, 1, 8, 8, **DOUBLE)
     y = x.roll(1, dims=-1) + 0.1 * torch.randn_like(x)
-    posterior = uq.fit("laplace", model, [(x[:3], y[:3]), (x[3:], y[3:])], structure=structure, samples=8)
+    samples = {} if structure == "last_layer" else {"samples": 8}  # the last layer's predictive is closed-form
+    posterior = uq.fit("laplace", model, [(x[:3], y[:3]), (x[3:], y[3:])], structure=structure, **samples)
     prediction = posterior.predict(torch.randn(2, 1, 12, 12, **DOUBLE))  # another resolution
     assert prediction.mean.shape == (2, 1, 12, 12)
     assert (prediction.variance > posterior.noise_variance.min() * 0.999).all()
