@@ -32,7 +32,7 @@ from torch import Tensor
 
 from probneural.operators.spectral_autograd import apply, has_tangent
 
-__all__ = ["ACTIVATIONS", "Gelu", "GeluGrad", "gelu", "gelu_second"]
+__all__ = ["ACTIVATIONS", "Gelu", "GeluGrad", "gelu", "gelu_second", "silu"]
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _LOG2_E = 1.0 / math.log(2.0)
@@ -195,9 +195,16 @@ def gelu(x: Tensor) -> Tensor:
     return apply(Gelu, x) if has_tangent(x) else F.gelu(x)
 
 
+def silu(x: Tensor) -> Tensor:
+    """``x σ(x)``, equal to ``torch.nn.functional.silu(x)``; written out when ``x`` carries a
+    forward-mode tangent, since PyTorch has no forward-mode rule for ``silu``'s backward (a
+    forward-over-reverse Hessian-vector product would fail)."""
+    return x * torch.sigmoid(x) if has_tangent(x) else F.silu(x)
+
+
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": gelu,
     "relu": F.relu,
-    "silu": F.silu,
+    "silu": silu,
     "tanh": torch.tanh,
 }

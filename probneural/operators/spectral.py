@@ -104,12 +104,22 @@ def _pair_matrix(real: Tensor, imag: Tensor) -> Tensor:
 def _axis_matrices(n: int, m: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
     """Truncated complex DFT along a non-last axis and its inverse, as :func:`_pair_matrix` forms.
 
+    On a grid of exactly ``n = 2m`` points the kept frequency ``-m`` is the Nyquist frequency,
+    whose coefficient there holds a component ``cos(2π m x)`` whole, while on every finer grid
+    half of it lies at ``+m``, which is not kept. Its forward row is halved (the usual even split
+    of the Nyquist coefficient), so that the layer computes the same operator at ``n = 2m`` as at
+    finer grids (zero-shot super-resolution); ``sin(2π m x)`` vanishes at the nodes of such a grid
+    and cannot be seen there at all.
+
     Returns:
-        forward `(2n, 4m)`: ``E[k, j] = e^{-2πi f_k j/n}`` over the kept frequencies ``f``;
-        inverse `(4m, 2n)`: ``D = conj(E)^T / n``.
+        forward `(2n, 4m)`: ``E[k, j] = e^{-2πi f_k j/n}`` over the kept frequencies ``f`` (row
+        ``f = -m`` halved when ``n = 2m``); inverse `(4m, 2n)`: ``D = conj(E_full)^T / n`` of the
+        unhalved ``E_full``.
     """
-    angle = 2 * math.pi * torch.outer(kept_frequencies(m, False).double(), torch.arange(n, dtype=torch.float64)) / n
-    forward = _pair_matrix(torch.cos(angle), -torch.sin(angle))
+    frequencies = kept_frequencies(m, False).double()
+    angle = 2 * math.pi * torch.outer(frequencies, torch.arange(n, dtype=torch.float64)) / n
+    share = torch.where(2 * frequencies == -n, 0.5, 1.0)[:, None]  # the Nyquist row, only when n = 2m
+    forward = _pair_matrix(share * torch.cos(angle), -share * torch.sin(angle))
     inverse = _pair_matrix(torch.cos(angle).T / n, torch.sin(angle).T / n)
     return forward.to(dtype=dtype, device=device), inverse.to(dtype=dtype, device=device)
 

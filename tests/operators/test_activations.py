@@ -120,3 +120,33 @@ def test_the_fno_looks_activations_up_here():
     assert sorted(ACTIVATIONS) == ["gelu", "relu", "silu", "tanh"]
     x = torch.randn(5, dtype=DOUBLE)
     assert_equal_to_1e12(ACTIVATIONS["gelu"](x), F.gelu(x))
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_hessian_vector_products_through_an_fno_with_every_activation(activation):
+    """Forward-over-reverse needs a forward-mode rule for each activation's backward: PyTorch has
+    none for silu's, so the FNO's silu is written out under a tangent (it raised NotImplementedError)."""
+    from torch.func import functional_call
+
+    from probneural import hessian
+    from probneural.operators import FNO
+
+    torch.manual_seed(0)
+    model = FNO(1, 1, (3,), width=3, n_layers=2, projection_channels=5, activation=activation).double()
+    x, y = torch.randn(2, 1, 8, dtype=DOUBLE), torch.randn(2, 1, 8, dtype=DOUBLE)
+    names = [name for name, _ in model.named_parameters()]
+    params = tuple(p.detach() for p in model.parameters())
+    v = tuple(torch.randn_like(p) for p in params)
+
+    def f(point):
+        return (functional_call(model, dict(zip(names, point)), (x,)) - y).square().sum()
+
+    leaves = tuple(p.clone().requires_grad_() for p in params)
+    grads = torch.autograd.grad(f(leaves), leaves, create_graph=True)
+    expected = torch.autograd.grad(sum((g * d).sum() for g, d in zip(grads, v)), leaves)
+    for actual, wanted in zip(hessian.hvp(f, params, v), expected):
+        assert_equal_to_1e12(actual, wanted)
+    with forward_ad.dual_level():
+        z = torch.randn(4, 5, dtype=DOUBLE)
+        assert_equal_to_1e12(forward_ad.unpack_dual(ACTIVATIONS[activation](forward_ad.make_dual(z, z))).primal,
+                             ACTIVATIONS[activation](z))

@@ -29,8 +29,10 @@ def dense_reference(x: torch.Tensor, weight: torch.Tensor, modes: tuple[int, int
     p1 = torch.arange(n1).double()
     p2 = torch.arange(n2).double()
     e1 = torch.exp(-2j * math.pi * torch.outer(k1, p1) / n1)  # (K1, n1)
+    nyquist_share = torch.where(2 * k1 == -n1, 0.5, 1.0)  # n1 = 2m: -m is the Nyquist frequency, split with +m
+    forward_e1 = e1 * nyquist_share[:, None]
     e2 = torch.exp(-2j * math.pi * torch.outer(k2, p2) / n2)  # (K2, n2)
-    x_hat = torch.einsum("kp,zcpq,lq->zckl", e1, x.to(torch.cdouble), e2)
+    x_hat = torch.einsum("kp,zcpq,lq->zckl", forward_e1, x.to(torch.cdouble), e2)
     y_hat = torch.einsum("zikl,klio->zokl", x_hat, torch.view_as_complex(weight))
     c = torch.full((len(k2),), 2.0, dtype=torch.double)
     c[0] = 1.0
@@ -70,6 +72,26 @@ def test_band_limited_input_gives_same_output_on_two_grids(dim):
     fine = layer(band_limited(24, dim))
     stride = (slice(None), slice(None)) + (slice(None, None, 2),) * dim
     torch.testing.assert_close(fine[stride], coarse, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("modes, coarse", [((3, 3), (6, 8)), ((2, 2, 2), (4, 4, 5))])
+def test_grid_of_exactly_twice_the_modes_computes_the_operator_of_finer_grids(modes, coarse):
+    """At n = 2m on a non-last axis the kept -m is the Nyquist frequency: its coefficient holds
+    cos(2π m x) whole, of which finer grids keep half (at -m). Counted whole, the coarse output was
+    up to 0.94 off the fine one's at the shared nodes."""
+    torch.manual_seed(0)
+    layer = SpectralConv(2, 2, modes).double()
+
+    def field(shape):
+        axes = torch.meshgrid(*[torch.arange(n, dtype=torch.double) / n for n in shape], indexing="ij")
+        u = torch.cos(2 * math.pi * modes[0] * axes[0])  # the Nyquist component of the coarse grid
+        for k in range(4):
+            u = u + 0.5**k * torch.cos(sum(2 * math.pi * ((k + 1 + a) % modes[a]) * x for a, x in enumerate(axes)) + k)
+        return torch.stack((u, 2 * u))[None]
+
+    fine = layer(field(tuple(2 * n for n in coarse)))
+    torch.testing.assert_close(fine[(..., *[slice(None, None, 2)] * len(modes))], layer(field(coarse)),
+                               rtol=1e-10, atol=1e-12)
 
 
 def test_gradcheck_and_gradgradcheck_float64():
