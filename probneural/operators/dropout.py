@@ -11,6 +11,10 @@ uncorrelated). For convolutional features this is the "spatial dropout" of Tomps
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -24,14 +28,38 @@ class ChannelDropout(nn.Dropout):
     ``1 / (1 − p)`` at every grid point; in evaluation mode it is the identity. A subclass of
     ``nn.Dropout`` (``p``, ``inplace``, and code that finds dropout layers by type keep working).
 
+    A caller that runs a batch in parts can draw the masks of the whole batch first
+    (:meth:`draw`) and hand each part its rows (:meth:`using`), so that the draws do not depend
+    on how the batch is split.
+
     Shapes:
         input `(b, c, *spatial)`; output the same.
     """
+
+    _masks: Iterator[Tensor] | None = None
+
+    def draw(self, batch: int, channels: int, spatial_dims: int, dtype: torch.dtype,
+             device: torch.device) -> Tensor:
+        """One mask `(batch, channels, 1, ..., 1)` (``spatial_dims`` ones) of zeros and ``1 / (1 − p)``."""
+        ones = torch.ones(batch, channels, *([1] * spatial_dims), dtype=dtype, device=device)
+        return F.dropout(ones, self.p, training=True)
+
+    @contextmanager
+    def using(self, masks: Sequence[Tensor]) -> Iterator[None]:
+        """Within, the training-mode calls take these masks in order instead of drawing."""
+        previous, self._masks = self._masks, iter(masks)
+        try:
+            yield
+        finally:
+            self._masks = previous
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0:
             return x
         if x.dim() < 3:
             raise ValueError(f"x: expected a field (b, c, *spatial); got shape {tuple(x.shape)}")
-        mask = F.dropout(x.new_ones(*x.shape[:2], *([1] * (x.dim() - 2))), self.p, training=True)
+        if self._masks is not None:
+            mask = next(self._masks).to(x.dtype)
+        else:
+            mask = self.draw(*x.shape[:2], x.dim() - 2, x.dtype, x.device)
         return x.mul_(mask) if self.inplace else x * mask

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, Callable, Sequence
 
 import torch
@@ -67,14 +68,17 @@ class FNO(nn.Module):
         positional_grid: append coordinate channels to the input: ``"nodes"``
             (``x_i = i/(n-1)``), ``"periodic"`` (``x_j = j/n``) or ``None``.
         padding: domain padding for non-periodic problems, as a fraction of each axis
-            (zeros appended after the lifting, cropped before the projection).
+            (zeros appended after the lifting, cropped before the projection). Rounded to whole
+            points per grid (as neuraloperator does), so the padded period differs slightly between
+            resolutions (70/64 against 141/128 at 0.1): zero-shot outputs carry that mismatch.
         activation: ``"gelu"``, ``"relu"``, ``"silu"`` or ``"tanh"``.
         cpu_chunk_bytes: on CPU, the batch is processed in chunks whose widest activation
             stays below this many bytes (``None``: never chunk). glibc hands buffers above
             32 MB back to the OS after every use, so larger temporaries cost a page fault per
             4 KB on each touch; chunking keeps them in the heap (a training step at batch 16,
             64², projection 128 runs 1.6-2× faster). The result agrees to rounding (1e-7 in
-            float32: the matrix products block differently); CUDA is never chunked.
+            float32: the matrix products block differently), dropout draws included (drawn for
+            the whole batch first, :meth:`dropout_masks`); CUDA is never chunked.
         dropout: probability of dropping a channel of a field after every hidden activation (one
             draw per sample and channel), in [0, 1); at ``0`` it is an
             identity (outputs are exactly those of an FNO without the option). Dropout has no
@@ -261,9 +265,27 @@ class FNO(nn.Module):
         widest = max(self.config["width"], self.config["projection_channels"]) * padded * x.element_size()
         return max(1, min(x.shape[0], self.cpu_chunk_bytes // widest))
 
+    def dropout_masks(self, x: Tensor) -> list[Tensor]:
+        """The dropout masks of one pass over the batch ``x``, in the order the pass applies them.
+
+        One :meth:`ChannelDropout.draw` per dropout site (each hidden activation's, with
+        ``dropout_layers="all"``, then the projection's), `(b, channels, 1, ..., 1)` in the
+        parameter dtype; empty when dropout is off or in evaluation mode. :meth:`forward` draws
+        them before it splits the batch into chunks, so the draws do not depend on the chunking.
+        """
+        if not (isinstance(self.dropout, ChannelDropout) and self.dropout.training):
+            return []
+        hidden = len(self.spectral) - 1 if self.hidden_dropout is self.dropout else 0
+        channels = [self.config["width"]] * hidden + [self.config["projection_channels"]]
+        dtype = self.lifting.weight.dtype
+        return [self.dropout.draw(x.shape[0], c, x.dim() - 2, dtype, x.device) for c in channels]
+
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        size = self.chunk_size(x)
-        if size >= x.shape[0]:
-            return self.project(self.features(x))
-        return torch.cat([self.project(self.features(chunk)) for chunk in x.split(size)])
+        size, masks = self.chunk_size(x), self.dropout_masks(x)
+        parts = []
+        for start in range(0, x.shape[0], size):
+            rows = slice(start, start + size)
+            with self.dropout.using([m[rows] for m in masks]) if masks else nullcontext():
+                parts.append(self.project(self.features(x[rows])))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -136,7 +136,8 @@ def _passes(model: nn.Module, x: Tensor, n: int, center: FNO | None = None) -> T
     An FNO with dropout only in its projection runs its (then deterministic) trunk and the
     projection's hidden layer once and repeats only the dropout and the read-out: ``n`` passes
     cost about one forward pass plus ``n`` read-outs, with the same draws as ``n`` whole passes
-    under the same random state when the batch is one CPU chunk.
+    under the same random state (each pass's mask is drawn for the whole batch, see
+    :meth:`~probneural.operators.FNO.dropout_masks`).
 
     ``center`` (read-out dropout only): an FNO sharing the model's trunk (same weights) whose
     output replaces the passes' exact mean: pass ``i`` becomes ``center(x) + R(m_i ⊙ a) − R(a)``
@@ -151,10 +152,17 @@ def _passes(model: nn.Module, x: Tensor, n: int, center: FNO | None = None) -> T
         return torch.stack([model(x) for _ in range(n)])
     operator, x_normalizer, y_normalizer = normalized_parts(model)
     z = x_normalizer.encode(x) if x_normalizer is not None else x
-    chunks = []
+    masks = [operator.dropout_masks(z) for _ in range(n)]  # for the whole batch, as n whole passes draw them
+    chunks, start = [], 0
     for features in map(operator.features, z.split(operator.chunk_size(z))):
+        rows = slice(start, start + features.shape[0])
+        start = rows.stop
         hidden = operator.readout_input(features)
-        draws = torch.stack([operator.projection_out(operator.dropout(hidden)) for _ in range(n)])
+        passes = []
+        for pass_masks in masks:
+            with operator.dropout.using([m[rows] for m in pass_masks]):
+                passes.append(operator.projection_out(operator.dropout(hidden)))
+        draws = torch.stack(passes)
         if center is not None:
             draws = draws - operator.projection_out(hidden) + center.project(features)
         chunks.append(draws)

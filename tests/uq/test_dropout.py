@@ -175,6 +175,10 @@ def test_projection_dropout_leaves_the_features_deterministic_and_the_mask_mean_
         copy.train()
         whole = torch.stack([copy(x_test) for _ in range(3)])  # three whole passes
     torch.testing.assert_close(shared_trunk, whole, rtol=1e-6, atol=1e-6)
+    copy.operator.cpu_chunk_bytes = 1  # one sample per chunk: the same draws (masks drawn for the whole batch)
+    assert copy.operator.chunk_size(x_test) == 1 < len(x_test)
+    torch.manual_seed(1)
+    torch.testing.assert_close(stochastic_passes(copy, x_test, 3), whole, rtol=1e-6, atol=1e-6)
     all_layers = dropout_copy(model, 0.3)
     with torch.no_grad():
         all_layers.operator.train()
