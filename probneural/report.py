@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from probneural.bench.merge import merge_table, plot_records
+from probneural.bench.merge import merge_table, plot_records, plotted_metrics
 from probneural.bench.records import RecordError, read_records
 from probneural.io import atomic_write
 
@@ -52,9 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out if args.out is not None else args.dirs[0]
     table = merge_table(records)
     atomic_write(out / TABLE_NAME, lambda tmp: tmp.write_text(table + "\n"))
-    plot_records(records, out / FIGURE_NAME)
     print(table)
-    print(f"\n{len(records)} records -> {out / TABLE_NAME}, {out / FIGURE_NAME}", file=sys.stderr)
+    if plotted_metrics(records):
+        plot_records(records, out / FIGURE_NAME)
+        print(f"\n{len(records)} records -> {out / TABLE_NAME}, {out / FIGURE_NAME}", file=sys.stderr)
+    else:
+        print(f"\n{len(records)} records -> {out / TABLE_NAME} (no figure: none has a plotted metric)", file=sys.stderr)
     return 0
 
 

@@ -18,13 +18,14 @@ forward-over-reverse (pytorch#123996: "ZeroTensors are immutable").
 Each product is timed on its own by :func:`~probneural.bench.measure`, one after the other.
 On a shared machine the load drifts between those phases, so the suite then also times
 ``repeats`` interleaved rounds (``grad``, ``hvp``, ``double_backward`` back to back, CPU
-sync per call on CUDA; each round starts one product later than the previous one, so that no
+sync per call on CUDA; the rounds cycle through the six orders of the three, so that no
 product always follows the same one) and reports the medians and the extremes of the per-round
 ratios, which compare the products under the same load.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from statistics import median
 from typing import Any, Callable, Sequence
@@ -90,7 +91,8 @@ def _interleaved_ratios(
 ) -> dict[str, float]:
     """Per-round ratios ``hvp`` / ``grad`` and ``hvp`` / ``double_backward`` over ``rounds`` interleaved rounds.
 
-    Round ``r`` runs the three products starting from the ``r``-th (rotating the order).
+    Round ``r`` runs the three products in the ``r``-th of their six orders (cycling), so that
+    each product comes first, between and last, after each of the others.
 
     Returns:
         ``hvp_over_{grad,double_backward}_interleaved`` (medians) and the same names with
@@ -98,9 +100,9 @@ def _interleaved_ratios(
     """
     names = ("grad", "hvp", "double_backward")
     times: dict[str, list[float]] = {name: [] for name in names}
+    orders = list(itertools.permutations(names))
     for round_ in range(rounds):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in orders[round_ % len(orders)]:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()

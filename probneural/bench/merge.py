@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from probneural.bench.records import format_case_value
 from probneural.io import atomic_write
 
-__all__ = ["merge_table", "plot_records"]
+__all__ = ["merge_table", "plot_records", "plotted_metrics"]
 
 # metrics shown in a table cell, when a record has them: (metric, format)
 _HEADLINE = (
@@ -25,10 +25,33 @@ _HEADLINE = (
     ("test_rel_l2", "rel L2 {:.4f}"),
     ("train_step_ratio_ours_theirs", "step ours/theirs {:.2f}"),
     ("inference_ratio_ours_theirs", "inference ours/theirs {:.2f}"),
+    # data_generation
+    ("speedup", "ours/reference {:.2f}×"),
+    ("samples_per_s", "{:.3g} samples/s"),
+    ("sample_steps_per_s", "{:.3g} sample-steps/s"),
+    # hessian
+    ("hvp_over_grad", "HVP/grad {:.2f}"),
+    ("hvp_over_double_backward", "HVP/double backward {:.2f}"),
+    ("hvp_over_double_backward_interleaved", "(interleaved {:.2f})"),
+    # curvature_compare
+    ("ratio_ours_theirs", "time ours/theirs {:.2f}"),
+    ("max_rel_diff", "max rel diff {:.1e}"),
 )
 # metrics plotted, one panel each: (metric, axis label)
-_PLOTTED = (("train_step_ms", "training step [ms]"), ("inference_ms", "inference [ms]"))
+_PLOTTED = (
+    ("train_step_ms", "training step [ms]"),
+    ("inference_ms", "inference [ms]"),
+    ("speedup", "ours / reference [×]"),
+    ("hvp_over_double_backward", "HVP / double backward"),
+    ("ratio_ours_theirs", "time ours / theirs"),
+)
 _DISAMBIGUATORS = ("host", "allocator", "threads")
+
+
+def plotted_metrics(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The metrics :func:`plot_records` draws a panel for that some of ``records`` (the newest per cell) have."""
+    cells = _grid(records).cells.values() if records else []
+    return [name for name, _ in _PLOTTED if any(isinstance(r["metrics"].get(name), (int, float)) for r in cells)]
 
 
 @dataclass
@@ -181,11 +204,8 @@ def plot_records(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
     from matplotlib.figure import Figure  # lazy: matplotlib is slow to import; Agg, no pyplot state
 
     grid = _grid(records)
-    panels = [
-        (name, label)
-        for name, label in _PLOTTED
-        if any(isinstance(r["metrics"].get(name), (int, float)) for r in grid.cells.values())
-    ]
+    plotted = plotted_metrics(records)
+    panels = [(name, label) for name, label in _PLOTTED if name in plotted]
     if not panels:
         raise ValueError(f"records: none has a metric to plot; expected one of {[name for name, _ in _PLOTTED]}")
     row_labels = _short_row_labels(grid)

@@ -9,6 +9,7 @@ without our batched torch solver.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -19,6 +20,30 @@ from probneural.data.burgers import default_dt
 __all__ = ["solve_numpy"]
 
 _CONTOUR_POINTS = 64
+
+
+@functools.lru_cache(maxsize=8)
+def _coefficients(s: int, viscosity: float, h: float, dtype: np.dtype) -> tuple[np.ndarray, ...]:
+    """ETDRK4 tables of an ``s``-point grid, ``ν`` and step ``h``: the 2/3 mask, the advection
+    factor and Kassam & Trefethen's contour-integral coefficients (formed in float64, rounded to
+    ``dtype``). Made once per ``(s, ν, h, dtype)`` and shared (read-only), as Kassam & Trefethen's
+    script forms them once before stepping: a per-sample loop does not redo them per sample."""
+    k = np.arange(s // 2 + 1)
+    q = 2 * np.pi * k
+    keep = 3 * k < s
+    linear = -viscosity * q**2
+    g = -0.5j * q * keep
+    # φ-function combinations as means over circles around hL
+    roots = np.exp(1j * np.pi * (np.arange(1, _CONTOUR_POINTS + 1) - 0.5) * 2 / _CONTOUR_POINTS)
+    lr = h * linear[:, None] + roots[None, :]
+    e = np.exp(h * linear)
+    e2 = np.exp(h * linear / 2)
+    big_q = h * np.real(np.mean((np.exp(lr / 2) - 1) / lr, axis=1))
+    f1 = h * np.real(np.mean((-4 - lr + np.exp(lr) * (4 - 3 * lr + lr**2)) / lr**3, axis=1))
+    f2 = h * np.real(np.mean((2 + lr + np.exp(lr) * (lr - 2)) / lr**3, axis=1))
+    f3 = h * np.real(np.mean((-4 - 3 * lr - lr**2 + np.exp(lr) * (4 - lr)) / lr**3, axis=1))
+    e, e2, big_q, f1, f2, f3 = (c.astype(dtype) for c in (e, e2, big_q, f1, f2, f3))
+    return keep, g.astype(np.result_type(dtype, np.complex64)), e, e2, big_q, f1, f2, f3
 
 
 def solve_numpy(u0: np.ndarray, viscosity: float, t: float, *, dt: float | None = None) -> np.ndarray:
@@ -42,24 +67,7 @@ def solve_numpy(u0: np.ndarray, viscosity: float, t: float, *, dt: float | None 
         dt = default_dt(viscosity)
     steps = max(1, math.ceil(t / dt * (1 - 1e-9)))
     h = t / steps
-
-    k = np.arange(s // 2 + 1)
-    q = 2 * np.pi * k
-    keep = 3 * k < s
-    linear = -viscosity * q**2
-    g = -0.5j * q * keep
-
-    # Kassam & Trefethen (2005): φ-function combinations as means over circles around hL.
-    roots = np.exp(1j * np.pi * (np.arange(1, _CONTOUR_POINTS + 1) - 0.5) * 2 / _CONTOUR_POINTS)
-    lr = h * linear[:, None] + roots[None, :]
-    e = np.exp(h * linear)
-    e2 = np.exp(h * linear / 2)
-    big_q = h * np.real(np.mean((np.exp(lr / 2) - 1) / lr, axis=1))
-    f1 = h * np.real(np.mean((-4 - lr + np.exp(lr) * (4 - 3 * lr + lr**2)) / lr**3, axis=1))
-    f2 = h * np.real(np.mean((2 + lr + np.exp(lr) * (lr - 2)) / lr**3, axis=1))
-    f3 = h * np.real(np.mean((-4 - 3 * lr - lr**2 + np.exp(lr) * (4 - lr)) / lr**3, axis=1))
-    e, e2, big_q, f1, f2, f3 = (c.astype(dtype) for c in (e, e2, big_q, f1, f2, f3))
-    g = g.astype(np.result_type(dtype, np.complex64))
+    keep, g, e, e2, big_q, f1, f2, f3 = _coefficients(s, viscosity, h, np.dtype(dtype))
 
     def nonlinear(v: np.ndarray) -> np.ndarray:
         w = np.fft.irfft(v * keep, n=s)

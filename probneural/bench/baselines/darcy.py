@@ -2,7 +2,10 @@
 
 The same discretisation as :func:`probneural.data.darcy.solve` (nodes ``x_i = i/(s − 1)``,
 face coefficient = mean of the two nodal values, ``u = 0`` on the boundary), one sample at
-a time with ``scipy.sparse.linalg.spsolve``: what a user would write without batching.
+a time with ``scipy.sparse.linalg.spsolve``: what a user would write without batching. The
+matrix is symmetric positive definite, so SuperLU orders it symmetrically
+(:data:`ORDERING`: minimum degree on the pattern of ``Aᵀ + A``), 1.5× faster than its
+default column ordering (COLAMD) at 421², with the same solution to 1e-12.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import scipy.sparse.linalg
 
 from probneural.bench.baselines import working_dtype
 
-__all__ = ["solve_scipy"]
+__all__ = ["ORDERING", "solve_scipy"]
+
+ORDERING = "MMD_AT_PLUS_A"
 
 
 def solve_scipy(a: np.ndarray, f: np.ndarray | float = 1.0) -> np.ndarray:
@@ -44,5 +49,5 @@ def solve_scipy(a: np.ndarray, f: np.ndarray | float = 1.0) -> np.ndarray:
     )
     u = np.zeros((s, s), dtype=dtype)
     rhs = f[1:-1, 1:-1].ravel() / dtype.type((s - 1) ** 2)
-    u[1:-1, 1:-1] = scipy.sparse.linalg.spsolve(matrix, rhs).reshape(m, m)
+    u[1:-1, 1:-1] = scipy.sparse.linalg.spsolve(matrix.tocsc(), rhs, permc_spec=ORDERING).reshape(m, m)
     return u

@@ -9,6 +9,7 @@ reproduces ``solve`` to rounding error, so benchmarks compare equal accuracy.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -39,9 +40,13 @@ class SpectralTables(NamedTuple):
     keep: np.ndarray
 
 
+@functools.lru_cache(maxsize=8)
 def spectral_tables(resolution: int, viscosity: float, dtype: np.dtype = np.dtype(np.float64)) -> SpectralTables:
     """The :class:`SpectralTables` of an ``s × s`` grid for viscosity ``ν``, formed in float64 and
-    rounded to the real ``dtype`` (its complex counterpart for ``operators``)."""
+    rounded to the real ``dtype`` (its complex counterpart for ``operators``).
+
+    Made once per ``(s, ν, dtype)`` and shared (read-only): a per-sample loop does not rebuild
+    what does not depend on the sample, as our solver builds it once per batch."""
     kx = np.fft.fftfreq(resolution, d=1.0 / resolution)[:, None]
     ky = np.fft.rfftfreq(resolution, d=1.0 / resolution)[None, :]
     cutoff = dealiasing_cutoff(resolution)
