@@ -51,7 +51,8 @@ def main(cfg: DictConfig) -> dict:
     resumed = run_dir / "config.resumed.yaml"
     run_config = OmegaConf.load(resumed if resumed.is_file() else run_dir / "config.yaml")
     spec = UQSpec(**follow_training_recipe(to_kwargs(cfg.uq), training_recipe(run_config)))
-    check_report_options(cfg.alpha, cfg.batch_size, cfg.n_samples, cfg.n_plot_samples)
+    batch_size = run_config.trainer.batch_size if cfg.batch_size is None else cfg.batch_size
+    check_report_options(cfg.alpha, batch_size, cfg.n_samples, cfg.n_plot_samples)
     if cfg.n_calibration is not None:
         if spec.fit_split != "calibration":
             warnings.warn(f"n_calibration={cfg.n_calibration} has no effect: {spec.name} is fitted on the "
@@ -71,7 +72,7 @@ def main(cfg: DictConfig) -> dict:
                           dtype=data_dtype(run_config.precision.name))
     results = run_uq(
         spec, model, splits, out_dir,
-        alpha=cfg.alpha, batch_size=cfg.batch_size, n_samples=cfg.n_samples, n_plot_samples=cfg.n_plot_samples,
+        alpha=cfg.alpha, batch_size=batch_size, n_samples=cfg.n_samples, n_plot_samples=cfg.n_plot_samples,
         seed=seed, progress=cfg.progress,
         title=f"{data.problem}: {spec.name} on {run_dir.resolve().name}"
         + ("" if cfg.checkpoint is None else f" ({cfg.checkpoint})"),

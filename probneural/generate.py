@@ -38,7 +38,7 @@ def main(cfg: DictConfig) -> dict[str, tuple[int, ...]]:
     if data.cache_dir is None:
         raise ValueError("data.cache_dir must be set: pre-generation writes to the on-disk cache")
     started = time.perf_counter()
-    splits = build_splits(data, progress=cfg.progress, dtype=data_dtype(precision))
+    splits = build_splits(data, progress=cfg.progress, validation=True, dtype=data_dtype(precision))
     seconds = time.perf_counter() - started
     for kind, dataset in splits.items():
         print(f"{split_label(kind, dataset)}: {len(dataset)} samples, x {tuple(dataset.x.shape[1:])}, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -9,10 +10,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from probneural.config.instantiate import to_kwargs
-from probneural.config.schema import register_schemas
+from probneural.config.schema import DataConfig, register_schemas
 from probneural.data import OperatorDataset, check_arguments, generate
 from probneural.data.problems import field_layout
 from probneural.train.precision import PrecisionPolicy
+from probneural.validation import warn_unused
 
 __all__ = ["build_splits", "check_model_fits_data", "data_dtype", "load_run_data", "split_label"]
 
@@ -73,11 +75,13 @@ def data_dtype(precision: str) -> torch.dtype:
 def check_model_fits_data(model: DictConfig, data: DictConfig) -> None:
     """A ``ValueError`` naming ``model.modes``, ``model.in_channels`` or ``model.out_channels`` when the
     model config cannot take the data of one of the splits ``data`` describes (a shift may change the
-    channels, e.g. Navier–Stokes ``n_input_steps``). Checked before any data are generated.
+    channels, e.g. Navier–Stokes ``n_input_steps``), or naming the split's resolution key when its grid
+    has fewer than ``2 * modes`` points per axis (an FNO would refuse it only after training, when the
+    report evaluates that split). Checked before any data are generated.
 
     Model configs without these keys are not checked.
     """
-    for split, arguments in _split_arguments(data, calibration=False).items():
+    for split, arguments in _split_arguments(data, calibration=False, validation=True).items():
         options = {k: v for k, v in arguments.items() if k in data.options}
         axes, in_channels, out_channels = field_layout(data.problem, **options)
         problem = f"data.problem={data.problem}" + (f" (task {options['task']})" if "task" in options else "")
@@ -90,10 +94,25 @@ def check_model_fits_data(model: DictConfig, data: DictConfig) -> None:
             if key in model and model[key] != channels:
                 raise ValueError(f"model.{key}: {where}{problem} has {channels} {key.split('_')[0]}put channel(s); "
                                  f"got model.{key}={model[key]}")
+        if "modes" in model and arguments["resolution"] < 2 * max(model.modes):
+            raise ValueError(f"{_resolution_key(split, data)}: the {split} split's grid of {arguments['resolution']} "
+                             f"points per axis is too coarse for model.modes={list(model.modes)}; an FNO needs at "
+                             f"least {2 * max(model.modes)}")
+
+
+def _resolution_key(split: str, data: DictConfig) -> str:
+    """The config key that sets the grid of ``split``."""
+    if split == "zero_shot":
+        return "data.zero_shot_resolution"
+    name = split.removeprefix("shift_")
+    if split.startswith("shift_") and "resolution" in data.shifts[name]:
+        return f"data.shifts.{name}.resolution"
+    return "data.resolution"
 
 
 def load_run_data(run_dir: str | Path) -> DictConfig:
-    """The ``data`` node of a run's resolved ``config.yaml``, merged onto its problem's schema.
+    """The ``data`` node of a run's resolved ``config.resumed.yaml`` (its last resume), else its
+    ``config.yaml``, merged onto its problem's schema: the splits its last training report scored.
 
     Fields added to the schema after the run was made take their defaults (e.g. ``n_calibration``).
 
@@ -105,12 +124,20 @@ def load_run_data(run_dir: str | Path) -> DictConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"run_dir: expected a training run directory with a config.yaml; {path} does not exist")
+    if (Path(run_dir) / "config.resumed.yaml").is_file():
+        path = Path(run_dir) / "config.resumed.yaml"
     data = OmegaConf.load(path).get("data")
     problem = None if data is None else data.get("problem")
     schemas = {name.removesuffix(".yaml"): name for name in ConfigStore.instance().list("schema/data")}
     if problem not in schemas:
         raise ValueError(f"{path}: expected data.problem to be one of {sorted(schemas)}; got {problem!r}")
     return OmegaConf.merge(ConfigStore.instance().load(f"schema/data/{schemas[problem]}").node, data)
+
+
+# options of the zero-shot split, inert without data.zero_shot_resolution (DataConfig's defaults)
+_ZERO_SHOT_OPTIONS = ("n_zero_shot", "zero_shot_solve_resolution")
+_ZERO_SHOT_DEFAULTS = {f"data.{field.name}": field.default for field in dataclasses.fields(DataConfig)
+                       if field.name in _ZERO_SHOT_OPTIONS}
 
 
 def _distribution(params: dict[str, object]) -> dict[str, object]:
@@ -145,6 +172,9 @@ def build_splits(data: DictConfig, *, progress: bool = True, calibration: bool =
             the generator refuses the arguments of a split (every split is checked before the first
             one is generated).
     """
+    warn_unused({f"data.{k}": data[k] for k in _ZERO_SHOT_OPTIONS}, _ZERO_SHOT_DEFAULTS,
+                [f"data.{k}" for k in _ZERO_SHOT_OPTIONS], used=data.zero_shot_resolution is not None,
+                because="with data.zero_shot_resolution set (no zero-shot split is made)")
     splits = _split_arguments(data, calibration, validation, dtype)
     params = {}
     for name, arguments in splits.items():

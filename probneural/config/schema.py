@@ -258,7 +258,8 @@ class EvaluateAppConfig:
     ``checkpoints/`` the model; ``checkpoint`` picks a file there, the newest by default).
     ``n_calibration`` overrides the run's ``data.n_calibration``. ``alpha`` is the miscoverage
     level of the scored intervals, ``batch_size`` the samples per fitting batch and per
-    prediction, ``n_samples`` the predictive draws behind sampled scores and simultaneous bands,
+    prediction (default: the run's ``trainer.batch_size``, as ``train uq=...`` uses it, so that an
+    ensemble's new members train as they would there), ``n_samples`` the predictive draws behind sampled scores and simultaneous bands,
     ``n_plot_samples`` the samples drawn per split. ``seed`` (the UQ method's and the report's draws)
     defaults to the training run's seed, as ``train uq=...`` uses it.
     """
@@ -269,7 +270,7 @@ class EvaluateAppConfig:
     device: DeviceConfig = MISSING
     n_calibration: Optional[int] = None
     alpha: float = 0.1
-    batch_size: int = 32
+    batch_size: Optional[int] = None
     n_samples: int = 100
     n_plot_samples: int = 4
     seed: Optional[int] = None

@@ -43,6 +43,25 @@ def test_every_experiment_composes_and_builds_its_model(experiment):
     check_model_fits_data(cfg.model, cfg.data)  # every experiment's model takes its data
 
 
+def test_zero_shot_options_without_a_zero_shot_split_warn(tmp_path):
+    from probneural.config.data import build_splits
+    from probneural.validation import InertOptionWarning
+
+    cfg = compose_config("train", ["data.n_train=2", "data.n_test=2", "data.resolution=9", "data.options.solve_resolution=17",
+                                   "data.shifts={}", "data.n_zero_shot=7", f"data.cache_dir={tmp_path}"])
+    with pytest.warns(InertOptionWarning, match=r"data.n_zero_shot=7 has no effect: .* only used with "
+                                                r"data.zero_shot_resolution set"):
+        assert "zero_shot" not in build_splits(cfg.data, progress=False)
+
+
+def test_a_mistyped_experiment_stops_composition_instead_of_running_the_defaults():
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="Could not find 'experiment/quickstrat'"):
+        compose_config("train", ["experiment=quickstrat"])
+    assert compose_config("train", []).data.n_train == 1000  # no experiment: the groups' defaults
+
+
 def test_darcy_fno_is_the_paper_setting():
     cfg = compose_config("train", ["experiment=darcy_fno"])
     assert (cfg.data.n_train, cfg.data.n_test, cfg.data.resolution, cfg.data.options.solve_resolution) == (1000, 200, 85, 421)
@@ -297,14 +316,14 @@ def test_generate_cli_fills_the_cache_that_training_reads(tmp_path):
 def test_generate_for_an_experiment_fills_the_cache_its_training_run_reads(tmp_path):
     from probneural.config.data import build_splits
 
-    sizes = ["data.n_train=4", "data.n_test=2", "data.n_zero_shot=2", "data.n_shift=2",
+    sizes = ["data.n_train=4", "data.n_test=2", "data.n_zero_shot=2", "data.n_shift=2", "data.n_validation=2",
              f"data.cache_dir={tmp_path}/cache"]
     result = run_cli("probneural.generate", "for_experiment=quickstart", *sizes, "progress=false", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "zero_shot (s=65×65): 2 samples" in result.stdout  # the experiment's resolutions, not the data default's
     files = {f: f.stat().st_mtime_ns for f in (tmp_path / "cache").iterdir()}
-    assert len(files) == 5
-    build_splits(compose_config("train", ["experiment=quickstart", *sizes]).data, progress=False)
+    assert len(files) == 6  # train, test, zero-shot, two shifts, validation
+    build_splits(compose_config("train", ["experiment=quickstart", *sizes]).data, progress=False, validation=True)
     assert {f: f.stat().st_mtime_ns for f in (tmp_path / "cache").iterdir()} == files  # read, nothing regenerated
 
 
@@ -362,6 +381,11 @@ def test_navier_stokes_rollout_layout_is_known_before_generating(tmp_path):
       "+data.shifts.short={n_input_steps: 5}"],
      r"model.in_channels: the shift_short split of data.problem=navier_stokes \(task rollout\) has 5 input "
      r"channel\(s\); got model.in_channels=10"),
+    (["experiment=quickstart", "data.zero_shot_resolution=15"],
+     r"data.zero_shot_resolution: the zero_shot split's grid of 15 points per axis is too coarse for "
+     r"model.modes=\[8, 8\]; an FNO needs at least 16"),
+    (["experiment=quickstart", "+data.shifts.coarse={resolution: 9}"], r"data.shifts.coarse.resolution: the shift_coarse"),
+    (["experiment=quickstart", "data.resolution=12"], r"data.resolution: the train split's grid of 12 points"),
 ])
 def test_a_model_that_cannot_take_the_data_is_named_before_generating(overrides, error):
     from probneural.config.data import check_model_fits_data

@@ -90,6 +90,10 @@ def test_load_run_data_fills_new_fields_and_names_bad_runs(tmp_path):
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(config))
     data = load_run_data(tmp_path)
     assert data.n_train == 7 and data.n_calibration == 200 and data.options.contrast == [12.0, 3.0]
+    resumed = OmegaConf.to_container(compose_config("train", ["data.n_train=7", "data.n_test=3"]), resolve=True)
+    (tmp_path / "config.resumed.yaml").write_text(OmegaConf.to_yaml(resumed))
+    assert load_run_data(tmp_path).n_test == 3  # the last resume's splits, which its report scored
+    (tmp_path / "config.resumed.yaml").unlink()
     with pytest.raises(FileNotFoundError, match="run_dir: expected a training run directory"):
         load_run_data(tmp_path / "missing")
     (tmp_path / "config.yaml").write_text("data:\n  problem: heat\n")
@@ -154,6 +158,12 @@ def test_train_uq_hook_and_evaluate_cli(tmp_path):
         assert (run / "uq" / name / "environment.json").is_file()
     assert results["posterior"]["base"]["method"] == "laplace"
     assert len(list((tmp_path / "cache").iterdir())) == 5  # train, test, shift, calibration, validation: each made once
+    # a sweep over another option: one directory per job, beside the method's (none overwrites another)
+    result = run_cli("probneural.evaluate", "-m", f"run_dir={run}", "uq=conformal", "n_samples=10,11", "device=cpu",
+                     "n_plot_samples=0", "progress=false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for n in (10, 11):
+        assert json.loads((run / "uq" / "conformal" / f"n_samples={n}" / "results.json").read_text())["n_samples"] == n
     result = run_cli("probneural.evaluate", f"run_dir={run}", "uq=laplace", "n_calibration=7", "device=cpu",
                      "n_samples=10", "n_plot_samples=0", "progress=false", f"hydra.run.dir={tmp_path / 'again'}",
                      cwd=tmp_path)
