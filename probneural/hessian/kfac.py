@@ -74,7 +74,7 @@ from probneural.hessian.ggn import functional_model, loss_hessian_sqrt
 from probneural.hessian.operator import LinearOperator
 from probneural.hessian.structure import cast
 from probneural.operators.pointwise import Pointwise
-from probneural.operators.spectral import SpectralConv, kept_frequencies, kept_shape
+from probneural.operators.spectral import SpectralConv, kept_frequencies, kept_shape, kept_shares
 from probneural.validation import check_int, warn_unused
 
 __all__ = ["KFACVariant", "KroneckerBlock", "KroneckerOperator", "SpectralKroneckerBlock", "kfac_operator"]
@@ -227,12 +227,14 @@ class KroneckerBlock:
         return torch.log(self._eigen[0] + damping).sum()
 
 
-def spectral_coefficients(field: Tensor, modes: Sequence[int]) -> Tensor:
+def spectral_coefficients(field: Tensor, modes: Sequence[int], *, shares: bool = True) -> Tensor:
     """The kept Fourier coefficients ``X_k = Σ_j x_j e^{-2πi k·j/n}`` of a field, in the order of the weight.
 
     Args:
         field: `(b, c, *spatial)` real field.
         modes: the :class:`SpectralConv`'s kept modes per spatial axis.
+        shares: scale them by :func:`~probneural.operators.spectral.kept_shares` as the layer's
+            forward transform does (a Nyquist coefficient on a non-last axis of ``2m`` points halved).
 
     Returns:
         `(b, c, F)` complex, ``F = prod(kept_shape(modes))`` modes in the row-major order of the
@@ -240,8 +242,11 @@ def spectral_coefficients(field: Tensor, modes: Sequence[int]) -> Tensor:
     """
     coefficients = torch.fft.rfftn(field, dim=tuple(range(2, field.dim())))
     for axis, m in enumerate(modes):
-        index = kept_frequencies(m, axis == len(modes) - 1) % field.shape[2 + axis]
-        coefficients = coefficients.index_select(2 + axis, index.to(field.device))
+        n, last = field.shape[2 + axis], axis == len(modes) - 1
+        coefficients = coefficients.index_select(2 + axis, (kept_frequencies(m, last) % n).to(field.device))
+        if shares:
+            share = kept_shares(n, m, last).to(device=field.device, dtype=field.dtype)
+            coefficients = coefficients * share.reshape(-1, *[1] * (len(modes) - 1 - axis))
     return coefficients.flatten(2)
 
 
@@ -261,7 +266,7 @@ def spectral_output_gradient(grad: Tensor, modes: Sequence[int]) -> Tensor:
     """
     last = torch.full((modes[-1],), 2.0, dtype=grad.dtype, device=grad.device)
     last[0] = 1.0
-    return spectral_coefficients(grad, modes) * (last / math.prod(grad.shape[2:])).repeat(
+    return spectral_coefficients(grad, modes, shares=False) * (last / math.prod(grad.shape[2:])).repeat(
         math.prod(kept_shape(modes)[:-1])
     )
 

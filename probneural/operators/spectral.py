@@ -38,7 +38,7 @@ from torch._C._functorch import is_functorch_wrapped_tensor
 from probneural.operators.spectral_autograd import constant_matmul, spectral_contract
 from probneural.validation import check_int, check_positive_ints
 
-__all__ = ["SpectralConv", "kept_frequencies", "kept_shape", "spectral_contract"]
+__all__ = ["SpectralConv", "kept_frequencies", "kept_shape", "kept_shares", "spectral_contract"]
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -53,6 +53,17 @@ def kept_frequencies(m: int, last: bool) -> Tensor:
     if last:
         return torch.arange(m)
     return torch.cat((torch.arange(m), torch.arange(-m, 0)))
+
+
+def kept_shares(n: int, m: int, last: bool) -> Tensor:
+    """The share of each kept frequency's DFT coefficient that the forward transform takes, float64.
+
+    1, except ½ for ``-m`` on a non-last axis of exactly ``n = 2m`` points: there ``-m`` is the
+    Nyquist frequency, whose coefficient holds ``cos(2π m x)`` whole, while every finer grid keeps
+    only its half at ``-m`` (the other half is at ``+m``, not kept). Split evenly, the layer computes
+    the same operator at ``n = 2m`` as at finer grids.
+    """
+    return torch.where(2 * kept_frequencies(m, last) == -n, 0.5, 1.0).double()
 
 
 _MATRICES: dict[tuple, tuple[Tensor, Tensor]] = {}
@@ -104,21 +115,16 @@ def _pair_matrix(real: Tensor, imag: Tensor) -> Tensor:
 def _axis_matrices(n: int, m: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
     """Truncated complex DFT along a non-last axis and its inverse, as :func:`_pair_matrix` forms.
 
-    On a grid of exactly ``n = 2m`` points the kept frequency ``-m`` is the Nyquist frequency,
-    whose coefficient there holds a component ``cos(2π m x)`` whole, while on every finer grid
-    half of it lies at ``+m``, which is not kept. Its forward row is halved (the usual even split
-    of the Nyquist coefficient), so that the layer computes the same operator at ``n = 2m`` as at
-    finer grids (zero-shot super-resolution); ``sin(2π m x)`` vanishes at the nodes of such a grid
-    and cannot be seen there at all.
+    The forward rows are scaled by :func:`kept_shares` (the Nyquist row halved when ``n = 2m``,
+    so that zero-shot super-resolution computes the same operator; ``sin(2π m x)`` vanishes at the
+    nodes of such a grid and cannot be seen there at all).
 
     Returns:
-        forward `(2n, 4m)`: ``E[k, j] = e^{-2πi f_k j/n}`` over the kept frequencies ``f`` (row
-        ``f = -m`` halved when ``n = 2m``); inverse `(4m, 2n)`: ``D = conj(E_full)^T / n`` of the
-        unhalved ``E_full``.
+        forward `(2n, 4m)`: ``E[k, j] = share_k e^{-2πi f_k j/n}`` over the kept frequencies ``f``;
+        inverse `(4m, 2n)`: ``D = conj(E_full)^T / n`` of the unscaled ``E_full``.
     """
-    frequencies = kept_frequencies(m, False).double()
-    angle = 2 * math.pi * torch.outer(frequencies, torch.arange(n, dtype=torch.float64)) / n
-    share = torch.where(2 * frequencies == -n, 0.5, 1.0)[:, None]  # the Nyquist row, only when n = 2m
+    angle = 2 * math.pi * torch.outer(kept_frequencies(m, False).double(), torch.arange(n, dtype=torch.float64)) / n
+    share = kept_shares(n, m, False)[:, None]
     forward = _pair_matrix(share * torch.cos(angle), -share * torch.sin(angle))
     inverse = _pair_matrix(torch.cos(angle).T / n, torch.sin(angle).T / n)
     return forward.to(dtype=dtype, device=device), inverse.to(dtype=dtype, device=device)

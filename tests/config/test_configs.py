@@ -301,13 +301,14 @@ def test_generator_arguments_are_checked_without_generating(tmp_path):
 
 
 def test_generate_cli_fills_the_cache_that_training_reads(tmp_path):
-    overrides = ["data.n_train=4", "data.n_test=2", "data.n_shift=2", "data.resolution=9",
+    overrides = ["data.n_train=4", "data.n_test=2", "data.n_shift=2", "data.n_validation=3", "data.resolution=9",
                  "data.options.solve_resolution=17", f"data.cache_dir={tmp_path}/cache", "progress=false"]
     result = run_cli("probneural.generate", *overrides, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "darcy: 4 splits" in result.stdout and "shift_contrast (s=9×9): 2 samples" in result.stdout
+    assert "darcy: 5 splits" in result.stdout and "shift_contrast (s=9×9): 2 samples" in result.stdout
+    assert "validation (s=9×9): 3 samples" in result.stdout
     files = sorted((tmp_path / "cache").iterdir())
-    assert len(files) == 4 and not list(tmp_path.glob("*.log"))
+    assert len(files) == 5 and not list(tmp_path.glob("*.log"))
     again = run_cli("probneural.generate", *overrides, cwd=tmp_path)
     assert again.returncode == 0 and sorted((tmp_path / "cache").iterdir()) == files
     assert [f.stat().st_mtime_ns for f in files] == [f.stat().st_mtime_ns for f in sorted((tmp_path / "cache").iterdir())]

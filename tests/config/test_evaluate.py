@@ -50,7 +50,7 @@ def test_every_registered_method_has_a_config():
 
 def test_evaluate_writes_next_to_the_run_and_train_has_no_uq_by_default():
     cfg = compose_config("evaluate", ["run_dir=outputs/train/a", "uq=laplace_kfac"], hydra=True)
-    assert cfg.hydra.run.dir == "outputs/train/a/uq/laplace_kfac" and cfg.alpha == 0.1
+    assert Path(cfg.hydra.run.dir) == Path("outputs/train/a/uq/laplace_kfac") and cfg.alpha == 0.1
     assert compose_config("train", []).uq is None
     with pytest.raises(ConfigCompositionException):
         compose_config("evaluate", ["run_dir=run", "uq.optons.alpha=0.2"])  # mistyped key
@@ -125,7 +125,8 @@ def test_train_uq_hook_and_evaluate_cli(tmp_path):
     result = run_cli(
         "probneural.train", "experiment=quickstart", "uq=laplace", "data.n_train=16", "data.n_test=8",
         "data.n_shift=4", "data.n_calibration=19", "data.n_validation=5", "data.resolution=17",
-        "data.zero_shot_resolution=null", "data.options.solve_resolution=33", "~data.shifts.length_scale",
+        "data.zero_shot_resolution=null", "data.n_zero_shot=50", "data.options.solve_resolution=33",
+        "~data.shifts.length_scale",
         "model.modes=[4,4]", "model.width=8", "trainer.epochs=1", "trainer.batch_size=8", "report.n_plot_samples=1",
         "report.n_samples=10", "device=cpu", "progress=false", "seed=3", f"data.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={run}", cwd=tmp_path,
@@ -147,22 +148,23 @@ def test_train_uq_hook_and_evaluate_cli(tmp_path):
     laplace = check_uq_report(run / "uq" / "laplace", "laplace", splits)
     assert laplace["posterior"]["summary"]["structure"] == "last_layer"
 
-    # conformal on the point predictor and on the Laplace posterior, calibrated on 19 new samples (seed + 4)
+    # conformal on the point predictor and on the Laplace posterior, calibrated on 19 new samples (seed + 4);
+    # a setting that changes the scores (n_samples) names a subdirectory, the plots' n_plot_samples does not
     result = run_cli("probneural.evaluate", "-m", f"run_dir={run}", "uq=conformal,conformal_laplace", "device=cpu",
                      "n_samples=10", "n_plot_samples=1", "progress=false", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for name in ("conformal", "conformal_laplace"):
-        results = check_uq_report(run / "uq" / name, name, splits)
+        results = check_uq_report(run / "uq" / name / "n_samples=10", name, splits)
         assert results["posterior"]["summary"]["n_calibration"] == 19
         assert results["seed"] == 3  # the run's seed, as train uq=... would use it
-        assert (run / "uq" / name / "environment.json").is_file()
+        assert (run / "uq" / name / "n_samples=10" / "environment.json").is_file()
     assert results["posterior"]["base"]["method"] == "laplace"
     assert len(list((tmp_path / "cache").iterdir())) == 5  # train, test, shift, calibration, validation: each made once
-    # a sweep over another option: one directory per job, beside the method's (none overwrites another)
-    result = run_cli("probneural.evaluate", "-m", f"run_dir={run}", "uq=conformal", "n_samples=10,11", "device=cpu",
+    # a sweep over another option: one directory per job (none overwrites another)
+    result = run_cli("probneural.evaluate", "-m", f"run_dir={run}", "uq=conformal", "n_samples=11,12", "device=cpu",
                      "n_plot_samples=0", "progress=false", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for n in (10, 11):
+    for n in (11, 12):
         assert json.loads((run / "uq" / "conformal" / f"n_samples={n}" / "results.json").read_text())["n_samples"] == n
     result = run_cli("probneural.evaluate", f"run_dir={run}", "uq=laplace", "n_calibration=7", "device=cpu",
                      "n_samples=10", "n_plot_samples=0", "progress=false", f"hydra.run.dir={tmp_path / 'again'}",
