@@ -254,13 +254,13 @@ class TrainAppConfig:
 class EvaluateAppConfig:
     """``configs/evaluate.yaml``: fit a UQ method to a trained run and report its predictive quality.
 
-    ``run_dir`` is a training run directory (its ``config.yaml`` gives the data, its
-    ``checkpoints/`` the model; ``checkpoint`` picks a file there, the newest by default).
-    ``n_calibration`` overrides the run's ``data.n_calibration``. ``alpha`` is the miscoverage
-    level of the scored intervals, ``batch_size`` the samples per fitting batch and per
-    prediction (default: the run's ``trainer.batch_size``, as ``train uq=...`` uses it, so that an
-    ensemble's new members train as they would there), ``n_samples`` the predictive draws behind sampled scores and simultaneous bands,
-    ``n_plot_samples`` the samples drawn per split. ``seed`` (the UQ method's and the report's draws)
+    ``run_dir`` is a training run directory (its ``config.yaml``, or ``config.resumed.yaml`` after
+    a resume, gives the data, its ``checkpoints/`` the model; ``checkpoint`` picks a file there, the
+    newest by default). ``n_calibration`` overrides the run's ``data.n_calibration``. ``alpha`` is
+    the miscoverage level of the scored intervals, ``batch_size`` the samples per fitting batch and
+    per prediction (default: the run's ``trainer.batch_size``, as ``train uq=...`` uses it, so that
+    an ensemble's new members train as they would there), ``n_samples`` the predictive draws behind
+    sampled scores and simultaneous bands, ``n_plot_samples`` the samples drawn per split. ``seed`` (the UQ method's and the report's draws)
     defaults to the training run's seed, as ``train uq=...`` uses it.
     """
 
