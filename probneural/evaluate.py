@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from probneural.allocator import keep_freed_memory
 from probneural.bench.environment import capture_environment
 from probneural.config import check_declared_keys, register_schemas, to_kwargs
-from probneural.config.data import build_splits, data_dtype, load_run_data
+from probneural.config.data import build_splits, data_dtype, load_run_data, run_config_path
 from probneural.config.paths import CONFIG_DIR
 from probneural.config.recipe import training_recipe
 from probneural.io import atomic_write
@@ -48,8 +48,7 @@ def main(cfg: DictConfig) -> dict:
     # too small for the levels, missing run or checkpoint) stops before data are generated
     data = load_run_data(run_dir)
     # the configuration a resume recorded beside the first (more epochs, say) is the one that trained the model
-    resumed = run_dir / "config.resumed.yaml"
-    run_config = OmegaConf.load(resumed if resumed.is_file() else run_dir / "config.yaml")
+    run_config = OmegaConf.load(run_config_path(run_dir))
     spec = UQSpec(**follow_training_recipe(to_kwargs(cfg.uq), training_recipe(run_config)))
     batch_size = run_config.trainer.batch_size if cfg.batch_size is None else cfg.batch_size
     check_report_options(cfg.alpha, batch_size, cfg.n_samples, cfg.n_plot_samples)

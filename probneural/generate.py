@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from probneural.allocator import keep_freed_memory
 from probneural.config import check_declared_keys, register_schemas
-from probneural.config.data import build_splits, data_dtype, split_label
+from probneural.config.data import build_splits, data_dtype, split_label, warn_inert_data_options
 from probneural.config.paths import CONFIG_DIR
 
 register_schemas()
@@ -35,6 +35,7 @@ def main(cfg: DictConfig) -> dict[str, tuple[int, ...]]:
     data, precision = cfg.data, cfg.precision.name
     if cfg.for_experiment is not None:  # the data and precision of a training run of the experiment
         data, precision = _training_data(cfg.for_experiment)
+    warn_inert_data_options(data)
     if data.cache_dir is None:
         raise ValueError("data.cache_dir must be set: pre-generation writes to the on-disk cache")
     started = time.perf_counter()

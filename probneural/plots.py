@@ -106,8 +106,9 @@ def plot_learning_curves(history: Sequence[dict], path: str | Path) -> Path:
     epochs = [r["epoch"] for r in history]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.semilogy(epochs, [r["train_loss"] for r in history], label="train loss")
-    if history and "val_rel_l2" in history[0]:
-        ax.semilogy(epochs, [r["val_rel_l2"] for r in history], label="validation relative L2")
+    validated = [r for r in history if "val_rel_l2" in r]  # a run resumed with(out) a validation split has both
+    if validated:
+        ax.semilogy([r["epoch"] for r in validated], [r["val_rel_l2"] for r in validated], label="validation relative L2")
     ax.set_xlabel("epoch")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()

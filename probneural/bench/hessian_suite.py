@@ -129,7 +129,7 @@ def hessian_products(
     precision: str = "fp32",
     device: str | torch.device = "auto",
     warmup: int = 2,
-    repeats: int = 5,
+    repeats: int = 6,
     seed: int = 0,
     progress: bool = True,
 ) -> list[Case]:

@@ -16,7 +16,10 @@ from probneural.data.problems import field_layout
 from probneural.train.precision import PrecisionPolicy
 from probneural.validation import warn_unused
 
-__all__ = ["build_splits", "check_model_fits_data", "data_dtype", "load_run_data", "split_label"]
+__all__ = [
+    "build_splits", "check_model_fits_data", "data_dtype", "load_run_data", "run_config_path", "split_label",
+    "warn_inert_data_options",
+]
 
 
 def split_label(kind: str, dataset: OperatorDataset) -> str:
@@ -64,6 +67,22 @@ def _split_arguments(data: DictConfig, calibration: bool, validation: bool = Fal
     if validation and data.n_validation > 0:
         splits["validation"] = split(data.n_validation, data.resolution, data.seed + 5)
     return splits
+
+
+def warn_inert_data_options(data: DictConfig) -> None:
+    """An :class:`~probneural.validation.InertOptionWarning` for each zero-shot option set away from
+    its default without ``data.zero_shot_resolution`` (no zero-shot split is then made). For the
+    commands that take a data config from their user (train, generate), not from a finished run."""
+    warn_unused({f"data.{k}": data[k] for k in _ZERO_SHOT_OPTIONS}, _ZERO_SHOT_DEFAULTS,
+                [f"data.{k}" for k in _ZERO_SHOT_OPTIONS], used=data.zero_shot_resolution is not None,
+                because="with data.zero_shot_resolution set (no zero-shot split is made)")
+
+
+def run_config_path(run_dir: str | Path) -> Path:
+    """A training run's last record of its configuration: ``config.resumed.yaml`` after a resume, else
+    ``config.yaml`` (which may not exist)."""
+    resumed = Path(run_dir) / "config.resumed.yaml"
+    return resumed if resumed.is_file() else Path(run_dir) / "config.yaml"
 
 
 def data_dtype(precision: str) -> torch.dtype:
@@ -121,11 +140,10 @@ def load_run_data(run_dir: str | Path) -> DictConfig:
         ValueError: the file has no ``data.problem`` or names a problem without a data schema.
     """
     register_schemas()
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"run_dir: expected a training run directory with a config.yaml; {path} does not exist")
-    if (Path(run_dir) / "config.resumed.yaml").is_file():
-        path = Path(run_dir) / "config.resumed.yaml"
+    first = Path(run_dir) / "config.yaml"
+    if not first.is_file():
+        raise FileNotFoundError(f"run_dir: expected a training run directory with a config.yaml; {first} does not exist")
+    path = run_config_path(run_dir)
     data = OmegaConf.load(path).get("data")
     problem = None if data is None else data.get("problem")
     schemas = {name.removesuffix(".yaml"): name for name in ConfigStore.instance().list("schema/data")}
@@ -172,9 +190,6 @@ def build_splits(data: DictConfig, *, progress: bool = True, calibration: bool =
             the generator refuses the arguments of a split (every split is checked before the first
             one is generated).
     """
-    warn_unused({f"data.{k}": data[k] for k in _ZERO_SHOT_OPTIONS}, _ZERO_SHOT_DEFAULTS,
-                [f"data.{k}" for k in _ZERO_SHOT_OPTIONS], used=data.zero_shot_resolution is not None,
-                because="with data.zero_shot_resolution set (no zero-shot split is made)")
     splits = _split_arguments(data, calibration, validation, dtype)
     params = {}
     for name, arguments in splits.items():

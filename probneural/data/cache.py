@@ -96,40 +96,58 @@ def cache_path(cache_dir: str | os.PathLike[str], params: dict[str, Any]) -> Pat
     return Path(cache_dir) / f"{problem}-{cache_key(params)[:16]}.safetensors"
 
 
+def _acquire(lock: Path, path: Path, announce: bool) -> int | None:
+    """A file descriptor of ``lock`` holding an exclusive ``flock``, or ``None`` where none can be had."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return None
+    try:  # read-only: a lock file left by another user's killed process can still be locked
+        descriptor = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o666)
+    except OSError:  # e.g. a read-only cache directory
+        return None
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if announce:
+                print(f"waiting for another process generating {path}", file=sys.stderr)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+    except OSError as error:  # a file system without flock (NFS without a lock daemon, some Lustre mounts)
+        os.close(descriptor)
+        lock.unlink(missing_ok=True)
+        warnings.warn(f"cache entry {path} is generated without a lock ({error}): parallel runs may each "
+                      "generate it (the files stay whole)", CacheWarning, stacklevel=4)
+        return None
+    return descriptor
+
+
 @contextmanager
 def entry_lock(path: str | os.PathLike[str], *, announce: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on the cache entry ``path`` while it is generated.
 
     A second process that needs the same entry (the parallel jobs of a sweep) waits here, then
     finds the entry written and reads it instead of generating it again. The lock is
-    ``fcntl.flock`` on ``<path>.lock``, which the kernel releases when its holder exits, so a
-    crashed generator never leaves a stale lock; the lock file is removed on release. Where there
-    is no ``fcntl`` (Windows) nothing is locked: each process generates, and the last atomic
-    rename wins.
+    ``fcntl.flock`` on ``<path>.lock``, which the kernel releases when its holder exits: a crashed
+    generator may leave the (empty) lock file behind, never a held lock. The lock file is removed
+    on release. Where no lock can be had (no ``fcntl`` on Windows, a read-only directory, a file
+    system without ``flock``, the latter with a :class:`CacheWarning`) nothing is locked: each
+    process generates, and the last atomic rename wins, as without the lock.
 
     Args:
         path: the entry's file (:func:`cache_path`).
         announce: say on stderr when another process holds the lock.
     """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        yield
-        return
-    lock = Path(path).with_name(Path(path).name + ".lock")
+    path = Path(path)
+    lock = path.with_name(path.name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+b") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if announce:
-                print(f"waiting for another process generating {path}", file=sys.stderr)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
+    descriptor = _acquire(lock, path, announce)
+    try:
+        yield
+    finally:
+        if descriptor is not None:
             lock.unlink(missing_ok=True)  # a process still waiting on it re-checks the entry once it holds it
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            os.close(descriptor)  # releases the lock
 
 
 class _Layout:

@@ -9,6 +9,7 @@ does the rest, identically for every problem.
 from __future__ import annotations
 
 import os
+import warnings
 from contextvars import ContextVar
 from typing import Any, Callable, Iterator
 
@@ -140,7 +141,9 @@ def build(
     dataset = cache.read_if_valid(path, params)
     if dataset is None:
         with cache.entry_lock(path, announce=progress):  # another process making it: wait, then read its entry
-            dataset = cache.read_if_valid(path, params)
+            with warnings.catch_warnings():  # a bad file was reported above
+                warnings.simplefilter("ignore", cache.CacheWarning)
+                dataset = cache.read_if_valid(path, params)
             if dataset is None:
                 cache.write_batches(path, params, params, n, grid, batches)
                 dataset = cache.read(path, params)

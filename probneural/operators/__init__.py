@@ -5,7 +5,7 @@ from probneural.operators.fno import FNO, positional_grid
 from probneural.operators.parameters import count_parameters
 from probneural.operators.pointwise import Pointwise
 from probneural.operators.registry import OPERATORS, build, name_of
-from probneural.operators.spectral import SpectralConv, kept_frequencies, kept_shape, spectral_contract
+from probneural.operators.spectral import SpectralConv, kept_frequencies, kept_shape, kept_shares, spectral_contract
 
 __all__ = [
     "ChannelDropout",
@@ -17,6 +17,7 @@ __all__ = [
     "count_parameters",
     "kept_frequencies",
     "kept_shape",
+    "kept_shares",
     "name_of",
     "positional_grid",
     "spectral_contract",

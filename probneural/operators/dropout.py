@@ -46,10 +46,16 @@ class ChannelDropout(nn.Dropout):
 
     @contextmanager
     def using(self, masks: Sequence[Tensor]) -> Iterator[None]:
-        """Within, the training-mode calls take these masks in order instead of drawing."""
+        """Within, the training-mode calls take these masks in order instead of drawing, one each.
+
+        Raises:
+            RuntimeError: a call finds no mask left, or masks are left over at the end.
+        """
         previous, self._masks = self._masks, iter(masks)
         try:
             yield
+            if next(self._masks, None) is not None:
+                raise RuntimeError(f"ChannelDropout.using: {len(masks)} masks given, fewer dropout calls made")
         finally:
             self._masks = previous
 
@@ -59,7 +65,10 @@ class ChannelDropout(nn.Dropout):
         if x.dim() < 3:
             raise ValueError(f"x: expected a field (b, c, *spatial); got shape {tuple(x.shape)}")
         if self._masks is not None:
-            mask = next(self._masks).to(x.dtype)
+            mask = next(self._masks, None)
+            if mask is None:
+                raise RuntimeError("ChannelDropout.using: more dropout calls than masks given")
+            mask = mask.to(x.dtype)
         else:
             mask = self.draw(*x.shape[:2], x.dim() - 2, x.dtype, x.device)
         return x.mul_(mask) if self.inplace else x * mask

@@ -8,7 +8,9 @@ in all. This is the FNO paper's convention (``modes=12`` keeps a 24 × 12 block 
 Only what is kept is ever computed: the truncated Fourier transform along each axis is a
 product with a small DFT matrix, so the whole layer is a chain of real matrix
 products (no FFT, no zero padding, no complex tensors). The result equals
-``irfftn(truncate(W · truncate(rfftn(x))))``; see ADR 0002 for the measurements that led here.
+``irfftn(truncate(W · truncate(rfftn(x))))``, except that on a non-last axis of exactly
+``2 * modes[i]`` points the Nyquist coefficient is halved (:func:`kept_shares`: split with the
+``+modes[i]`` that is not kept, as on every finer grid); see ADR 0002 for the measurements that led here.
 
 Complex numbers are carried in *pair layout*: a real tensor whose last axis holds the real
 parts of the kept last-axis frequencies followed by their imaginary parts (``2 * modes[-1]``).

@@ -22,7 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from probneural.allocator import keep_freed_memory
 from probneural.bench.environment import capture_environment
 from probneural.config import check_declared_keys, instantiate, register_schemas, to_kwargs
-from probneural.config.data import build_splits, check_model_fits_data, data_dtype, split_label
+from probneural.config.data import (
+    build_splits, check_model_fits_data, data_dtype, split_label, warn_inert_data_options,
+)
 from probneural.config.paths import CONFIG_DIR
 from probneural.config.recipe import training_recipe
 from probneural.io import atomic_write
@@ -63,6 +65,7 @@ def main(cfg: DictConfig) -> dict:
         uq.check_calibration_size(cfg.data.n_calibration, cfg.report.alpha, size_name="data.n_calibration",
                                   alpha_name="report.alpha")
     check_model_fits_data(cfg.model, cfg.data)
+    warn_inert_data_options(cfg.data)
     torch.manual_seed(cfg.seed)
     operator = instantiate(cfg.model)
     trainer = Trainer(

@@ -326,7 +326,7 @@ def write_uq_report(
         extra: JSON-serialisable entries added to ``results.json`` (e.g. the method's configuration).
 
     Returns:
-        The content of ``results.json``: ``{"title", "alpha", "n_samples", "seed", "posterior",
+        The content of ``results.json``: ``{"title", "alpha", "n_samples", "batch_size", "seed", "posterior",
         "fit_seconds", "splits": {split: {scores..., "n", "grid", "predict_seconds", "calibration",
         "band_coverage"}}, **extra}``.
 
@@ -397,6 +397,7 @@ def write_uq_report(
         "title": title,
         "alpha": alpha,
         "n_samples": n_samples,
+        "batch_size": batch_size,
         "seed": seed,
         "posterior": record,
         "fit_seconds": _total_fit_seconds(record),

@@ -259,3 +259,17 @@ def test_concurrent_builders_of_one_entry_generate_it_once(tmp_path, capsys):
     assert first.calls == 3 and second.calls == 0
     assert torch.equal(results["a"].x, results["b"].x) and torch.equal(results["a"].y, results["b"].y)
     _only_entry(tmp_path)  # the lock file is gone
+
+
+def test_a_file_system_without_flock_generates_without_the_lock(tmp_path, monkeypatch):
+    import fcntl
+
+    def no_locks(descriptor, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    sampler = Sampler()
+    with pytest.warns(CacheWarning, match="generated without a lock .*No locks available"):
+        dataset = load_or_build(tmp_path, PARAMS, sampler)
+    assert sampler.calls == 3 and len(dataset) == 7
+    _only_entry(tmp_path)

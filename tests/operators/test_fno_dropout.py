@@ -109,3 +109,15 @@ def test_dropout_draws_do_not_depend_on_how_the_batch_is_chunked(layers):
     torch.manual_seed(5)
     masks = model.dropout_masks(x)
     assert [tuple(m.shape) for m in masks] == [(8, 6, 1, 1)] * (2 if layers == "all" else 0) + [(8, 10, 1, 1)]
+
+
+def test_preset_masks_must_match_the_dropout_calls():
+    layer = ChannelDropout(0.5).train()
+    x = torch.ones(2, 3, 4)
+    mask = layer.draw(2, 3, 1, torch.float32, torch.device("cpu"))
+    with layer.using([mask]):
+        assert torch.equal(layer(x), x * mask)
+    with pytest.raises(RuntimeError, match="more dropout calls than masks"), layer.using([mask]):
+        layer(x), layer(x)
+    with pytest.raises(RuntimeError, match="2 masks given, fewer dropout calls"), layer.using([mask, mask]):
+        layer(x)

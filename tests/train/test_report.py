@@ -20,3 +20,13 @@ def test_report_has_metrics_and_sample_plots(tmp_path, spatial):
     report = (tmp_path / "report.md").read_text()
     assert "| test |" in report and "![test](samples_0.png)" in report
     assert (tmp_path / "samples_0.png").stat().st_size > 1000 and (tmp_path / "learning_curves.png").exists()
+
+
+def test_learning_curves_of_a_run_resumed_with_another_validation_setting(tmp_path):
+    """A run resumed with(out) a validation split has records with and without val_rel_l2: both plot."""
+    from probneural.plots import plot_learning_curves
+
+    history = [{"epoch": 1, "train_loss": 1.0, "val_rel_l2": 0.5}, {"epoch": 2, "train_loss": 0.5},
+               {"epoch": 3, "train_loss": 0.4, "val_rel_l2": 0.3}]
+    assert plot_learning_curves(history, tmp_path / "curves.png").is_file()  # was a KeyError at epoch 2
+    assert plot_learning_curves(history[1:], tmp_path / "later.png").is_file()

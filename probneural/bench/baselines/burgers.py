@@ -43,7 +43,10 @@ def _coefficients(s: int, viscosity: float, h: float, dtype: np.dtype) -> tuple[
     f2 = h * np.real(np.mean((2 + lr + np.exp(lr) * (lr - 2)) / lr**3, axis=1))
     f3 = h * np.real(np.mean((-4 - 3 * lr - lr**2 + np.exp(lr) * (4 - lr)) / lr**3, axis=1))
     e, e2, big_q, f1, f2, f3 = (c.astype(dtype) for c in (e, e2, big_q, f1, f2, f3))
-    return keep, g.astype(np.result_type(dtype, np.complex64)), e, e2, big_q, f1, f2, f3
+    tables = keep, g.astype(np.result_type(dtype, np.complex64)), e, e2, big_q, f1, f2, f3
+    for table in tables:
+        table.setflags(write=False)  # shared by every call
+    return tables
 
 
 def solve_numpy(u0: np.ndarray, viscosity: float, t: float, *, dt: float | None = None) -> np.ndarray:

@@ -58,7 +58,10 @@ def spectral_tables(resolution: int, viscosity: float, dtype: np.dtype = np.dtyp
     keep = keep.astype(np.float64)
     operators = np.stack(np.broadcast_arrays(dy * inverse_laplacian, -dx * inverse_laplacian, dx * keep, dy * keep))
     complex_dtype = np.result_type(dtype, np.complex64)
-    return SpectralTables((viscosity * laplacian).astype(dtype), operators.astype(complex_dtype), keep.astype(dtype))
+    tables = SpectralTables((viscosity * laplacian).astype(dtype), operators.astype(complex_dtype), keep.astype(dtype))
+    for table in tables:
+        table.setflags(write=False)  # shared by every call
+    return tables
 
 
 def _explicit(
