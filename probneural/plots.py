@@ -108,7 +108,8 @@ def plot_learning_curves(history: Sequence[dict], path: str | Path) -> Path:
     ax.semilogy(epochs, [r["train_loss"] for r in history], label="train loss")
     validated = [r for r in history if "val_rel_l2" in r]  # a run resumed with(out) a validation split has both
     if validated:
-        ax.semilogy([r["epoch"] for r in validated], [r["val_rel_l2"] for r in validated], label="validation relative L2")
+        ax.semilogy([r["epoch"] for r in validated], [r["val_rel_l2"] for r in validated],
+                    label="validation relative L2")
     ax.set_xlabel("epoch")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()

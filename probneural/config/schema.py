@@ -260,8 +260,9 @@ class EvaluateAppConfig:
     the miscoverage level of the scored intervals, ``batch_size`` the samples per fitting batch and
     per prediction (default: the run's ``trainer.batch_size``, as ``train uq=...`` uses it, so that
     an ensemble's new members train as they would there), ``n_samples`` the predictive draws behind
-    sampled scores and simultaneous bands, ``n_plot_samples`` the samples drawn per split. ``seed`` (the UQ method's and the report's draws)
-    defaults to the training run's seed, as ``train uq=...`` uses it.
+    sampled scores and simultaneous bands, ``n_plot_samples`` the samples drawn per split. ``seed``
+    (the UQ method's and the report's draws) defaults to the training run's seed, as ``train uq=...``
+    uses it.
     """
 
     run_dir: str = MISSING

@@ -45,13 +45,14 @@ class ChannelDropout(nn.Dropout):
         return F.dropout(ones, self.p, training=True)
 
     @contextmanager
-    def using(self, masks: Sequence[Tensor]) -> Iterator[None]:
-        """Within, the training-mode calls take these masks in order instead of drawing, one each.
+    def using(self, masks: Sequence[Tensor], rows: slice = slice(None)) -> Iterator[None]:
+        """Within, the training-mode calls take these masks' ``rows`` (the samples of the part run)
+        in order instead of drawing, one mask each.
 
         Raises:
             RuntimeError: a call finds no mask left, or masks are left over at the end.
         """
-        previous, self._masks = self._masks, iter(masks)
+        previous, self._masks = self._masks, (mask[rows] for mask in masks)
         try:
             yield
             if next(self._masks, None) is not None:

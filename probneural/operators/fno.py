@@ -286,6 +286,6 @@ class FNO(nn.Module):
         parts = []
         for start in range(0, x.shape[0], size):
             rows = slice(start, start + size)
-            with self.dropout.using([m[rows] for m in masks]) if masks else nullcontext():
+            with self.dropout.using(masks, rows) if masks else nullcontext():
                 parts.append(self.project(self.features(x[rows])))
         return parts[0] if len(parts) == 1 else torch.cat(parts)

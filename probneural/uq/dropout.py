@@ -160,7 +160,7 @@ def _passes(model: nn.Module, x: Tensor, n: int, center: FNO | None = None) -> T
         hidden = operator.readout_input(features)
         passes = []
         for pass_masks in masks:
-            with operator.dropout.using([m[rows] for m in pass_masks]):
+            with operator.dropout.using(pass_masks, rows):
                 passes.append(operator.projection_out(operator.dropout(hidden)))
         draws = torch.stack(passes)
         if center is not None:

@@ -125,7 +125,7 @@ def test_the_fno_looks_activations_up_here():
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 def test_hessian_vector_products_through_an_fno_with_every_activation(activation):
     """Forward-over-reverse needs a forward-mode rule for each activation's backward: PyTorch has
-    none for silu's, so the FNO's silu is written out under a tangent (it raised NotImplementedError)."""
+    none for silu's, so the FNO's silu is written out under a tangent (before, hvp failed for silu)."""
     from torch.func import functional_call
 
     from probneural import hessian

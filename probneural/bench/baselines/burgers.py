@@ -33,7 +33,7 @@ def _coefficients(s: int, viscosity: float, h: float, dtype: np.dtype) -> tuple[
     keep = 3 * k < s
     linear = -viscosity * q**2
     g = -0.5j * q * keep
-    # φ-function combinations as means over circles around hL
+    # Kassam & Trefethen (2005): φ-function combinations as means over circles around hL
     roots = np.exp(1j * np.pi * (np.arange(1, _CONTOUR_POINTS + 1) - 0.5) * 2 / _CONTOUR_POINTS)
     lr = h * linear[:, None] + roots[None, :]
     e = np.exp(h * linear)
