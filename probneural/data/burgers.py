@@ -160,7 +160,9 @@ def solve_mol(
 
     def rhs(_: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         spectrum = torch.fft.rfft(u)
-        return torch.fft.irfft(linear * spectrum + nonlinear(spectrum), n=resolution)
+        tendency = linear * spectrum
+        tendency[:, : nonlinear.band] += nonlinear.apply(spectrum[:, : nonlinear.band])
+        return torch.fft.irfft(tendency, n=resolution)
 
     knots = times if times[0] == 0 else [0.0, *times]
     out = odeint(rhs, u0, torch.tensor(knots, dtype=u0.dtype, device=u0.device), rtol=rtol, atol=atol, method="dopri5")

@@ -22,9 +22,10 @@ the least integer number of equal steps not longer than ``dt``.
 ``N`` maps the state spectrum to the spectrum of ``N(u)``; it does its own transforms and
 dealiasing. Working on spectra lets it truncate the state before forming products (the
 exact Galerkin truncation: modes outside the kept band never interact, they only follow
-``L``) and apply derivatives as multipliers, at two FFTs per evaluation.
-:func:`dealias_mask` gives Orszag's mask and :func:`quadratic_advection` the
-2/3-dealiased ``−(u²/2)_x`` shared by the Burgers and Kuramoto–Sivashinsky solvers.
+``L``) and apply derivatives as multipliers, at two FFTs per evaluation. It sees and
+returns only its band (:class:`Nonlinearity`), and the stages run on the band alone.
+:func:`band_size` and :func:`dealias_mask` give Orszag's band and :func:`quadratic_advection`
+the 2/3-dealiased ``−(u²/2)_x`` shared by the Burgers and Kuramoto–Sivashinsky solvers.
 
 The argument checks and the subsampling rule shared by the 1-D periodic problems
 (:mod:`~probneural.data.burgers`, :mod:`~probneural.data.kuramoto_sivashinsky`,
@@ -39,13 +40,30 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from probneural.data.threads import map_on_threads
 from probneural.validation import check_float, check_int
 
 _CONTOUR_POINTS = 64
 _REAL_TO_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
-Nonlinearity = Callable[[torch.Tensor], torch.Tensor]
-"""``N``: maps the state ``rfft(u)`` to ``rfft(N(u))``, both `(B, s // 2 + 1)` complex."""
+
+
+class Nonlinearity(NamedTuple):
+    """``N`` on its band: the leading ``band`` rfft modes, the only ones it reads and writes.
+
+    A dealiased ``N`` (the exact Galerkin truncation of a polynomial term) depends only on
+    the modes of its band and is zero above it, so the modes above the band follow ``L``
+    alone: :func:`integrate` advances them by ``e^{hL}`` and runs the ETDRK4 stages on the
+    band only (for the 2/3 rule, two thirds of the spectrum).
+
+    Attributes:
+        apply: maps the band of the state, `(B, band)` complex, to the band of ``rfft(N(u))``.
+        band: number of leading rfft modes, ``1 <= band <= s // 2 + 1`` (all of them for an
+            ``N`` that is not band-limited).
+    """
+
+    apply: Callable[[torch.Tensor], torch.Tensor]
+    band: int
 
 
 class Coefficients(NamedTuple):
@@ -106,18 +124,28 @@ def dealias_mask(resolution: int, degree: int = 2, *, device: torch.device | str
     Returns:
         `(s // 2 + 1,)` bool tensor.
     """
+    return torch.arange(resolution // 2 + 1, device=device) < band_size(resolution, degree)
+
+
+def band_size(resolution: int, degree: int = 2) -> int:
+    """Number of rfft modes that :func:`dealias_mask` keeps: ``k = 0, ..., ⌊(s − 1) / (degree + 1)⌋``.
+
+    Args:
+        resolution: number of grid points ``s``.
+        degree: polynomial degree of the nonlinearity, ``>= 2``.
+    """
     check_int("resolution", resolution, 1)
     check_int("degree", degree, 2)
-    k = torch.arange(resolution // 2 + 1, device=device)
-    return (degree + 1) * k < resolution
+    return (resolution - 1) // (degree + 1) + 1
 
 
 def quadratic_advection(wavenumbers: torch.Tensor, resolution: int, dtype: torch.dtype) -> Nonlinearity:
     """``N(u) = −(u²/2)_x = −u u_x`` in conservative form, 2/3-dealiased, as an ETDRK4 nonlinearity.
 
-    ``rfft(N(u)) = −(i q / 2) · mask · rfft(w²)`` with ``w = irfft(mask · rfft(u))`` and
-    ``mask`` = :func:`dealias_mask` (2/3 rule): the exact Galerkin truncation of the
-    product. The mean mode is multiplied by ``q = 0`` exactly, so the mean of ``u`` is conserved.
+    On the band ``k < s / 3`` (:func:`band_size`, the 2/3 rule) ``rfft(N(u)) = −(i q / 2) ·
+    rfft(w²)`` with ``w = irfft`` of the band of ``rfft(u)`` (the modes above it taken as
+    zero): the exact Galerkin truncation of the product. The mean mode is multiplied by
+    ``q = 0`` exactly, so the mean of ``u`` is conserved.
 
     Args:
         wavenumbers: `(s // 2 + 1,)` angular wavenumbers ``q`` of ``∂_x`` (``2π k`` on the
@@ -126,17 +154,16 @@ def quadratic_advection(wavenumbers: torch.Tensor, resolution: int, dtype: torch
         dtype: real dtype of the fields (float32 or float64).
 
     Returns:
-        :data:`Nonlinearity` on `(B, s // 2 + 1)` spectra.
+        :class:`Nonlinearity` on the band.
     """
-    mask = dealias_mask(resolution, 2, device=wavenumbers.device)
-    factor = (-0.5j * wavenumbers * mask).to(_REAL_TO_COMPLEX[dtype])
-    keep = mask.to(_REAL_TO_COMPLEX[dtype])
+    band = band_size(resolution, 2)
+    factor = (-0.5j * wavenumbers[:band]).to(_REAL_TO_COMPLEX[dtype])
 
     def nonlinearity(v: torch.Tensor) -> torch.Tensor:
-        w = torch.fft.irfft(v * keep, n=resolution)
-        return torch.fft.rfft(w.square_()).mul_(factor)
+        w = torch.fft.irfft(v, n=resolution)
+        return torch.fft.rfft(w.square_())[:, :band].mul_(factor)
 
-    return nonlinearity
+    return Nonlinearity(nonlinearity, band)
 
 
 def coefficients(linear: torch.Tensor, step: float, dtype: torch.dtype) -> Coefficients:
@@ -298,14 +325,20 @@ def integrate(
     """Integrate ``u_t = L u + N(u)`` from ``t = 0`` with ETDRK4 and return snapshots at ``times``.
 
     Runs on ``u0``'s device in ``u0``'s dtype (the coefficients are computed in float64 and
-    cast). Every sample of the batch takes the same steps, so a sample's result does not
-    depend on the rest of the batch.
+    cast). The ETDRK4 stages run on ``N``'s band; the modes above it are multiplied by
+    ``e^{hL}`` each step, which is what ETDRK4 does where ``N`` is zero. Every sample of the
+    batch takes the same steps, so a sample's result does not depend on the rest of the
+    batch. On a CPU the batch is cut into ``torch.get_num_threads()`` parts integrated on
+    worker threads with one intra-op thread each
+    (:func:`probneural.data.threads.map_on_threads`; the operations of a step are small, and
+    splitting each of them between threads costs a fork and a join per operation); other
+    devices integrate the whole batch at once.
 
     Args:
         u0: `(B, s)` float32/float64 initial field on ``x_j = j / s``.
         linear: `(s // 2 + 1,)` real or complex multipliers of ``L`` on ``rfft(u)``.
-        nonlinear: ``N``, mapping the state ``rfft(u)`` to ``rfft(N(u))``, `(B, s // 2 + 1)`
-            in ``u0``'s complex dtype (dealiasing included).
+        nonlinear: ``N`` on its band (:class:`Nonlinearity`), in ``u0``'s complex dtype
+            (dealiasing included).
         times: output times, finite, ``>= 0`` and strictly increasing (see :func:`check_times`).
         dt: largest step ``> 0``; each interval between output times is split into
             :func:`step_count` equal steps.
@@ -314,17 +347,34 @@ def integrate(
         `(B, len(times), s)` snapshots ``u(t_i)`` (``u0`` itself for ``t = 0``).
 
     Raises:
-        ValueError: ``linear`` has the wrong shape or ``dt`` is not a positive number.
+        ValueError: ``linear`` or ``nonlinear.band`` has the wrong shape or size, or ``dt`` is
+            not a positive number.
         RuntimeError: the solution became non-finite (the step is too large for the data).
     """
-    resolution = u0.shape[-1]
-    modes = resolution // 2 + 1
+    modes = u0.shape[-1] // 2 + 1
     if linear.shape != (modes,):
         raise ValueError(f"linear must have shape (s // 2 + 1,) = ({modes},), got {tuple(linear.shape)}")
+    if not 1 <= nonlinear.band <= modes:
+        raise ValueError(f"nonlinear.band must be in [1, s // 2 + 1 = {modes}], got {nonlinear.band}")
     dt = check_float("dt", dt, positive=True)
     linear = linear.to(u0.device)
+    batch = u0.shape[0]
+    if u0.device.type != "cpu" or batch == 1:
+        return _integrate(u0, linear, nonlinear, times, dt)
+    bounds = [batch * i // torch.get_num_threads() for i in range(torch.get_num_threads() + 1)]
+    parts = [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+    return torch.cat(map_on_threads(parts, lambda: lambda part: _integrate(u0[part], linear, nonlinear, times, dt),
+                                    name="etdrk4"))
+
+
+def _integrate(
+    u0: torch.Tensor, linear: torch.Tensor, nonlinear: Nonlinearity, times: Sequence[float], dt: float
+) -> torch.Tensor:
+    """:func:`integrate` of the whole batch ``u0`` in the calling thread (arguments checked)."""
+    resolution, band = u0.shape[-1], nonlinear.band
     out = torch.empty((u0.shape[0], len(times), resolution), dtype=u0.dtype, device=u0.device)
-    v = torch.fft.rfft(u0)
+    spectrum = torch.fft.rfft(u0)
+    v, above = spectrum[:, :band], spectrum[:, band:]  # views: the band steps by ETDRK4, the rest by e^{hL}
     u = u0
     now = 0.0
     cache: dict[float, Coefficients] = {}
@@ -334,17 +384,19 @@ def integrate(
             h = (target - now) / steps
             if h not in cache:
                 cache[h] = coefficients(linear, h, u0.dtype)
-            c = cache[h]
+            exp_above = cache[h].exp[band:]
+            c = Coefficients(*(coefficient[:band] for coefficient in cache[h]))
             f2_twice = 2 * c.f2
             for _ in range(steps):
-                nv = nonlinear(v)
+                nv = nonlinear.apply(v)
                 ev = c.exp_half * v
                 a = torch.addcmul(ev, c.q, nv)
-                na = nonlinear(a)
-                nb = nonlinear(torch.addcmul(ev, c.q, na))
-                nc = nonlinear(torch.addcmul(c.exp_half * a, c.q, 2 * nb - nv))
+                na = nonlinear.apply(a)
+                nb = nonlinear.apply(torch.addcmul(ev, c.q, na))
+                nc = nonlinear.apply(torch.addcmul(c.exp_half * a, c.q, 2 * nb - nv))
                 v = (c.exp * v).addcmul_(c.f1, nv).addcmul_(f2_twice, na.add_(nb)).addcmul_(c.f3, nc)
-            u = torch.fft.irfft(v, n=resolution)
+                above = above * exp_above
+            u = torch.fft.irfft(torch.cat([v, above], dim=1), n=resolution)
             if not bool(torch.isfinite(u).all()):
                 raise RuntimeError(
                     f"the solution became non-finite before t = {target:g} (ETDRK4 step {h:g}): the step is too "

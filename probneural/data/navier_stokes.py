@@ -49,8 +49,8 @@ from __future__ import annotations
 import inspect
 import math
 import os
+from functools import partial
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Union
 
 import torch
@@ -59,6 +59,7 @@ import probneural
 from probneural.data import generation
 from probneural.data.dataset import OperatorDataset
 from probneural.data.grf import grf_periodic
+from probneural.data.threads import map_on_threads
 from probneural.validation import check_float, check_floating_dtype, check_int, warn_unused
 
 __all__ = ["DEFAULT_CFL", "GENERATOR_VERSION", "TASKS", "dealiasing_cutoff", "fno_forcing", "generate", "solve"]
@@ -395,8 +396,12 @@ def solve(
     step-size rule. Runs on ``w0``'s device in ``w0``'s dtype (float32 or float64; integer
     input is converted to the default dtype); the samples of a batch are independent. The
     solve reuses work buffers and is not differentiable. On a CPU the samples are integrated
-    one at a time, spread over ``torch.get_num_threads()`` worker threads (see
-    :func:`_integrate_samples_on_threads`); other devices integrate the whole batch at once.
+    one at a time, spread over ``torch.get_num_threads()`` worker threads with one intra-op
+    thread each (:func:`probneural.data.threads.map_on_threads`): one 256² sample's work arrays
+    (1 MB each in float64) already exceed a core's L2 cache, and with one thread chunks of 4
+    and 8 samples were 1.4× slower per sample than single samples. Other devices integrate the
+    whole batch at once. Every sample is integrated alone, so the result does not depend on
+    the batch or the thread count.
 
     Args:
         w0: `(B, s, s)` or `(s, s)` initial vorticity on ``(x_i, y_j) = (i, j) / s``, ``s >= 4``.
@@ -444,56 +449,16 @@ def solve(
         return _integrate(spectral, w[part], times, part_forcing, dt=dt, cfl=cfl, max_dt=max_dt)
 
     if w.device.type == "cpu":
-        out = _integrate_samples_on_threads(batch, lambda: _Spectral(s, viscosity, 1, w.dtype, w.device), integrate)
+        # one sample at a time per worker thread, each worker with its own buffers
+        samples = [slice(i, i + 1) for i in range(batch)]
+        out = torch.cat(map_on_threads(
+            samples, lambda: partial(integrate, _Spectral(s, viscosity, 1, w.dtype, w.device)), name="navier_stokes"
+        ))
     else:
         out = integrate(_Spectral(s, viscosity, batch, w.dtype, w.device), slice(None))
     if single:
         out = out[:, 0]
     return out[0] if unbatched else out
-
-
-def _integrate_samples_on_threads(
-    batch: int,
-    make_spectral: Callable[[], _Spectral],
-    integrate: Callable[[_Spectral, slice], torch.Tensor],
-) -> torch.Tensor:
-    """CPU: integrate the ``batch`` samples one at a time, spread over ``torch.get_num_threads()`` threads.
-
-    Each worker thread runs its samples with one intra-op thread and its own buffers. One
-    256² sample's work arrays (1 MB each in float64) already exceed a core's L2 cache: with one
-    thread, chunks of 4 and 8 samples were 1.4× slower per sample than single samples. With
-    two threads, splitting each operation of a two-sample chunk between them paid a fork and
-    join per operation (about 40 of them per advection evaluation, each tens of microseconds);
-    whole samples per thread avoid that. Every sample is integrated alone by a single thread,
-    so the result does not depend on the batch or the thread count.
-
-    Args:
-        batch: number of samples ``B``.
-        make_spectral: builds a :class:`_Spectral` for one sample (called once per worker).
-        integrate: ``integrate(spectral, part)`` returns the snapshots of the samples ``part``.
-
-    Returns:
-        The snapshots of all samples, concatenated in order.
-    """
-    workers = min(batch, torch.get_num_threads())
-
-    def run(first: int) -> list[torch.Tensor]:
-        if workers > 1:
-            torch.set_num_threads(1)  # this worker thread only (OpenMP and MKL thread limits are per thread)
-        spectral = make_spectral()
-        return [integrate(spectral, slice(i, i + 1)) for i in range(first, batch, workers)]
-
-    if workers == 1:
-        return torch.cat(run(0))
-    threads = torch.get_num_threads()
-    try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="navier_stokes") as pool:
-            parts = list(pool.map(run, range(workers)))
-    finally:
-        torch.set_num_threads(threads)  # also resets the default that new threads inherit
-    order = [sample for first in range(workers) for sample in range(first, batch, workers)]
-    out = torch.cat([snapshot for part in parts for snapshot in part])
-    return out[torch.argsort(torch.tensor(order))]
 
 
 def _integrate(

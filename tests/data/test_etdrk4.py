@@ -56,14 +56,15 @@ def _zero(v: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(v)
 
 
+@pytest.mark.parametrize("band", [1, 9])  # the modes above the band follow L alone
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_linear_flow_is_exact_at_every_output_time(dtype):
+def test_linear_flow_is_exact_at_every_output_time(dtype, band):
     s = 16
     u0 = torch.randn(3, s, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(dtype)
     k = etdrk4.wavenumbers(s)
     linear = -0.01 * k**2 + 0.3
     times = [0.0, 0.3, 0.35, 1.0, 2.5]
-    out = etdrk4.integrate(u0, linear, _zero, times, dt=0.1)
+    out = etdrk4.integrate(u0, linear, etdrk4.Nonlinearity(_zero, band), times, dt=0.1)
     assert out.shape == (3, len(times), s) and out.dtype == dtype
     assert torch.equal(out[:, 0], u0)
     exact = torch.stack(
@@ -71,6 +72,13 @@ def test_linear_flow_is_exact_at_every_output_time(dtype):
     )
     tol = 1e-13 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(out.double(), exact, rtol=0, atol=tol * exact.abs().max().item())
+
+
+@pytest.mark.parametrize("band", [0, 10])
+def test_band_outside_the_spectrum_is_rejected(band):
+    u0 = torch.zeros(2, 16, dtype=torch.float64)
+    with pytest.raises(ValueError, match=rf"nonlinear.band must be in \[1, s // 2 \+ 1 = 9\], got {band}"):
+        etdrk4.integrate(u0, etdrk4.wavenumbers(16), etdrk4.Nonlinearity(_zero, band), [0.1], 0.05)
 
 
 def test_fourth_order_on_a_scalar_bernoulli_equation():
@@ -84,7 +92,8 @@ def test_fourth_order_on_a_scalar_bernoulli_equation():
     linear = torch.full((s // 2 + 1,), lam, dtype=torch.float64)
     exact = 1 / ((1 / u0[:, 0] + 1 / lam) * math.exp(-lam * t) - 1 / lam)
     errors = [
-        (etdrk4.integrate(u0, linear, square, [t], dt)[:, -1, 0] - exact).abs().max().item()
+        (etdrk4.integrate(u0, linear, etdrk4.Nonlinearity(square, s // 2 + 1), [t], dt)[:, -1, 0] - exact)
+        .abs().max().item()
         for dt in (0.2, 0.1, 0.05, 0.025)
     ]
     orders = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
@@ -93,6 +102,9 @@ def test_fourth_order_on_a_scalar_bernoulli_equation():
 
 def test_dealias_masks():
     assert etdrk4.dealias_mask(16).nonzero().flatten().tolist() == [0, 1, 2, 3, 4, 5]
+    for s in range(1, 40):
+        for degree in (2, 3, 4):
+            assert etdrk4.band_size(s, degree) == int(etdrk4.dealias_mask(s, degree).sum())
     assert etdrk4.dealias_mask(16, 3).nonzero().flatten().tolist() == [0, 1, 2, 3]
     assert etdrk4.dealias_mask(4).nonzero().flatten().tolist() == [0, 1]
     with pytest.raises(ValueError, match="degree"):
@@ -110,19 +122,41 @@ def test_quadratic_advection_is_the_galerkin_truncation():
     w = torch.fft.irfft(padded, n=fine) * (fine / s)
     q = etdrk4.wavenumbers(fine)
     exact = (-0.5j * q * torch.fft.rfft(w * w))[:, : s // 2 + 1] * (s / fine) * keep
-    got = etdrk4.quadratic_advection(etdrk4.wavenumbers(s), s, torch.float64)(v)
-    torch.testing.assert_close(got, exact, rtol=0, atol=1e-12)
+    nonlinearity = etdrk4.quadratic_advection(etdrk4.wavenumbers(s), s, torch.float64)
+    assert nonlinearity.band == int(keep.sum()) == 8
+    # it reads only the band of its input and returns the band of N(u), which is zero above it
+    got = nonlinearity.apply(v[:, : nonlinearity.band])
+    torch.testing.assert_close(got, exact[:, : nonlinearity.band], rtol=0, atol=1e-12)
+    assert exact[:, nonlinearity.band :].abs().max() == 0
 
 
 def test_batch_is_per_sample():
     s = 32
-    u0 = torch.randn(4, s, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    u0 = torch.randn(5, s, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     k = etdrk4.wavenumbers(s)
     nonlinear = etdrk4.quadratic_advection(k, s, torch.float64)
     batched = etdrk4.integrate(u0, -0.05 * k**2, nonlinear, [0.2, 0.5], 0.01)
-    for i in range(4):
+    for i in range(5):
         single = etdrk4.integrate(u0[i : i + 1], -0.05 * k**2, nonlinear, [0.2, 0.5], 0.01)
         torch.testing.assert_close(batched[i : i + 1], single, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_cpu_parts_on_threads_equal_the_whole_batch(threads):
+    # the batch is cut into one part per thread (here 5 samples into 1, 2 or 3 parts)
+    s = 48
+    u0 = torch.randn(5, s, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    k = etdrk4.wavenumbers(s)
+    nonlinear = etdrk4.quadratic_advection(k, s, torch.float64)
+    whole = etdrk4._integrate(u0, -0.05 * k**2, nonlinear, [0.1, 0.3], 0.01)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = etdrk4.integrate(u0, -0.05 * k**2, nonlinear, [0.1, 0.3], 0.01)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(out, whole, rtol=0, atol=1e-14)
 
 
 def test_step_count_hits_output_times():

@@ -1,0 +1,53 @@
+"""map_on_threads: results in order, one worker function per worker thread, one intra-op thread each."""
+
+import threading
+
+import pytest
+import torch
+
+from probneural.data.threads import map_on_threads
+
+
+@pytest.mark.parametrize("threads, parts", [(1, 5), (2, 5), (3, 2), (2, 1)])
+def test_results_in_order_with_one_worker_per_thread(threads, parts):
+    made = []  # (worker thread, its intra-op threads) per make_worker call (Thread objects: idents are reused)
+
+    def make_worker():
+        made.append((threading.current_thread(), torch.get_num_threads()))
+        return lambda part: (part * part, threading.current_thread())
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        results = map_on_threads(list(range(parts)), make_worker)
+        assert torch.get_num_threads() == threads  # restored in the calling thread
+    finally:
+        torch.set_num_threads(before)
+    assert [value for value, _ in results] == [i * i for i in range(parts)]
+    workers = min(threads, parts)
+    assert len(made) == workers and len({ident for ident, _ in made}) == workers
+    if workers > 1:
+        assert all(intra_op == 1 for _, intra_op in made)
+        # worker j took the parts j, j + W, ...: each part ran on the thread that made its worker
+        by_part = [ident for _, ident in results]
+        assert all(by_part[i] == by_part[i % workers] for i in range(parts))
+    else:
+        assert made == [(threading.current_thread(), threads)]  # the calling thread, thread count unchanged
+
+
+def test_an_error_in_a_worker_reaches_the_caller_and_threads_are_restored():
+    def make_worker():
+        def work(part):
+            if part == 3:
+                raise RuntimeError("part 3 failed")
+            return part
+        return work
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="part 3 failed"):
+            map_on_threads(list(range(5)), make_worker)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
