@@ -16,7 +16,7 @@ from probneural.operators.pointwise import AffineGrad, Pointwise, PointwiseAffin
 from probneural.operators.spectral_autograd import FULL, SKIP, TANGENT, tangent_only_gradients
 
 DOUBLE = torch.float64
-SHAPES = [(3, 4, True), (4, 2, False), (2, 2, True), (5, 1, True)]  # in, out, bias
+SHAPES = [(3, 4, True), (4, 2, False), (2, 2, True), (5, 1, True), (1, 3, False)]  # in, out, bias (1: outer products)
 
 
 def operands(i: int, o: int, bias: bool, seed: int = 0):
