@@ -44,12 +44,12 @@ def _products(pairs: list[tuple[Tensor, Tensor]], bias: Tensor | None) -> Tensor
     the same buffer. On CPU this beats both ``baddbmm`` with the bias expanded as its input
     (2.4× slower for a `(128, 32)` weight at batch 8, 64²) and one product of concatenated
     weights and inputs (a `(b, 2, N)` right factor hits a slow ``bmm`` path). A transposed
-    weight is made contiguous first: ``bmm`` with a `(128, 1)` view of a `(1, 128)` weight
-    runs 5× slower than with the same matrix contiguous, and ``bmm`` with the weight expanded
-    over the batch (stride 0) up to 1.6× slower than with the `(b, o, i)` copy (a few KB).
-    A product with one input channel (``i_k = 1``, e.g. ``Wᵀ g`` of a one-channel read-out) is
-    an outer product, formed by a broadcast multiply: ``bmm`` with an inner dimension of 1
-    took twice as long (`(128, 1)` by `(8, 1, 4096)`, CPU).
+    weight is made contiguous first (``bmm`` with a transposed view ran up to 5× slower), and
+    ``bmm`` with the weight expanded over the batch (stride 0) up to 1.6× slower than with the
+    `(b, o, i)` copy (a few KB). A product with one input channel (``i_k = 1``, e.g. ``Wᵀ g``
+    of a one-channel read-out) is an outer product, formed by a broadcast multiply: ``bmm``
+    with an inner dimension of 1 took twice as long (`(128, 1)` by `(8, 1, 4096)`, CPU), and a
+    `(128, 1)` transposed view 5× longer still.
     """
     (a, x), *rest = pairs
     if a.shape[1] == 1:
