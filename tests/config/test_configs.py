@@ -314,6 +314,18 @@ def test_generate_cli_fills_the_cache_that_training_reads(tmp_path):
     assert [f.stat().st_mtime_ns for f in files] == [f.stat().st_mtime_ns for f in sorted((tmp_path / "cache").iterdir())]
 
 
+def test_generate_sweep_writes_the_cache_and_one_record_of_the_sweep(tmp_path):
+    sizes = ["data.n_test=2", "data.n_shift=2", "data.n_validation=0", f"data.cache_dir={tmp_path}/cache"]
+    result = run_cli("probneural.generate", "-m", "data=allen_cahn", "data.n_train=2,3", *sizes, "progress=false",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("allen_cahn: 4 splits") == 2
+    # no Hydra date/time tree, no empty per-job directories: the sweep's config record under multirun/generate/
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if "cache" not in p.parts)
+    assert len(written) == 4 and written[:2] == ["multirun", "multirun/generate"], written
+    assert written[3].endswith("/multirun.yaml")
+
+
 def test_generate_for_an_experiment_fills_the_cache_its_training_run_reads(tmp_path):
     from probneural.config.data import build_splits
 
