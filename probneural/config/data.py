@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import torch
@@ -129,6 +130,27 @@ def _resolution_key(split: str, data: DictConfig) -> str:
     return "data.resolution"
 
 
+def _argument_keys(split: str, data: DictConfig) -> dict[str, str]:
+    """The config key that sets each generator argument of ``split`` (see :func:`_split_arguments`)."""
+    shift = split.removeprefix("shift_") if split.startswith("shift_") else None
+    keys = {name: f"data.options.{name}" for name in data.options}
+    if shift is not None:
+        keys |= {name: f"data.shifts.{shift}.{name}" for name in data.shifts[shift]}
+    if split == "zero_shot" and data.zero_shot_solve_resolution is not None:
+        keys["solve_resolution"] = "data.zero_shot_solve_resolution"
+    return keys | {"n": f"data.n_{'shift' if shift is not None else split}", "resolution": _resolution_key(split, data),
+                   "seed": "data.seed", "cache_dir": "data.cache_dir"}
+
+
+def _name_config_keys(message: str, split: str, data: DictConfig) -> str:
+    """``message`` of a generator's error, followed by the config keys of the arguments it names
+    (``solve_resolution=9`` or ``resolution must ...``): the generator knows its arguments, the user
+    set config keys."""
+    named = [f"{argument} is {key}" for argument, key in _argument_keys(split, data).items()
+             if re.search(rf"\b{argument}(=|:| must\b)", message)]
+    return f"{message} [{'; '.join(named)}]" if named else message
+
+
 def load_run_data(run_dir: str | Path) -> DictConfig:
     """The ``data`` node of a run's resolved ``config.resumed.yaml`` (its last resume), else its
     ``config.yaml``, merged onto its problem's schema: the splits its last training report scored.
@@ -196,7 +218,7 @@ def build_splits(data: DictConfig, *, progress: bool = True, calibration: bool =
         try:
             params[name] = check_arguments(data.problem, **arguments)
         except ValueError as error:
-            raise ValueError(f"data ({name} split): {error}") from error
+            raise ValueError(f"data ({name} split): {_name_config_keys(str(error), name, data)}") from error
     for name in (name for name in splits if name.startswith("shift_")):
         if _distribution(params[name]) == _distribution(params["test"]):
             raise ValueError(f"data.shifts.{name.removeprefix('shift_')}: changes nothing the generator uses, so its "

@@ -267,6 +267,21 @@ def test_every_split_is_checked_before_the_first_is_generated(tmp_path):
                                          r"resolution=6"):
         build_splits(cfg.data, progress=False)
     assert not (tmp_path / "cache").exists()  # the train and test splits were not generated first
+    cfg = compose_config("train", ["data.n_train=2", "data.n_test=2", "data.resolution=5",
+                                   "data.zero_shot_resolution=6", "data.zero_shot_solve_resolution=17",
+                                   f"data.cache_dir={tmp_path}/cache"])
+    with pytest.raises(ValueError, match=r"solve_resolution=17 cannot .* \[solve_resolution is "
+                                         r"data.zero_shot_solve_resolution; resolution is data.zero_shot_resolution\]$"):
+        build_splits(cfg.data, progress=False)  # the error names the config keys the user set
+    cfg = compose_config("train", ["data=burgers", "data.n_train=0", "+data.shifts.coarse={resolution: 3}",
+                                   f"data.cache_dir={tmp_path}/cache"])
+    with pytest.raises(ValueError, match=r"^data \(train split\): n must .* \[n is data.n_train\]$"):
+        build_splits(cfg.data, progress=False)
+    cfg = compose_config("train", ["data=burgers", "+data.shifts.coarse={resolution: 3}",
+                                   f"data.cache_dir={tmp_path}/cache"])
+    with pytest.raises(ValueError, match=r"^data \(shift_coarse split\): .*\[solve_resolution is "
+                                         r"data.options.solve_resolution; resolution is data.shifts.coarse.resolution\]$"):
+        build_splits(cfg.data, progress=False)
     cfg = compose_config("train", ["data=navier_stokes", f"data.cache_dir={tmp_path}/cache",
                                    "+data.shifts.longer={t: 5.0}", "data.options.task=rollout"])
     with pytest.raises(ValueError, match=r"^data.shifts.longer: changes nothing the generator uses"), \
