@@ -17,6 +17,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from probneural.config.help import register_help_resolver
+
 __all__ = ["check_declared_keys", "register_schemas"]
 
 
@@ -436,7 +438,8 @@ def check_declared_keys(cfg: DictConfig | ListConfig, path: str = "") -> None:
 
 
 def register_schemas() -> None:
-    """Store every schema in Hydra's ConfigStore (idempotent)."""
+    """Store every schema in Hydra's ConfigStore and register the help resolver (idempotent)."""
+    register_help_resolver()
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainAppConfig)
     cs.store(name="benchmark_schema", node=BenchmarkAppConfig)
