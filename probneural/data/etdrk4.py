@@ -19,11 +19,11 @@ dtype.
 Output times are hit exactly: the interval between consecutive output times is split into
 the least integer number of equal steps not longer than ``dt``.
 
-``N`` maps the state spectrum to the spectrum of ``N(u)``; it does its own transforms and
-dealiasing. Working on spectra lets it truncate the state before forming products (the
-exact Galerkin truncation: modes outside the kept band never interact, they only follow
-``L``) and apply derivatives as multipliers, at two FFTs per evaluation. It sees and
-returns only its band (:class:`Nonlinearity`), and the stages run on the band alone.
+``N`` receives the band of the state spectrum (:class:`Nonlinearity`) and returns the band of
+the spectrum of ``N(u)``; the transforms and the product are its own. Working on the band is
+the exact Galerkin truncation (modes outside it never interact, they only follow ``L``), lets
+it apply derivatives as multipliers at two FFTs per evaluation, and lets the stages run on the
+band alone.
 :func:`band_size` and :func:`dealias_mask` give Orszag's band and :func:`quadratic_advection`
 the 2/3-dealiased ``−(u²/2)_x`` shared by the Burgers and Kuramoto–Sivashinsky solvers.
 
@@ -47,9 +47,8 @@ _CONTOUR_POINTS = 64
 _REAL_TO_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
-
 class Nonlinearity(NamedTuple):
-    """``N`` on its band: the leading ``band`` rfft modes, the only ones it reads and writes.
+    """``N`` on its band: the leading ``band`` rfft modes, the only ones it depends on and is nonzero on.
 
     A dealiased ``N`` (the exact Galerkin truncation of a polynomial term) depends only on
     the modes of its band and is zero above it, so the modes above the band follow ``L``
@@ -57,7 +56,8 @@ class Nonlinearity(NamedTuple):
     band only (for the 2/3 rule, two thirds of the spectrum).
 
     Attributes:
-        apply: maps the band of the state, `(B, band)` complex, to the band of ``rfft(N(u))``.
+        apply: maps the band of the state, `(B, band)` complex, to the band of
+            ``rfft(N(u))``, `(B, band)`; the transforms and the product are its own.
         band: number of leading rfft modes, ``1 <= band <= s // 2 + 1`` (all of them for an
             ``N`` that is not band-limited).
     """
@@ -67,7 +67,8 @@ class Nonlinearity(NamedTuple):
 
 
 class Coefficients(NamedTuple):
-    """ETDRK4 coefficients for one step size ``h``, each `(s // 2 + 1,)` in the state's complex dtype.
+    """ETDRK4 coefficients for one step size ``h``, each `(m,)` (one per multiplier of ``L``) in the
+    state's complex dtype.
 
     Attributes:
         exp: ``E = e^{hL}``.
@@ -160,7 +161,7 @@ def quadratic_advection(wavenumbers: torch.Tensor, resolution: int, dtype: torch
     factor = (-0.5j * wavenumbers[:band]).to(_REAL_TO_COMPLEX[dtype])
 
     def nonlinearity(v: torch.Tensor) -> torch.Tensor:
-        w = torch.fft.irfft(v, n=resolution)
+        w = torch.fft.irfft(v[:, :band], n=resolution)  # the band of a longer spectrum too
         return torch.fft.rfft(w.square_())[:, :band].mul_(factor)
 
     return Nonlinearity(nonlinearity, band)
@@ -328,11 +329,14 @@ def integrate(
     cast). The ETDRK4 stages run on ``N``'s band; the modes above it are multiplied by
     ``e^{hL}`` each step, which is what ETDRK4 does where ``N`` is zero. Every sample of the
     batch takes the same steps, so a sample's result does not depend on the rest of the
-    batch. On a CPU the batch is cut into ``torch.get_num_threads()`` parts integrated on
-    worker threads with one intra-op thread each
-    (:func:`probneural.data.threads.map_on_threads`; the operations of a step are small, and
-    splitting each of them between threads costs a fork and a join per operation); other
-    devices integrate the whole batch at once.
+    batch, up to rounding (batched FFTs of different sizes may round differently).
+
+    On a CPU the batch is cut into ``min(B, torch.get_num_threads())`` contiguous parts,
+    integrated on worker threads with one intra-op thread each
+    (:func:`probneural.data.threads.map_on_threads`): a step is a few dozen small operations,
+    and splitting each of them between threads cost a fork and a join per operation. A batch
+    smaller than the thread count leaves threads idle; one sample runs in the calling thread
+    with all of them. Other devices integrate the whole batch at once.
 
     Args:
         u0: `(B, s)` float32/float64 initial field on ``x_j = j / s``.
@@ -347,48 +351,65 @@ def integrate(
         `(B, len(times), s)` snapshots ``u(t_i)`` (``u0`` itself for ``t = 0``).
 
     Raises:
-        ValueError: ``linear`` or ``nonlinear.band`` has the wrong shape or size, or ``dt`` is
-            not a positive number.
+        TypeError: ``nonlinear`` is not a :class:`Nonlinearity`.
+        ValueError: ``linear`` or ``nonlinear.band`` has the wrong shape or size,
+            ``nonlinear.apply`` returns another shape than its input's, or ``dt`` is not a
+            positive number.
         RuntimeError: the solution became non-finite (the step is too large for the data).
     """
     modes = u0.shape[-1] // 2 + 1
     if linear.shape != (modes,):
         raise ValueError(f"linear must have shape (s // 2 + 1,) = ({modes},), got {tuple(linear.shape)}")
+    if not isinstance(nonlinear, Nonlinearity):
+        raise TypeError(f"nonlinear must be an etdrk4.Nonlinearity(apply, band), got {type(nonlinear).__name__}")
     if not 1 <= nonlinear.band <= modes:
         raise ValueError(f"nonlinear.band must be in [1, s // 2 + 1 = {modes}], got {nonlinear.band}")
     dt = check_float("dt", dt, positive=True)
     linear = linear.to(u0.device)
+    coefficients_by_step: dict[float, Coefficients] = {}  # shared by the parts (the same steps)
+
+    def work(part: slice) -> torch.Tensor:
+        return _integrate(u0[part], linear, nonlinear, times, dt, coefficients_by_step)
+
     batch = u0.shape[0]
-    if u0.device.type != "cpu" or batch == 1:
-        return _integrate(u0, linear, nonlinear, times, dt)
-    bounds = [batch * i // torch.get_num_threads() for i in range(torch.get_num_threads() + 1)]
-    parts = [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
-    return torch.cat(map_on_threads(parts, lambda: lambda part: _integrate(u0[part], linear, nonlinear, times, dt),
-                                    name="etdrk4"))
+    if u0.device.type != "cpu":
+        return work(slice(None))
+    count = min(batch, torch.get_num_threads())
+    bounds = [batch * i // count for i in range(count + 1)]
+    parts = [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
+    return torch.cat(map_on_threads(parts, lambda: work, name="etdrk4"))
 
 
 def _integrate(
-    u0: torch.Tensor, linear: torch.Tensor, nonlinear: Nonlinearity, times: Sequence[float], dt: float
+    u0: torch.Tensor,
+    linear: torch.Tensor,
+    nonlinear: Nonlinearity,
+    times: Sequence[float],
+    dt: float,
+    coefficients_by_step: dict[float, Coefficients],
 ) -> torch.Tensor:
-    """:func:`integrate` of the whole batch ``u0`` in the calling thread (arguments checked)."""
+    """:func:`integrate` of the whole batch ``u0`` in the calling thread (arguments checked), with a
+    cache of the coefficients of each step size (filled here)."""
     resolution, band = u0.shape[-1], nonlinear.band
     out = torch.empty((u0.shape[0], len(times), resolution), dtype=u0.dtype, device=u0.device)
     spectrum = torch.fft.rfft(u0)
     v, above = spectrum[:, :band], spectrum[:, band:]  # views: the band steps by ETDRK4, the rest by e^{hL}
     u = u0
     now = 0.0
-    cache: dict[float, Coefficients] = {}
     for index, target in enumerate(times):
         if target > now:
             steps = step_count(target - now, dt)
             h = (target - now) / steps
-            if h not in cache:
-                cache[h] = coefficients(linear, h, u0.dtype)
-            exp_above = cache[h].exp[band:]
-            c = Coefficients(*(coefficient[:band] for coefficient in cache[h]))
+            if h not in coefficients_by_step:
+                coefficients_by_step[h] = coefficients(linear, h, u0.dtype)
+            exp_above = coefficients_by_step[h].exp[band:]
+            c = Coefficients(*(coefficient[:band] for coefficient in coefficients_by_step[h]))
             f2_twice = 2 * c.f2
-            for _ in range(steps):
+            for step in range(steps):
                 nv = nonlinear.apply(v)
+                if step == 0 and nv.shape != v.shape:
+                    raise ValueError(f"nonlinear.apply must return the shape of the band it is given, "
+                                     f"{tuple(v.shape)}; got {tuple(nv.shape)}")
                 ev = c.exp_half * v
                 a = torch.addcmul(ev, c.q, nv)
                 na = nonlinear.apply(a)

@@ -49,8 +49,8 @@ from __future__ import annotations
 import inspect
 import math
 import os
-from functools import partial
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Union
 
 import torch

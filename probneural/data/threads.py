@@ -5,8 +5,7 @@ split each operation of the whole batch between its threads pays a fork and a jo
 operation (tens of microseconds each), which is a large share of the small FFTs and
 elementwise passes of a time step; whole parts per worker thread, each running its
 operations on one thread, avoid it. Torch operations release the GIL, so the workers run in
-parallel. Each part is computed by one thread alone, so a result does not depend on the
-thread count.
+parallel. A part's result does not depend on the other parts or on which thread computed it.
 """
 
 from __future__ import annotations
@@ -30,8 +29,10 @@ def map_on_threads(
 
     Worker ``j`` of ``W = min(len(parts), torch.get_num_threads())`` sets one intra-op thread
     for itself, calls ``make_worker()`` once (for its own work buffers) and applies the
-    function it returns to the parts ``j, j + W, j + 2W, ...``. With one worker everything runs
-    in the calling thread with its thread count unchanged.
+    function it returns to the parts ``j, j + W, j + 2W, ...``, under the caller's gradient
+    mode (a thread-local setting). With one worker (one part, one thread, or a call from a
+    worker) everything runs in the calling thread with its thread count unchanged. When a
+    worker fails, the others stop before their next part and the first error is raised here.
 
     Args:
         parts: the independent pieces of work, in order.
@@ -46,27 +47,34 @@ def map_on_threads(
         work = make_worker()
         return [work(part) for part in parts]
 
-    def run(first: int) -> list[Result]:
-        torch.set_num_threads(1)  # this worker thread only (OpenMP and MKL thread limits are per thread)
-        work = make_worker()
-        return [work(parts[i]) for i in range(first, len(parts), workers)]
-
+    grad_enabled = torch.is_grad_enabled()
     per_worker: list[list[Result]] = [[] for _ in range(workers)]
     errors: list[BaseException] = []
+    stop = threading.Event()
 
-    def target(first: int) -> None:
+    def run(first: int) -> None:
+        torch.set_num_threads(1)  # this worker thread only (OpenMP and MKL thread limits are per thread)
         try:
-            per_worker[first] = run(first)
+            with torch.set_grad_enabled(grad_enabled):
+                work = make_worker()
+                for i in range(first, len(parts), workers):
+                    if stop.is_set():
+                        return
+                    per_worker[first].append(work(parts[i]))
         except BaseException as error:  # re-raised in the calling thread
             errors.append(error)
+            stop.set()
 
     threads = torch.get_num_threads()
-    pool = [threading.Thread(target=target, args=(j,), name=f"{name}-{j}") for j in range(workers)]
+    pool = [threading.Thread(target=run, args=(j,), name=f"{name}-{j}") for j in range(workers)]
     try:
         for thread in pool:
             thread.start()
         for thread in pool:
             thread.join()
+    except BaseException:  # e.g. KeyboardInterrupt while waiting: the workers stop after their current part
+        stop.set()
+        raise
     finally:
         torch.set_num_threads(threads)  # also resets the default that new threads inherit
     if errors:

@@ -52,8 +52,8 @@ def _products(pairs: list[tuple[Tensor, Tensor]], bias: Tensor | None) -> Tensor
     `(128, 1)` transposed view 5× longer still.
     """
     (a, x), *rest = pairs
-    if a.shape[1] == 1:
-        out = torch.mul(a, x)
+    if a.shape[1] == 1:  # contiguous, as bmm gives, whatever the layout of x (a no-op copy otherwise)
+        out = torch.mul(a, x).contiguous()
     else:
         out = torch.bmm(a.expand(x.shape[0], -1, -1).contiguous(), x)
     for w, z in rest:

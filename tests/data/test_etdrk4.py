@@ -81,6 +81,54 @@ def test_band_outside_the_spectrum_is_rejected(band):
         etdrk4.integrate(u0, etdrk4.wavenumbers(16), etdrk4.Nonlinearity(_zero, band), [0.1], 0.05)
 
 
+def test_plain_callables_and_wrong_band_shapes_are_rejected():
+    u0 = torch.zeros(1, 16, dtype=torch.float64)
+    linear = -etdrk4.wavenumbers(16) ** 2
+    with pytest.raises(TypeError, match=r"nonlinear must be an etdrk4.Nonlinearity\(apply, band\), got function"):
+        etdrk4.integrate(u0, linear, _zero, [0.1], 0.05)
+    full = etdrk4.Nonlinearity(lambda v: torch.zeros(v.shape[0], 9, dtype=v.dtype), 1)  # returns all 9 modes
+    with pytest.raises(ValueError, match=r"nonlinear.apply must return the shape of the band it is given, \(1, 1\); "
+                                         r"got \(1, 9\)"):
+        etdrk4.integrate(u0, linear, full, [0.1], 0.05)
+
+
+def _masked_full_spectrum(resolution: int, degree: int, pointwise) -> etdrk4.Nonlinearity:
+    """The dealiased N written on the whole spectrum (mask in, mask out): no band arithmetic."""
+    keep = etdrk4.dealias_mask(resolution, degree).to(torch.complex128)
+
+    def apply(v: torch.Tensor) -> torch.Tensor:
+        return torch.fft.rfft(pointwise(torch.fft.irfft(v * keep, n=resolution), v)) * keep
+
+    return etdrk4.Nonlinearity(apply, resolution // 2 + 1)
+
+
+@pytest.mark.parametrize("s", [48, 49])
+def test_band_stages_equal_the_masked_full_spectrum_scheme(s):
+    # Kuramoto–Sivashinsky (2/3 rule) and Allen–Cahn (1/2 rule) through their solvers, against ETDRK4 on the whole
+    # spectrum with Orszag's mask applied to N's input and output: a wrong band, or modes above it not advanced by
+    # e^{hL}, would differ at O(1).
+    from probneural.data import allen_cahn, kuramoto_sivashinsky
+
+    generator = torch.Generator().manual_seed(4)
+    u0 = torch.randn(3, s, generator=generator, dtype=torch.float64)
+    u0 = torch.fft.irfft(torch.fft.rfft(u0) * torch.exp(-0.05 * torch.arange(s // 2 + 1)), n=s)  # smooth-ish
+    length, q = 22.0, etdrk4.wavenumbers(s) / 22.0
+
+    def ks_term(w, v):
+        return torch.fft.irfft(-0.5j * q * torch.fft.rfft(w * w) * etdrk4.dealias_mask(s), n=s)
+
+    expected = etdrk4.integrate(u0, q**2 - q**4, _masked_full_spectrum(s, 2, ks_term), [0.5, 1.0], 0.02)
+    got = kuramoto_sivashinsky.solve(u0, [0.5, 1.0], length=length, dt=0.02)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+    epsilon, k = 0.05, etdrk4.wavenumbers(s)
+    expected = etdrk4.integrate(u0, 1 - epsilon**2 * k**2, _masked_full_spectrum(s, 3, lambda w, v: -w * w * w),
+                                [0.5, 1.0], 0.02)
+    got = allen_cahn.solve(u0, [0.5, 1.0], epsilon=epsilon, dt=0.02)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    assert (got[:, -1] - u0).abs().max() > 0.1  # the nonlinear flow moved the data
+
+
 def test_fourth_order_on_a_scalar_bernoulli_equation():
     # Uniform fields: u' = λu + u², exactly 1/u = (1/u0 + 1/λ) e^{−λt} − 1/λ.
     s, lam, t = 8, -5.0, 1.0
@@ -148,7 +196,7 @@ def test_cpu_parts_on_threads_equal_the_whole_batch(threads):
     u0 = torch.randn(5, s, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     k = etdrk4.wavenumbers(s)
     nonlinear = etdrk4.quadratic_advection(k, s, torch.float64)
-    whole = etdrk4._integrate(u0, -0.05 * k**2, nonlinear, [0.1, 0.3], 0.01)
+    whole = etdrk4._integrate(u0, -0.05 * k**2, nonlinear, [0.1, 0.3], 0.01, {})
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

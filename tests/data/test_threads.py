@@ -51,3 +51,48 @@ def test_an_error_in_a_worker_reaches_the_caller_and_threads_are_restored():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_failing_worker_stops_the_others_before_their_next_part():
+    started = []
+
+    def make_worker():
+        def work(part):
+            started.append(part)
+            if part == 0:
+                raise ValueError("part 0 failed")
+            threading.Event().wait(0.05)  # the other worker is still busy when part 0 fails
+            return part
+        return work
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(ValueError, match="part 0 failed"):
+            map_on_threads(list(range(20)), make_worker)
+    finally:
+        torch.set_num_threads(before)
+    assert 0 in started and len(started) <= 3  # without the stop, worker 1 would run its ten parts
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_workers_run_under_the_callers_gradient_mode_and_nest_inline(grad):
+    seen = []
+
+    def make_worker():
+        def work(part):
+            inner = map_on_threads([part, part + 10], lambda: lambda p: threading.current_thread())
+            seen.append((torch.is_grad_enabled(), torch.get_num_threads(), inner))
+            return part
+        return work
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.set_grad_enabled(grad):
+            assert map_on_threads([0, 1, 2], make_worker) == [0, 1, 2]
+    finally:
+        torch.set_num_threads(before)
+    assert [mode for mode, _, _ in seen] == [grad] * 3 and all(threads == 1 for _, threads, _ in seen)
+    # a call from a worker (one intra-op thread) runs inline, in that worker's own thread
+    assert all(len(set(inner)) == 1 and inner[0].name.startswith("probneural-") for _, _, inner in seen)
