@@ -1,4 +1,4 @@
-"""Fixtures for the data tests: the ``device`` fixture runs a test on the CPU and, when present, on CUDA."""
+"""Fixtures: ``device`` runs a test on the CPU and, when present, on CUDA; ``set_threads`` sets torch's thread count."""
 
 from __future__ import annotations
 
@@ -19,3 +19,11 @@ def _devices() -> list[str]:
 def device(request: pytest.FixtureRequest) -> torch.device:
     """CPU always; CUDA when available or named by ``PROBNEURAL_TEST_DEVICE``."""
     return torch.device(request.param)
+
+
+@pytest.fixture
+def set_threads():
+    """``torch.set_num_threads`` for the test; the thread count is restored afterwards."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)

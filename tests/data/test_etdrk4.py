@@ -190,20 +190,16 @@ def test_batch_is_per_sample():
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_cpu_parts_on_threads_equal_the_whole_batch(threads):
+def test_cpu_parts_on_threads_equal_the_whole_batch(threads, set_threads):
     # the batch is cut into one part per thread (here 5 samples into 1, 2 or 3 parts)
     s = 48
     u0 = torch.randn(5, s, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     k = etdrk4.wavenumbers(s)
     nonlinear = etdrk4.quadratic_advection(k, s, torch.float64)
     whole = etdrk4._integrate(u0, -0.05 * k**2, nonlinear, [0.1, 0.3], 0.01, {})
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        out = etdrk4.integrate(u0, -0.05 * k**2, nonlinear, [0.1, 0.3], 0.01)
-        assert torch.get_num_threads() == threads
-    finally:
-        torch.set_num_threads(before)
+    set_threads(threads)
+    out = etdrk4.integrate(u0, -0.05 * k**2, nonlinear, [0.1, 0.3], 0.01)
+    assert torch.get_num_threads() == threads
     torch.testing.assert_close(out, whole, rtol=0, atol=1e-14)
 
 

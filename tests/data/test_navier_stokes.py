@@ -170,19 +170,15 @@ def test_batched_equals_per_sample(device):
         torch.testing.assert_close(single, batched[b], rtol=0, atol=1e-12 * w0[b].abs().max().item())
 
 
-def test_cpu_threads_split_samples_without_changing_results():
+def test_cpu_threads_split_samples_without_changing_results(set_threads):
     # On a CPU the samples are spread over worker threads, one sample and one intra-op thread each:
     # the result is bitwise that of a single-threaded solve, and the caller's thread count is kept.
     w0 = _random_vorticity(3, 16, seed=4) * torch.tensor([1.0, 10.0, 30.0], dtype=torch.float64)[:, None, None]
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        alone = navier_stokes.solve(w0, 1e-3, [0.25, 0.5], forcing=navier_stokes.fno_forcing)
-        torch.set_num_threads(2)
-        spread = navier_stokes.solve(w0, 1e-3, [0.25, 0.5], forcing=navier_stokes.fno_forcing)
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(threads)
+    set_threads(1)
+    alone = navier_stokes.solve(w0, 1e-3, [0.25, 0.5], forcing=navier_stokes.fno_forcing)
+    set_threads(2)
+    spread = navier_stokes.solve(w0, 1e-3, [0.25, 0.5], forcing=navier_stokes.fno_forcing)
+    assert torch.get_num_threads() == 2
     assert torch.equal(alone, spread)
 
 

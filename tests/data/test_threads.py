@@ -9,20 +9,16 @@ from probneural.data.threads import map_on_threads
 
 
 @pytest.mark.parametrize("threads, parts", [(1, 5), (2, 5), (3, 2), (2, 1)])
-def test_results_in_order_with_one_worker_per_thread(threads, parts):
+def test_results_in_order_with_one_worker_per_thread(threads, parts, set_threads):
     made = []  # (worker thread, its intra-op threads) per make_worker call (Thread objects: idents are reused)
 
     def make_worker():
         made.append((threading.current_thread(), torch.get_num_threads()))
         return lambda part: (part * part, threading.current_thread())
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        results = map_on_threads(list(range(parts)), make_worker)
-        assert torch.get_num_threads() == threads  # restored in the calling thread
-    finally:
-        torch.set_num_threads(before)
+    set_threads(threads)
+    results = map_on_threads(list(range(parts)), make_worker)
+    assert torch.get_num_threads() == threads  # restored in the calling thread
     assert [value for value, _ in results] == [i * i for i in range(parts)]
     workers = min(threads, parts)
     assert len(made) == workers and len({ident for ident, _ in made}) == workers
@@ -35,7 +31,7 @@ def test_results_in_order_with_one_worker_per_thread(threads, parts):
         assert made == [(threading.current_thread(), threads)]  # the calling thread, thread count unchanged
 
 
-def test_an_error_in_a_worker_reaches_the_caller_and_threads_are_restored():
+def test_an_error_in_a_worker_reaches_the_caller_and_threads_are_restored(set_threads):
     def make_worker():
         def work(part):
             if part == 3:
@@ -43,40 +39,34 @@ def test_an_error_in_a_worker_reaches_the_caller_and_threads_are_restored():
             return part
         return work
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with pytest.raises(RuntimeError, match="part 3 failed"):
-            map_on_threads(list(range(5)), make_worker)
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
+    set_threads(2)
+    with pytest.raises(RuntimeError, match="part 3 failed"):
+        map_on_threads(list(range(5)), make_worker)
+    assert torch.get_num_threads() == 2
 
 
-def test_a_failing_worker_stops_the_others_before_their_next_part():
-    started = []
+def test_a_failing_worker_stops_the_others_before_their_next_part(set_threads):
+    started, failed = [], threading.Event()
 
     def make_worker():
         def work(part):
             started.append(part)
             if part == 0:
+                failed.set()
                 raise ValueError("part 0 failed")
-            threading.Event().wait(0.05)  # the other worker is still busy when part 0 fails
+            failed.wait(5)  # the other worker's parts end only after part 0 has failed
+            threading.Event().wait(0.05)
             return part
         return work
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with pytest.raises(ValueError, match="part 0 failed"):
-            map_on_threads(list(range(20)), make_worker)
-    finally:
-        torch.set_num_threads(before)
-    assert 0 in started and len(started) <= 3  # without the stop, worker 1 would run its ten parts
+    set_threads(2)
+    with pytest.raises(ValueError, match="part 0 failed"):
+        map_on_threads(list(range(20)), make_worker)
+    assert 0 in started and len(started) < 11  # without the stop, worker 1 would run all ten of its parts
 
 
 @pytest.mark.parametrize("grad", [False, True])
-def test_workers_run_under_the_callers_gradient_mode_and_nest_inline(grad):
+def test_workers_run_under_the_callers_gradient_mode_and_nest_inline(grad, set_threads):
     seen = []
 
     def make_worker():
@@ -86,13 +76,9 @@ def test_workers_run_under_the_callers_gradient_mode_and_nest_inline(grad):
             return part
         return work
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with torch.set_grad_enabled(grad):
-            assert map_on_threads([0, 1, 2], make_worker) == [0, 1, 2]
-    finally:
-        torch.set_num_threads(before)
+    set_threads(2)
+    with torch.set_grad_enabled(grad):
+        assert map_on_threads([0, 1, 2], make_worker) == [0, 1, 2]
     assert [mode for mode, _, _ in seen] == [grad] * 3 and all(threads == 1 for _, threads, _ in seen)
     # a call from a worker (one intra-op thread) runs inline, in that worker's own thread
     assert all(len(set(inner)) == 1 and inner[0].name.startswith("probneural-") for _, _, inner in seen)
