@@ -8,7 +8,6 @@ and the references compute in the dtype named by the precision policy (``fp64`` 
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -19,6 +18,7 @@ from probneural.bench.baselines import burgers as burgers_reference
 from probneural.bench.baselines import darcy as darcy_reference
 from probneural.bench.baselines import navier_stokes as navier_stokes_reference
 from probneural.bench.suites import SUITES, Case
+from probneural.bench.timing import timed_call
 from probneural.data import burgers, darcy, navier_stokes
 from probneural.data.grf import grf_neumann, grf_periodic
 from probneural.train.precision import resolve_device
@@ -27,16 +27,6 @@ from probneural.validation import check_int
 __all__ = ["data_generation"]
 
 _DTYPES = {"fp64": torch.float64, "fp32": torch.float32}
-
-
-def _seconds(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    result = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start, result
 
 
 def _relative_difference(ours: torch.Tensor, reference: np.ndarray) -> float:
@@ -67,11 +57,10 @@ def _compare(
     reference(host[0])
     ours_times, reference_times = [], []
     for _ in range(repeats):
-        seconds, solution = _seconds(lambda: ours(inputs), device)
+        seconds, solution = timed_call(lambda: ours(inputs), device)
         ours_times.append(seconds)
-        start = time.perf_counter()
-        expected = [reference(sample) for sample in host]
-        reference_times.append(time.perf_counter() - start)
+        seconds, expected = timed_call(lambda: [reference(sample) for sample in host], torch.device("cpu"))
+        reference_times.append(seconds)
     ours_s, reference_s = float(np.median(ours_times)), float(np.median(reference_times))
     ratios = [(inputs.shape[0] / mine) / (n_reference / theirs) for mine, theirs in zip(ours_times, reference_times)]
     return {

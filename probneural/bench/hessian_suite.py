@@ -25,9 +25,6 @@ ratios, which compare the products under the same load.
 
 from __future__ import annotations
 
-import itertools
-import time
-from statistics import median
 from typing import Any, Callable, Sequence
 
 import torch
@@ -36,8 +33,8 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from probneural import hessian
-from probneural.bench.suites import SUITES, Case, timing_metrics
-from probneural.bench.timing import measure
+from probneural.bench.suites import SUITES, Case, ratio_metrics, timing_metrics
+from probneural.bench.timing import interleaved_times, measure
 from probneural.operators import FNO, count_parameters
 from probneural.train.precision import PrecisionPolicy, resolve_device
 from probneural.validation import check_int, check_positive_ints
@@ -89,32 +86,19 @@ def _products(
 def _interleaved_ratios(
     products: dict[str, Callable[[], Any]], device: torch.device, rounds: int
 ) -> dict[str, float]:
-    """Per-round ratios ``hvp`` / ``grad`` and ``hvp`` / ``double_backward`` over ``rounds`` interleaved rounds.
-
-    Round ``r`` runs the three products in the ``r``-th of their six orders (cycling), so that
-    each product comes first, between and last, after each of the others.
+    """Per-round ratios ``hvp`` / ``grad`` and ``hvp`` / ``double_backward`` over ``rounds`` interleaved rounds
+    (:func:`~probneural.bench.timing.interleaved_times`: each round runs the three products in the next of
+    their six orders).
 
     Returns:
         ``hvp_over_{grad,double_backward}_interleaved`` (medians) and the same names with
         ``_min`` / ``_max`` (extremes over the rounds).
     """
     names = ("grad", "hvp", "double_backward")
-    times: dict[str, list[float]] = {name: [] for name in names}
-    orders = list(itertools.permutations(names))
-    for round_ in range(rounds):
-        for name in orders[round_ % len(orders)]:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            products[name]()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times[name].append(time.perf_counter() - start)
+    times = interleaved_times({name: products[name] for name in names}, device=device, rounds=rounds)
     metrics = {}
     for name in ("grad", "double_backward"):
-        ratios = [h / t for h, t in zip(times["hvp"], times[name])]
-        key = f"hvp_over_{name}_interleaved"
-        metrics |= {key: median(ratios), f"{key}_min": min(ratios), f"{key}_max": max(ratios)}
+        metrics |= ratio_metrics(f"hvp_over_{name}_interleaved", times["hvp"], times[name])
     return metrics
 
 

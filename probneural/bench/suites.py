@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 import probneural
 from probneural.bench.records import write_record
-from probneural.bench.timing import fno_forward_flops, matmul_peak_gflops, measure
+from probneural.bench.timing import fno_forward_flops, interleaved_times, matmul_peak_gflops, measure
 from probneural.data import darcy
 from probneural.operators import FNO, count_parameters
 from probneural.registry import Registry
@@ -51,23 +51,45 @@ def timing_metrics(prefix: str, timing: dict[str, Any], batch: int) -> dict[str,
     }
 
 
-def _speed(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    policy: PrecisionPolicy,
-    device: torch.device,
-    lr: float,
-    warmup: int,
-    repeats: int,
-) -> dict[str, Any]:
-    """Training-step and inference timings of ``model`` on the batch ``(x, y)``, and its forward GFLOP/s.
+def ratio_metrics(key: str, numerators: Sequence[float], denominators: Sequence[float]) -> dict[str, float]:
+    """Per-round time ratios of two interleaved calls (:func:`probneural.bench.timing.interleaved_times`):
+    ``key`` their median, ``key_min`` and ``key_max`` their extremes."""
+    ratios = [a / b for a, b in zip(numerators, denominators)]
+    return {key: median(ratios), f"{key}_min": min(ratios), f"{key}_max": max(ratios)}
 
-    The training step is :meth:`probneural.train.Trainer.train_step` with the trainer's
-    defaults (relative L2 loss, Adam with learning rate ``lr``, the policy's autocast and
-    grad scaler); it changes ``model``'s weights.
-    Inference is a forward pass without gradients under the same autocast.
+
+def _speed(
+    calls: dict[str, Callable[[], None]], model: nn.Module, x: Tensor, *, device: torch.device, warmup: int, repeats: int
+) -> dict[str, Any]:
+    """Timings of the ``train_step`` and ``inference`` calls of :func:`_speed_calls`, and ``model``'s forward GFLOP/s.
+
+    Args:
+        calls: :func:`_speed_calls` of ``model`` on a batch whose input is ``x``.
+        model: operator on ``device``.
+        x: `(b, c_in, *spatial)` input batch.
+    """
+    step = measure(calls["train_step"], device=device, warmup=warmup, repeats=repeats)
+    forward = measure(calls["inference"], device=device, warmup=warmup, repeats=repeats)
+    flops = fno_forward_flops(model, x)
+    batch = x.shape[0]
+    return {
+        **timing_metrics("train_step", step, batch),
+        **timing_metrics("inference", forward, batch),
+        "memory_source": step["memory_source"],
+        "forward_gflop": flops / 1e9,
+        "forward_gflops_per_s": flops / forward["median_s"] / 1e9,
+    }
+
+
+def _speed_calls(
+    model: nn.Module, x: Tensor, y: Tensor, *, policy: PrecisionPolicy, device: torch.device, lr: float
+) -> dict[str, Callable[[], None]]:
+    """The timed calls of ``model`` on the batch ``(x, y)``, each without arguments.
+
+    ``train_step`` is :meth:`probneural.train.Trainer.train_step` in training mode with the
+    trainer's defaults (relative L2 loss, Adam with learning rate ``lr``, the policy's autocast
+    and grad scaler); it changes ``model``'s weights. ``inference`` is a forward pass without
+    gradients in eval mode under the same autocast.
 
     Args:
         model: operator on ``device`` in ``policy.param_dtype``.
@@ -79,25 +101,15 @@ def _speed(
     scaler = policy.make_grad_scaler(device)
 
     def train_step() -> None:
+        model.train()
         trainer.train_step(model, optimizer, scaler, x, y)
 
     def inference() -> None:
+        model.eval()
         with torch.no_grad(), policy.autocast(device):
             model(x)
 
-    model.train()
-    step = measure(train_step, device=device, warmup=warmup, repeats=repeats)
-    model.eval()
-    forward = measure(inference, device=device, warmup=warmup, repeats=repeats)
-    flops = fno_forward_flops(model, x)
-    batch = x.shape[0]
-    return {
-        **timing_metrics("train_step", step, batch),
-        **timing_metrics("inference", forward, batch),
-        "memory_source": step["memory_source"],
-        "forward_gflop": flops / 1e9,
-        "forward_gflops_per_s": flops / forward["median_s"] / 1e9,
-    }
+    return {"train_step": train_step, "inference": inference}
 
 
 def _matmul_dtype(policy: PrecisionPolicy) -> torch.dtype:
@@ -173,7 +185,8 @@ def throughput(
         y = torch.randn(shape, generator=generator).to(device, policy.param_dtype)
         metrics = {
             "parameters": count_parameters(model),
-            **_speed(model, x, y, policy=policy, device=device, lr=1e-3, warmup=warmup, repeats=repeats),
+            **_speed(_speed_calls(model, x, y, policy=policy, device=device, lr=1e-3), model, x, device=device,
+                     warmup=warmup, repeats=repeats),
             "matmul_peak_gflops": peak,
         }
         metrics["forward_fraction_of_peak"] = metrics["forward_gflops_per_s"] / peak
@@ -268,8 +281,10 @@ def compare_neuralop(
         two), ``test_rel_l2``, ``test_rel_h1``, ``final_train_loss``, ``train_epoch_s``
         (median), the timings (``train_step_*``, ``inference_*``), ``forward_gflop``,
         ``forward_gflops_per_s``, ``matmul_peak_gflops``, ``library_version``; ours also
-        ``train_step_ratio_ours_theirs`` and ``inference_ratio_ours_theirs`` (time ratios,
-        below 1 when ours is faster).
+        ``train_step_ratio_ours_theirs`` and ``inference_ratio_ours_theirs`` (time ratios of the
+        medians, below 1 when ours is faster), and the same names with ``_interleaved``: the
+        median per-round ratio of ``2 · repeats`` rounds in which the two trained models' calls
+        alternate (with ``_min`` / ``_max``, the extremes), which compares them under the same load.
 
     Raises:
         ImportError: neuraloperator is not installed.
@@ -314,6 +329,7 @@ def compare_neuralop(
         "probneural": (lambda: FNO(1, 1, (modes, modes), width, n_layers), probneural.__version__),
     }
     results: list[Case] = []
+    calls: dict[str, dict[str, Callable[[], None]]] = {}  # per library: its trained model's timed calls
     for name, (build, version) in builders.items():
         torch.manual_seed(seed)
         operator = build()
@@ -329,13 +345,14 @@ def compare_neuralop(
         )
         history = trainer.fit(model, train)
         scores = evaluate(model, test, batch_size=batch_size, device=device, precision=precision)
+        calls[name] = _speed_calls(model, x, y, policy=policy, device=device, lr=lr)
         metrics = {
             "parameters": count_parameters(operator),
             "test_rel_l2": scores["rel_l2"],
             "test_rel_h1": scores["rel_h1"],
             "final_train_loss": history[-1]["train_loss"],
             "train_epoch_s": median([record["seconds"] for record in history]),
-            **_speed(model, x, y, policy=policy, device=device, lr=lr, warmup=warmup, repeats=repeats),
+            **_speed(calls[name], model, x, device=device, warmup=warmup, repeats=repeats),
             "matmul_peak_gflops": peak,
             "library_version": version,
         }
@@ -357,6 +374,10 @@ def compare_neuralop(
     theirs_metrics, ours_metrics = results[0][1], results[1][1]
     for metric in ("train_step", "inference"):
         ours_metrics[f"{metric}_ratio_ours_theirs"] = ours_metrics[f"{metric}_ms"] / theirs_metrics[f"{metric}_ms"]
+        # the two libraries' calls alternated (ours first in every other round): ratios under the same load
+        times = interleaved_times({name: calls[name][metric] for name in calls}, device=device, rounds=2 * repeats)
+        ours_metrics |= ratio_metrics(f"{metric}_ratio_ours_theirs_interleaved", times["probneural"],
+                                      times["neuraloperator"])
     return results
 
 

@@ -1,7 +1,8 @@
 """Wall-clock timing, peak memory, a matmul roofline and forward-pass FLOP counts.
 
 :func:`measure` times any callable the way benchmarks need it (warm-up calls, CUDA
-synchronisation, robust statistics, peak memory). :func:`matmul_peak_gflops` measures the
+synchronisation, robust statistics, peak memory); :func:`interleaved_times` times several in
+interleaved rounds, for ratios under the same load. :func:`matmul_peak_gflops` measures the
 rate a large dense matmul reaches, the practical ceiling for an operator's GFLOP/s.
 :func:`fno_forward_flops` counts the floating-point work of one forward pass, FFTs included.
 """
@@ -9,11 +10,13 @@ rate a large dense matmul reaches, the practical ceiling for an operator's GFLOP
 from __future__ import annotations
 
 import ctypes
+import itertools
 import math
 import os
 import threading
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
@@ -24,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from probneural.train.precision import resolve_device
 from probneural.validation import check_int
 
-__all__ = ["fno_forward_flops", "matmul_peak_gflops", "measure"]
+__all__ = ["fno_forward_flops", "interleaved_times", "matmul_peak_gflops", "measure", "timed_call"]
 
 _STATM = Path("/proc/self/statm")
 _SAMPLE_INTERVAL_S = 1e-3
@@ -92,6 +95,46 @@ class _ResidentSetSampler:
         os.close(self._fd)
 
 
+def timed_call(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """Seconds of one call ``fn()`` (the device synchronised before and after on CUDA) and its result."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    if cuda:
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def interleaved_times(
+    calls: Mapping[str, Callable[[], Any]], *, device: str | torch.device, rounds: int
+) -> dict[str, list[float]]:
+    """Seconds per call of each of ``calls``, timed in ``rounds`` interleaved rounds.
+
+    Round ``r`` calls each once, in the ``r``-th of their orders (cycling through all
+    permutations), so that every call comes first, between and last, after each of the others:
+    on a shared machine the load drifts, and ratios of calls from the same round compare them
+    under the same load. Warm the calls up before.
+
+    Args:
+        calls: name → work, called without arguments.
+        device: device the work runs on (synchronised around every call on CUDA).
+        rounds: number of rounds.
+
+    Returns:
+        name → the ``rounds`` times, in round order.
+    """
+    check_int("rounds", rounds, 1)
+    device = resolve_device(device)
+    orders = list(itertools.permutations(calls))
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for round_ in range(rounds):
+        for name in orders[round_ % len(orders)]:
+            times[name].append(timed_call(calls[name], device)[0])
+    return times
+
+
 def measure(
     fn: Callable[[], Any],
     *,
@@ -134,22 +177,9 @@ def measure(
     check_int("repeats", repeats, 1)
     device = resolve_device(device)
     cuda = device.type == "cuda"
-
-    def timed_calls() -> list[float]:
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(repeats):
-            if cuda:
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            if cuda:
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
-        return times
-
-    times = timed_calls()
+    for _ in range(warmup):
+        fn()
+    times = [timed_call(fn, device)[0] for _ in range(repeats)]
     # memory comes from one further call: a sampling thread during the timed calls would
     # compete with torch's threads for the cores and inflate the times
     peak: int | None

@@ -45,6 +45,9 @@ def test_compare_neuralop_smoke(tmp_path: Path, cpu_environment: dict[str, Any])
     assert ours["metrics"]["train_step_ratio_ours_theirs"] == pytest.approx(
         ours["metrics"]["train_step_ms"] / theirs["metrics"]["train_step_ms"]
     )
+    for metric in ("train_step", "inference"):  # the two trained models' calls alternated round by round
+        key = f"{metric}_ratio_ours_theirs_interleaved"
+        assert 0 < ours["metrics"][f"{key}_min"] <= ours["metrics"][key] <= ours["metrics"][f"{key}_max"]
 
 
 def test_neuralop_fno_keeps_the_same_fourier_block_and_trains_under_the_trainer() -> None:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from probneural.bench import fno_forward_flops, matmul_peak_gflops, measure
+from probneural.bench.timing import interleaved_times
 from probneural.operators import FNO
 
 
@@ -50,6 +51,23 @@ def test_measure_sees_a_large_allocation() -> None:
 def test_measure_rejects_bad_counts(bad: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         measure(lambda: None, device="cpu", **bad)
+
+
+def test_interleaved_times_alternate_two_calls_and_time_each(monkeypatch) -> None:
+    clock, calls = [0.0], []
+    monkeypatch.setattr("probneural.bench.timing.time.perf_counter", lambda: clock[0])
+
+    def call(name: str, seconds: float):
+        def run() -> None:
+            calls.append(name)
+            clock[0] += seconds
+        return run
+
+    times = interleaved_times({"ours": call("ours", 1.0), "theirs": call("theirs", 3.0)}, device="cpu", rounds=4)
+    assert calls == ["ours", "theirs", "theirs", "ours", "ours", "theirs", "theirs", "ours"]  # each goes first in turn
+    assert times == {"ours": [1.0] * 4, "theirs": [3.0] * 4}
+    with pytest.raises(ValueError, match="rounds"):
+        interleaved_times({"ours": call("ours", 1.0)}, device="cpu", rounds=0)
 
 
 def test_matmul_peak_is_positive() -> None:

@@ -53,7 +53,7 @@ def test_hessian_suite_rejects_bad_arguments(kwargs, match) -> None:
 
 def test_interleaved_rounds_cycle_through_every_order_and_report_the_extremes(monkeypatch) -> None:
     clock = [0.0]
-    monkeypatch.setattr("probneural.bench.hessian_suite.time.perf_counter", lambda: clock[0])
+    monkeypatch.setattr("probneural.bench.timing.time.perf_counter", lambda: clock[0])
     calls: list[str] = []
     durations = {"grad": [1.0, 2.0, 1.0, 1, 1, 1], "hvp": [2.0, 2.0, 6.0, 2, 2, 2],
                  "double_backward": [4.0, 2.0, 3.0, 4, 4, 4]}
