@@ -18,7 +18,7 @@ from probneural.bench.baselines import burgers as burgers_reference
 from probneural.bench.baselines import darcy as darcy_reference
 from probneural.bench.baselines import navier_stokes as navier_stokes_reference
 from probneural.bench.suites import SUITES, Case
-from probneural.bench.timing import timed_call
+from probneural.bench.timing import interleaved_times
 from probneural.data import burgers, darcy, navier_stokes
 from probneural.data.grf import grf_neumann, grf_periodic
 from probneural.train.precision import resolve_device
@@ -45,24 +45,23 @@ def _compare(
 ) -> dict[str, Any]:
     """Time ``ours`` on the batch ``inputs`` and ``reference`` on its first ``n_reference`` samples.
 
-    Both are warmed up on what they are timed on (ours on the batch, the reference on one
-    sample), then timed in ``repeats`` alternating rounds (ours, then the reference), so that
-    both see the same machine state; rates are medians over the rounds and ``speedup`` is their
-    ratio (``speedup_min`` / ``speedup_max``: the extremes of the per-round ratios). Ours uses
-    ``torch.get_num_threads()`` threads; the reference runs in this one process and thread, as a
-    per-sample NumPy/SciPy loop does (``reference_threads``).
+    Both first run once untimed on what they are timed on (warm-up: lazy initialisation,
+    allocator, caches; these runs give the solutions compared), then are timed in ``repeats``
+    interleaved rounds (:func:`~probneural.bench.timing.interleaved_times`: ours first in every
+    other round), so that both see the same machine state; rates are medians over the rounds and
+    ``speedup`` is their ratio (``speedup_min`` / ``speedup_max``: the extremes of the per-round
+    ratios). Ours uses ``torch.get_num_threads()`` threads; the reference runs in this one process
+    and thread, as a per-sample NumPy/SciPy loop does (``reference_threads``).
     """
     host = inputs[:n_reference].detach().cpu().numpy()  # the reference computes in this dtype
-    ours(inputs)  # warm-up: lazy initialisation, allocator, caches
-    reference(host[0])
-    ours_times, reference_times = [], []
-    for _ in range(repeats):
-        seconds, solution = timed_call(lambda: ours(inputs), device)
-        ours_times.append(seconds)
-        seconds, expected = timed_call(lambda: [reference(sample) for sample in host], torch.device("cpu"))
-        reference_times.append(seconds)
+    solution = ours(inputs)
+    expected = [reference(sample) for sample in host]
+    times = interleaved_times({"ours": lambda: ours(inputs), "reference": lambda: [reference(x) for x in host]},
+                              device=device, rounds=repeats, warmup=0)
+    ours_times, reference_times = times["ours"], times["reference"]
     ours_s, reference_s = float(np.median(ours_times)), float(np.median(reference_times))
-    ratios = [(inputs.shape[0] / mine) / (n_reference / theirs) for mine, theirs in zip(ours_times, reference_times)]
+    ratios = [(inputs.shape[0] / mine) / (n_reference / theirs)
+              for mine, theirs in zip(ours_times, reference_times, strict=True)]
     return {
         "seconds": ours_s,
         "samples_per_s": inputs.shape[0] / ours_s,

@@ -95,7 +95,7 @@ def _interleaved_ratios(
         ``_min`` / ``_max`` (extremes over the rounds).
     """
     names = ("grad", "hvp", "double_backward")
-    times = interleaved_times({name: products[name] for name in names}, device=device, rounds=rounds)
+    times = interleaved_times({name: products[name] for name in names}, device=device, rounds=rounds, warmup=0)
     metrics = {}
     for name in ("grad", "double_backward"):
         metrics |= ratio_metrics(f"hvp_over_{name}_interleaved", times["hvp"], times[name])

@@ -54,7 +54,7 @@ def timing_metrics(prefix: str, timing: dict[str, Any], batch: int) -> dict[str,
 def ratio_metrics(key: str, numerators: Sequence[float], denominators: Sequence[float]) -> dict[str, float]:
     """Per-round time ratios of two interleaved calls (:func:`probneural.bench.timing.interleaved_times`):
     ``key`` their median, ``key_min`` and ``key_max`` their extremes."""
-    ratios = [a / b for a, b in zip(numerators, denominators)]
+    ratios = [a / b for a, b in zip(numerators, denominators, strict=True)]
     return {key: median(ratios), f"{key}_min": min(ratios), f"{key}_max": max(ratios)}
 
 
@@ -101,11 +101,13 @@ def _speed_calls(
     scaler = policy.make_grad_scaler(device)
 
     def train_step() -> None:
-        model.train()
+        if not model.training:  # a walk over the module tree, only when the other call ran last
+            model.train()
         trainer.train_step(model, optimizer, scaler, x, y)
 
     def inference() -> None:
-        model.eval()
+        if model.training:
+            model.eval()
         with torch.no_grad(), policy.autocast(device):
             model(x)
 
@@ -375,7 +377,8 @@ def compare_neuralop(
     for metric in ("train_step", "inference"):
         ours_metrics[f"{metric}_ratio_ours_theirs"] = ours_metrics[f"{metric}_ms"] / theirs_metrics[f"{metric}_ms"]
         # the two libraries' calls alternated (ours first in every other round): ratios under the same load
-        times = interleaved_times({name: calls[name][metric] for name in calls}, device=device, rounds=2 * repeats)
+        times = interleaved_times({name: calls[name][metric] for name in calls}, device=device, rounds=2 * repeats,
+                                  warmup=max(1, warmup))
         ours_metrics |= ratio_metrics(f"{metric}_ratio_ours_theirs_interleaved", times["probneural"],
                                       times["neuraloperator"])
     return results

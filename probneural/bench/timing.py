@@ -15,8 +15,8 @@ import math
 import os
 import threading
 import time
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -95,43 +95,49 @@ class _ResidentSetSampler:
         os.close(self._fd)
 
 
-def timed_call(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    """Seconds of one call ``fn()`` (the device synchronised before and after on CUDA) and its result."""
+def timed_call(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds of one call ``fn()``, the device synchronised before and after on CUDA."""
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    result = fn()
+    fn()
     if cuda:
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start, result
+    return time.perf_counter() - start
 
 
 def interleaved_times(
-    calls: Mapping[str, Callable[[], Any]], *, device: str | torch.device, rounds: int
+    calls: Mapping[str, Callable[[], Any]], *, device: str | torch.device, rounds: int, warmup: int = 1
 ) -> dict[str, list[float]]:
     """Seconds per call of each of ``calls``, timed in ``rounds`` interleaved rounds.
 
-    Round ``r`` calls each once, in the ``r``-th of their orders (cycling through all
-    permutations), so that every call comes first, between and last, after each of the others:
-    on a shared machine the load drifts, and ratios of calls from the same round compare them
-    under the same load. Warm the calls up before.
+    After ``warmup`` untimed rounds, round ``r`` calls each once, in the ``r``-th of their
+    orders (cycling through the permutations): on a shared machine the load drifts, and ratios
+    of calls from the same round compare them under the same load. With ``rounds`` a multiple
+    of ``n!`` (2 for two calls, 6 for three) every order occurs equally often, so that each call
+    comes first, between and last, after each of the others, as often as the others.
 
     Args:
-        calls: name → work, called without arguments.
+        calls: name → work, called without arguments (a few: ``n!`` orders are listed).
         device: device the work runs on (synchronised around every call on CUDA).
-        rounds: number of rounds.
+        rounds: number of timed rounds.
+        warmup: untimed rounds first.
 
     Returns:
         name → the ``rounds`` times, in round order.
     """
     check_int("rounds", rounds, 1)
+    check_int("warmup", warmup, 0)
     device = resolve_device(device)
     orders = list(itertools.permutations(calls))
+    for _ in range(warmup):
+        for call in calls.values():
+            call()
     times: dict[str, list[float]] = {name: [] for name in calls}
     for round_ in range(rounds):
         for name in orders[round_ % len(orders)]:
-            times[name].append(timed_call(calls[name], device)[0])
+            times[name].append(timed_call(calls[name], device))
     return times
 
 
@@ -179,7 +185,7 @@ def measure(
     cuda = device.type == "cuda"
     for _ in range(warmup):
         fn()
-    times = [timed_call(fn, device)[0] for _ in range(repeats)]
+    times = [timed_call(fn, device) for _ in range(repeats)]
     # memory comes from one further call: a sampling thread during the timed calls would
     # compete with torch's threads for the cores and inflate the times
     peak: int | None

@@ -136,10 +136,17 @@ def _argument_keys(split: str, data: DictConfig) -> dict[str, str]:
     keys = {name: f"data.options.{name}" for name in data.options}
     if shift is not None:
         keys |= {name: f"data.shifts.{shift}.{name}" for name in data.shifts[shift]}
+    # a split with a grid of its own can also have a solve grid of its own
+    own_solve = ("data.zero_shot_solve_resolution" if split == "zero_shot"
+                 else f"data.shifts.{shift}.solve_resolution" if shift is not None and "resolution" in data.shifts[shift]
+                 else None)
     if split == "zero_shot" and data.zero_shot_solve_resolution is not None:
-        keys["solve_resolution"] = "data.zero_shot_solve_resolution"
+        keys["solve_resolution"] = own_solve
+    elif own_solve is not None and keys.get("solve_resolution", "").startswith("data.options."):
+        keys["solve_resolution"] += f" (or {own_solve} for this split alone)"
+    seed = "data.seed" if split == "train" else "data.seed (plus this split's offset)"
     return keys | {"n": f"data.n_{'shift' if shift is not None else split}", "resolution": _resolution_key(split, data),
-                   "seed": "data.seed", "cache_dir": "data.cache_dir"}
+                   "seed": seed, "cache_dir": "data.cache_dir"}
 
 
 def _name_config_keys(message: str, split: str, data: DictConfig) -> str:
@@ -147,7 +154,7 @@ def _name_config_keys(message: str, split: str, data: DictConfig) -> str:
     (``solve_resolution=9`` or ``resolution must ...``): the generator knows its arguments, the user
     set config keys."""
     named = [f"{argument} is {key}" for argument, key in _argument_keys(split, data).items()
-             if re.search(rf"\b{argument}(=|:| must\b)", message)]
+             if re.search(rf"\b{argument}(\[\d+\])?(=|:| must\b| values\b)", message)]
     return f"{message} [{'; '.join(named)}]" if named else message
 
 

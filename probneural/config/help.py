@@ -26,17 +26,19 @@ def app_groups(choices: Mapping[str, object]) -> str:
             Hydra's own groups (``hydra/...``) are skipped.
 
     Returns:
-        The lines, groups sorted by name; the selected option is marked ``(default)`` unless the
-        group is unset (``null``).
+        The lines, groups sorted by name; the option the composed config selected (the app's
+        default, or one given on the command line) is marked ``(selected)``, and a group left
+        unset (``null``) says ``(none selected)``. A literal ``$`` is written ``$$`` (the help
+        template is a ``string.Template``).
     """
     lines = []
     for group in sorted(str(name) for name in choices if not str(name).startswith("hydra")):
         options = sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
         if options:
             chosen = choices[group]
-            listed = [f"{option} (default)" if option == chosen else option for option in options]
-            lines.append(f"{group}: {', '.join(listed)}")
-    return "\n".join(lines)
+            listed = ", ".join(f"{option} (selected)" if option == chosen else option for option in options)
+            lines.append(f"{group}: {listed}" + (" (none selected)" if chosen is None else ""))
+    return "\n".join(lines).replace("$", "$$")
 
 
 def register_help_resolver() -> None:

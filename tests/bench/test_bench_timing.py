@@ -63,11 +63,23 @@ def test_interleaved_times_alternate_two_calls_and_time_each(monkeypatch) -> Non
             clock[0] += seconds
         return run
 
-    times = interleaved_times({"ours": call("ours", 1.0), "theirs": call("theirs", 3.0)}, device="cpu", rounds=4)
-    assert calls == ["ours", "theirs", "theirs", "ours", "ours", "theirs", "theirs", "ours"]  # each goes first in turn
+    times = interleaved_times({"ours": call("ours", 1.0), "theirs": call("theirs", 3.0)}, device="cpu", rounds=4,
+                              warmup=1)
+    # one untimed round, then each goes first in turn
+    assert calls == ["ours", "theirs"] + ["ours", "theirs", "theirs", "ours", "ours", "theirs", "theirs", "ours"]
     assert times == {"ours": [1.0] * 4, "theirs": [3.0] * 4}
     with pytest.raises(ValueError, match="rounds"):
         interleaved_times({"ours": call("ours", 1.0)}, device="cpu", rounds=0)
+    with pytest.raises(ValueError, match="warmup"):
+        interleaved_times({"ours": call("ours", 1.0)}, device="cpu", rounds=1, warmup=-1)
+
+
+def test_ratio_metrics_are_the_median_and_extremes_of_per_round_ratios() -> None:
+    from probneural.bench.suites import ratio_metrics
+
+    assert ratio_metrics("r", [1.0, 2.0, 6.0], [2.0, 2.0, 3.0]) == {"r": 1.0, "r_min": 0.5, "r_max": 2.0}
+    with pytest.raises(ValueError):
+        ratio_metrics("r", [1.0, 2.0], [1.0])  # rounds of both calls or none
 
 
 def test_matmul_peak_is_positive() -> None:

@@ -163,9 +163,18 @@ def test_help_lists_the_config_groups_the_app_composes(app, groups, tmp_path):
     lines = [line for line in listing.splitlines()[2:] if line.strip()]
     assert [line.split(":")[0] for line in lines] == groups  # no schema/* groups, none the app does not read
     if "data" in groups:
-        assert "data: allen_cahn, burgers, darcy (default), " in listing  # the options, the default marked
+        assert "data: allen_cahn, burgers, darcy (selected), " in listing  # the options, the app's default marked
     if "precision" in groups:
-        assert "precision: bf16, fp16, fp32 (default), fp64" in listing
+        assert "precision: bf16, fp16, fp32 (selected), fp64" in listing
+    if app == "train":
+        assert "experiment: darcy_fno, quickstart, uq_darcy (none selected)" in listing
+
+
+def test_help_marks_the_option_given_on_the_command_line(tmp_path):
+    result = run_cli("probneural.generate", "--help", "data=burgers", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "data: allen_cahn, burgers (selected), darcy, " in result.stdout
+    assert result.stdout.startswith("python -m probneural.generate ")
 
 
 def test_bad_override_fails_before_any_work(tmp_path):
@@ -291,7 +300,12 @@ def test_every_split_is_checked_before_the_first_is_generated(tmp_path):
     cfg = compose_config("train", ["data=burgers", "+data.shifts.coarse={resolution: 3}",
                                    f"data.cache_dir={tmp_path}/cache"])
     with pytest.raises(ValueError, match=r"^data \(shift_coarse split\): .*\[solve_resolution is "
-                                         r"data.options.solve_resolution; resolution is data.shifts.coarse.resolution\]$"):
+                                         r"data.options.solve_resolution \(or data.shifts.coarse.solve_resolution for "
+                                         r"this split alone\); resolution is data.shifts.coarse.resolution\]$"):
+        build_splits(cfg.data, progress=False)
+    cfg = compose_config("train", ["data.shifts.contrast.contrast=[24.0,-3.0]", f"data.cache_dir={tmp_path}/cache"])
+    with pytest.raises(ValueError, match=r"^data \(shift_contrast split\): contrast values .*"
+                                         r"\[contrast is data.shifts.contrast.contrast\]$"):
         build_splits(cfg.data, progress=False)
     cfg = compose_config("train", ["data=navier_stokes", f"data.cache_dir={tmp_path}/cache",
                                    "+data.shifts.longer={t: 5.0}", "data.options.task=rollout"])
