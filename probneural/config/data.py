@@ -41,32 +41,41 @@ def _shift_changes(data: DictConfig, options: dict[str, object]) -> dict[str, di
     return shifts
 
 
+# Seed of each kind of split: data.seed plus this offset (every shift shares one).
+_SEED_OFFSETS = {"train": 0, "test": 1, "zero_shot": 2, "shift": 3, "calibration": 4, "validation": 5}
+
+
+def _kind(split: str) -> str:
+    """``"shift"`` for a shifted split (``shift_<name>``), else the split's own name."""
+    return "shift" if split.startswith("shift_") else split
+
+
 def _split_arguments(data: DictConfig, calibration: bool, validation: bool = False,
                      dtype: torch.dtype = torch.float32) -> dict[str, dict[str, object]]:
     """The generator arguments of every split ``data`` describes (see :func:`build_splits`), by split name."""
     options = to_kwargs(data.options)
     shared = {"cache_dir": data.cache_dir, "dtype": dtype} | options
 
-    def split(n: int, resolution: int, seed: int, **changes: object) -> dict[str, object]:
+    def split(kind: str, resolution: int, **changes: object) -> dict[str, object]:
+        n, seed = data[f"n_{kind}"], data.seed + _SEED_OFFSETS[kind]
         return shared | {"n": n, "resolution": resolution, "seed": seed} | changes
 
-    splits = {"train": split(data.n_train, data.resolution, data.seed),
-              "test": split(data.n_test, data.resolution, data.seed + 1)}
+    splits = {"train": split("train", data.resolution), "test": split("test", data.resolution)}
     if data.zero_shot_resolution is not None:
         changes = {}
         if data.zero_shot_solve_resolution is not None:
             changes["solve_resolution"] = data.zero_shot_solve_resolution
-        splits["zero_shot"] = split(data.n_zero_shot, data.zero_shot_resolution, data.seed + 2, **changes)
+        splits["zero_shot"] = split("zero_shot", data.zero_shot_resolution, **changes)
     for name, changes in _shift_changes(data, options).items():
         resolution = changes.pop("resolution", data.resolution)
-        splits[f"shift_{name}"] = split(data.n_shift, resolution, data.seed + 3, **changes)
+        splits[f"shift_{name}"] = split("shift", resolution, **changes)
     if calibration:
-        splits["calibration"] = split(data.n_calibration, data.resolution, data.seed + 4)
+        splits["calibration"] = split("calibration", data.resolution)
     if data.n_validation < 0:
         raise ValueError(f"data.n_validation: expected a number of samples >= 0 (0: no validation split); "
                          f"got {data.n_validation}")
     if validation and data.n_validation > 0:
-        splits["validation"] = split(data.n_validation, data.resolution, data.seed + 5)
+        splits["validation"] = split("validation", data.resolution)
     return splits
 
 
@@ -132,21 +141,23 @@ def _resolution_key(split: str, data: DictConfig) -> str:
 
 def _argument_keys(split: str, data: DictConfig) -> dict[str, str]:
     """The config key that sets each generator argument of ``split`` (see :func:`_split_arguments`)."""
-    shift = split.removeprefix("shift_") if split.startswith("shift_") else None
+    kind, shift = _kind(split), split.removeprefix("shift_")
     keys = {name: f"data.options.{name}" for name in data.options}
-    if shift is not None:
+    if kind == "shift":
         keys |= {name: f"data.shifts.{shift}.{name}" for name in data.shifts[shift]}
     # a split with a grid of its own can also have a solve grid of its own
-    own_solve = ("data.zero_shot_solve_resolution" if split == "zero_shot"
-                 else f"data.shifts.{shift}.solve_resolution" if shift is not None and "resolution" in data.shifts[shift]
-                 else None)
-    if split == "zero_shot" and data.zero_shot_solve_resolution is not None:
+    own_solve = None
+    if kind == "zero_shot":
+        own_solve = "data.zero_shot_solve_resolution"
+    elif kind == "shift" and "resolution" in data.shifts[shift]:
+        own_solve = f"data.shifts.{shift}.solve_resolution"
+    if kind == "zero_shot" and data.zero_shot_solve_resolution is not None:
         keys["solve_resolution"] = own_solve
     elif own_solve is not None and keys.get("solve_resolution", "").startswith("data.options."):
         keys["solve_resolution"] += f" (or {own_solve} for this split alone)"
-    seed = "data.seed" if split == "train" else "data.seed (plus this split's offset)"
-    return keys | {"n": f"data.n_{'shift' if shift is not None else split}", "resolution": _resolution_key(split, data),
-                   "seed": seed, "cache_dir": "data.cache_dir"}
+    offset = _SEED_OFFSETS[kind]
+    return keys | {"n": f"data.n_{kind}", "resolution": _resolution_key(split, data),
+                   "seed": f"data.seed + {offset}" if offset else "data.seed", "cache_dir": "data.cache_dir"}
 
 
 def _name_config_keys(message: str, split: str, data: DictConfig) -> str:

@@ -44,4 +44,4 @@ def app_groups(choices: Mapping[str, object]) -> str:
 def register_help_resolver() -> None:
     """Register the ``probneural_groups`` resolver that the help template calls (idempotent)."""
     if not OmegaConf.has_resolver("probneural_groups"):
-        OmegaConf.register_new_resolver("probneural_groups", lambda choices: app_groups(choices))
+        OmegaConf.register_new_resolver("probneural_groups", app_groups)
