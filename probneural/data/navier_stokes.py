@@ -129,10 +129,13 @@ class _Spectral:
     Between the two passes of each 2-D transform the lines are transposed. The transposes read
     from buffers whose rows are padded by :data:`_ROW_PADDING` elements: a power-of-two row
     stride maps a column onto a few cache sets, which made these copies 3–4 times slower (256²,
-    CPU). Every array of a step lives in a buffer allocated once, for up to ``batch`` samples:
-    fresh multi-megabyte allocations cost page faults on every call (glibc returns them to the
-    OS). Hence the solver is not differentiable, and :meth:`advection` returns one of two
-    alternating buffers (valid until the second call after it).
+    CPU). Every other array of a step lives in a buffer allocated once, for up to ``batch``
+    samples: fresh multi-megabyte allocations cost page faults on every call (glibc returns them
+    to the OS). Hence the solver is not differentiable, and :meth:`advection` returns one of two
+    alternating buffers (valid until the second call after it). The two transforms whose
+    results are read row by row (``z``, and the spectra of the forward lines) return their own
+    tensors: torch's CPU FFT with ``out=`` transforms into a tensor of its own anyway and then
+    copies it into ``out``, a pass more (4 % of an evaluation at 256², one thread).
 
     The time step applies each RK3 stage as three fused complex operations with per-stage
     factors (``(1 − αhD) / (1 + αhD)``, the forcing term, ``−γh / (1 + αhD)``) that depend only
@@ -183,10 +186,8 @@ class _Spectral:
         self._line_values = _padded((batch, lines, s), complex_dtype, device)
         # Columns K < k_x < s − K stay zero: the lines the 2/3 rule discards.
         self._spectrum_rows = torch.zeros((batch, s, s), dtype=complex_dtype, device=device)
-        self._velocity = torch.empty((batch, s, s), dtype=complex_dtype, device=device)
         self._square = _padded((batch, s, s), complex_dtype, device)
         self._square_lines = torch.empty((batch, 2 * rows, s), dtype=complex_dtype, device=device)
-        self._square_spectra = torch.empty((batch, 2 * rows, s), dtype=complex_dtype, device=device)
         self._square_mirrored = torch.empty((batch, rows, s), dtype=complex_dtype, device=device)
         self._advection = torch.empty((2, batch, rows, s), dtype=complex_dtype, device=device)
         self._advection_calls = 0
@@ -201,8 +202,8 @@ class _Spectral:
             w_hat: `(B, s // 2 + 1, s)` vorticity half spectrum.
 
         Returns:
-            `(B, s, s)` complex ``z[b, j, i] = (u + i v)(x_i, y_j)`` (transposed grid; a work buffer,
-            overwritten by the next call).
+            `(B, s, s)` complex ``z[b, j, i] = (u + i v)(x_i, y_j)`` (transposed grid; a new tensor,
+            which the caller may overwrite).
         """
         batch, rows, cutoff = w_hat.shape[0], self.rows, self.cutoff
         lines, mirrored = self._lines[:batch], self._mirrored[:batch]
@@ -213,7 +214,7 @@ class _Spectral:
         torch.fft.ifft(lines, dim=-1, norm="forward", out=line_values)
         spectrum_rows[..., :rows] = line_values[:, :rows].mT
         torch.conj_physical(line_values[:, rows:].mT, out=spectrum_rows[..., -cutoff:])
-        return torch.fft.ifft(spectrum_rows, dim=-1, norm="forward", out=self._velocity[:batch])
+        return torch.fft.ifft(spectrum_rows, dim=-1, norm="forward")
 
     def advection(self, w_hat: torch.Tensor, *, with_speed: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The dealiased advection term ``u·∇w`` and, if asked, the CFL speed ``max_x(|u| + |v|)``.
@@ -234,7 +235,7 @@ class _Spectral:
         lines[:, :rows] = square[..., :rows].mT
         torch.conj_physical(square[..., 0], out=lines[:, rows])
         torch.conj_physical(square[..., -cutoff:].mT, out=lines[:, rows + 1 :])
-        spectra = torch.fft.fft(lines, dim=-1, out=self._square_spectra[:batch])
+        spectra = torch.fft.fft(lines, dim=-1)
         mirrored = torch.index_select(spectra, 1, self._mirrored_lines, out=self._square_mirrored[:batch])
         out = self._advection[self._advection_calls % 2, :batch]
         self._advection_calls += 1
