@@ -25,7 +25,7 @@ import ctypes
 import os
 import platform
 
-__all__ = ["allocator_setting", "keep_freed_memory"]
+__all__ = ["allocator_setting", "heap_kept", "keep_freed_memory"]
 
 MMAP_THRESHOLD = 1 << 30  # bytes: smaller blocks come from the heap
 TRIM_THRESHOLD = 2**31 - 1  # bytes of free heap top kept (mallopt takes a C int)
@@ -56,6 +56,15 @@ def keep_freed_memory() -> bool:
                                                              ("trim_threshold", _M_TRIM_THRESHOLD, TRIM_THRESHOLD))
                if mallopt(option, value)]
     _applied = "mallopt " + " ".join(applied) if applied else None
+    return _applied == _SETTING
+
+
+def heap_kept() -> bool:
+    """Whether :func:`keep_freed_memory` is in effect in this process.
+
+    Code that owns work buffers only to spare fresh allocations their page faults can use fresh
+    tensors instead where the heap is kept (the Navier–Stokes solver's transforms: it saves a copy).
+    """
     return _applied == _SETTING
 
 

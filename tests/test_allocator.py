@@ -17,7 +17,7 @@ from probneural.allocator import MMAP_THRESHOLD, TRIM_THRESHOLD
 # small for the next aligned request until freed blocks coalesce).
 _SCRIPT = """
 import resource, torch
-from probneural.allocator import allocator_setting, keep_freed_memory
+from probneural.allocator import allocator_setting, heap_kept, keep_freed_memory
 
 def faults_per_reuse():
     torch.ones(2**24)
@@ -26,10 +26,10 @@ def faults_per_reuse():
         torch.ones(2**24)
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4
 
-default = min(faults_per_reuse() for _ in range(5))
+default, kept_before = min(faults_per_reuse() for _ in range(5)), heap_kept()
 applied = keep_freed_memory()
 kept = min(faults_per_reuse() for _ in range(5))
-print(default, applied, kept, keep_freed_memory(), allocator_setting(), sep="|")
+print(default, applied, kept, keep_freed_memory(), allocator_setting(), kept_before, heap_kept(), sep="|")
 """
 
 
@@ -39,9 +39,10 @@ def test_freed_memory_is_reused_without_page_faults() -> None:
     env = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
     result = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
-    default, applied, kept, again, setting = result.stdout.strip().split("|")
+    default, applied, kept, again, setting, *heap = result.stdout.strip().split("|")
     pages = 2**26 // os.sysconf("SC_PAGE_SIZE")
     assert float(default) > 0.9 * pages  # glibc's default: a fresh mapping, every page faults
     assert applied == again == "True"
     assert float(kept) < 0.01 * pages
     assert setting == f"mallopt mmap_threshold={MMAP_THRESHOLD} trim_threshold={TRIM_THRESHOLD}"
+    assert heap == ["False", "True"]  # heap_kept() before and after

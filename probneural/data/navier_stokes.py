@@ -56,6 +56,7 @@ from typing import Union
 import torch
 
 import probneural
+from probneural.allocator import heap_kept
 from probneural.data import generation
 from probneural.data.dataset import OperatorDataset
 from probneural.data.grf import grf_periodic
@@ -129,13 +130,17 @@ class _Spectral:
     Between the two passes of each 2-D transform the lines are transposed. The transposes read
     from buffers whose rows are padded by :data:`_ROW_PADDING` elements: a power-of-two row
     stride maps a column onto a few cache sets, which made these copies 3–4 times slower (256²,
-    CPU). Every other array of a step lives in a buffer allocated once, for up to ``batch``
-    samples: fresh multi-megabyte allocations cost page faults on every call (glibc returns them
-    to the OS). Hence the solver is not differentiable, and :meth:`advection` returns one of two
-    alternating buffers (valid until the second call after it). The two transforms whose
-    results are read row by row (``z``, and the spectra of the forward lines) return their own
-    tensors: torch's CPU FFT with ``out=`` transforms into a tensor of its own anyway and then
-    copies it into ``out``, a pass more (4 % of an evaluation at 256², one thread).
+    CPU). The arrays of an evaluation and of the stage updates live in buffers allocated once, for
+    up to ``batch`` samples (CFL steps also allocate the speed's temporaries and the stage factors
+    of each new step length): fresh multi-megabyte allocations cost page faults on every call (glibc
+    returns them to the OS). Hence the solver is not differentiable, and :meth:`advection` returns
+    one of two alternating buffers (valid until the second call after it). The exception: where
+    the process keeps freed memory in its heap (:func:`probneural.allocator.heap_kept`, as the
+    command-line entry points set it), the two transforms whose results are read row by row (``z``,
+    and the spectra of the forward lines) return their own tensors, because torch's CPU FFT with
+    ``out=`` transforms into a tensor of its own anyway and then copies it into ``out``: one pass
+    fewer, 5–11 % of a 256² solve. Under glibc's default thresholds those fresh tensors page-fault
+    (~1,500 faults per sample-step at 256², half the speed), so there the transforms write into buffers.
 
     The time step applies each RK3 stage as three fused complex operations with per-stage
     factors (``(1 − αhD) / (1 + αhD)``, the forcing term, ``−γh / (1 + αhD)``) that depend only
@@ -187,7 +192,9 @@ class _Spectral:
         # Columns K < k_x < s − K stay zero: the lines the 2/3 rule discards.
         self._spectrum_rows = torch.zeros((batch, s, s), dtype=complex_dtype, device=device)
         self._square = _padded((batch, s, s), complex_dtype, device)
+        self._velocity = torch.empty((batch, s, s), dtype=complex_dtype, device=device)
         self._square_lines = torch.empty((batch, 2 * rows, s), dtype=complex_dtype, device=device)
+        self._square_spectra = torch.empty((batch, 2 * rows, s), dtype=complex_dtype, device=device)
         self._square_mirrored = torch.empty((batch, rows, s), dtype=complex_dtype, device=device)
         self._advection = torch.empty((2, batch, rows, s), dtype=complex_dtype, device=device)
         self._advection_calls = 0
@@ -202,8 +209,8 @@ class _Spectral:
             w_hat: `(B, s // 2 + 1, s)` vorticity half spectrum.
 
         Returns:
-            `(B, s, s)` complex ``z[b, j, i] = (u + i v)(x_i, y_j)`` (transposed grid; a new tensor,
-            which the caller may overwrite).
+            `(B, s, s)` complex ``z[b, j, i] = (u + i v)(x_i, y_j)`` (transposed grid; a work buffer or a
+            new tensor, see the class docstring: valid until the next call, and the caller may overwrite it).
         """
         batch, rows, cutoff = w_hat.shape[0], self.rows, self.cutoff
         lines, mirrored = self._lines[:batch], self._mirrored[:batch]
@@ -214,7 +221,7 @@ class _Spectral:
         torch.fft.ifft(lines, dim=-1, norm="forward", out=line_values)
         spectrum_rows[..., :rows] = line_values[:, :rows].mT
         torch.conj_physical(line_values[:, rows:].mT, out=spectrum_rows[..., -cutoff:])
-        return torch.fft.ifft(spectrum_rows, dim=-1, norm="forward")
+        return _line_transform(torch.fft.ifft, spectrum_rows, self._velocity[:batch], norm="forward")
 
     def advection(self, w_hat: torch.Tensor, *, with_speed: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The dealiased advection term ``u·∇w`` and, if asked, the CFL speed ``max_x(|u| + |v|)``.
@@ -235,7 +242,7 @@ class _Spectral:
         lines[:, :rows] = square[..., :rows].mT
         torch.conj_physical(square[..., 0], out=lines[:, rows])
         torch.conj_physical(square[..., -cutoff:].mT, out=lines[:, rows + 1 :])
-        spectra = torch.fft.fft(lines, dim=-1)
+        spectra = _line_transform(torch.fft.fft, lines, self._square_spectra[:batch])
         mirrored = torch.index_select(spectra, 1, self._mirrored_lines, out=self._square_mirrored[:batch])
         out = self._advection[self._advection_calls % 2, :batch]
         self._advection_calls += 1
@@ -304,6 +311,14 @@ class _Spectral:
             source = advection if previous is None else torch.add(advection, previous, alpha=zeta / gamma, out=explicit)
             w_hat[:, : self.rows].addcmul_(factor, source)
         return w_hat
+
+
+def _line_transform(fft: Callable[..., torch.Tensor], lines: torch.Tensor, buffer: torch.Tensor,
+                    **options: str) -> torch.Tensor:
+    """``fft(lines, dim=-1)``: a new tensor where the heap is kept, else written into ``buffer`` (see :class:`_Spectral`)."""
+    if heap_kept():
+        return fft(lines, dim=-1, **options)
+    return fft(lines, dim=-1, out=buffer, **options)
 
 
 def _padded(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -182,6 +182,18 @@ def test_cpu_threads_split_samples_without_changing_results(set_threads):
     assert torch.equal(alone, spread)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_transforms_into_buffers_or_new_tensors_give_the_same_result(monkeypatch, dtype):
+    # Where the heap is kept, two transforms return new tensors instead of writing into work buffers
+    # (one copy fewer): the numbers are the same either way, bit for bit.
+    w0 = _random_vorticity(2, 16, seed=5).to(dtype)
+    results = []
+    for kept in (False, True):
+        monkeypatch.setattr(navier_stokes, "heap_kept", lambda kept=kept: kept)
+        results.append(navier_stokes.solve(w0, 1e-3, [0.25, 0.5], forcing=navier_stokes.fno_forcing))
+    assert torch.equal(*results)
+
+
 def test_scalar_time_and_sequence_of_times():
     w0 = _random_vorticity(2, 16, amplitude=5.0)
     final = navier_stokes.solve(w0, 1e-3, 0.5, dt=0.05)
