@@ -326,6 +326,23 @@ def _factor_differences(ours: KroneckerOperator, theirs: Any, layers: Sequence[s
     return differences
 
 
+def _factor_errors(ours: KroneckerOperator, theirs: Any, exact: KroneckerOperator, layers: Sequence[str],
+                   prefix: str) -> dict[str, float]:
+    """Each side's ``A`` and ``B`` against the float64 factors ``exact`` (relative to the largest entry of ``exact``).
+
+    In float32 the two libraries' sums over the layer's rows round differently, so their mutual
+    difference is bounded by the sum of their errors; these show whose error it is.
+    """
+    theirs_errors = _factor_differences(exact, theirs, layers, prefix)
+    errors: dict[str, float] = {}
+    for block, truth, layer in zip(ours.blocks, exact.blocks, layers):
+        for factor in ("A", "B"):
+            name = "input_factor" if factor == "A" else "output_factor"
+            errors[f"{factor}_error_ours.{layer}"] = _max_rel_diff(getattr(block, name), getattr(truth, name))
+            errors[f"{factor}_error_theirs.{layer}"] = theirs_errors[f"{factor}_max_rel_diff.{layer}"]
+    return errors
+
+
 def _kfac_case(
     setup: _Setup,
     *,
@@ -353,6 +370,11 @@ def _kfac_case(
     metrics["max_rel_diff"] = max(differences.values())
     metrics["tolerance"] = tolerance
     metrics["within_tolerance"] = metrics["max_rel_diff"] <= tolerance
+    exact = kfac_operator(setup.model, setup.x, dtype=torch.float64, **ours_options)
+    errors = _factor_errors(ours, theirs, exact, setup.layers, "model." if flattened else "")
+    metrics.update(errors)
+    for side in ("ours", "theirs"):
+        metrics[f"max_rel_error_{side}"] = max(v for k, v in errors.items() if f"_error_{side}." in k)
     if record_unflattened:
         naive = _kfac_reference(setup, fisher, mc_samples=mc_samples, seed=seed, flattened=False)
         for key, value in _factor_differences(ours, naive, setup.layers, "").items():
@@ -625,7 +647,9 @@ def curvature_compare(
         peak memory, the per-layer / per-group ``*max_rel_diff``, ``max_rel_diff``,
         ``within_tolerance``, ``twin_output_max_rel_diff``, and the coverage:
         ``total_parameters``, ``spectral_parameters``, ``pointwise_parameters``,
-        ``ours_parameters_covered``, ``theirs_parameters_covered``.
+        ``ours_parameters_covered``, ``theirs_parameters_covered``. The K-FAC cases also hold each
+        side's difference to the float64 factors, ``{A,B}_error_{ours,theirs}.<layer>`` and
+        ``max_rel_error_{ours,theirs}``: where the two sides differ, whose rounding it is.
 
     Raises:
         ImportError: curvlinops is not installed.

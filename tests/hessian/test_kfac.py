@@ -8,7 +8,9 @@ from torch import nn
 from torch.func import functional_call, jacrev
 
 from probneural.hessian.ggn import functional_model, ggn_diagonal, ggn_operator, loss_hessian_sqrt
-from probneural.hessian.kfac import KFACVariant, KroneckerOperator, SpectralKroneckerBlock, kfac_operator
+from probneural.hessian.kfac import (
+    KFACVariant, KroneckerOperator, SpectralKroneckerBlock, augmented, kfac_operator, layer_moment, layer_rows,
+)
 from probneural.operators import FNO
 from probneural.operators.pointwise import Pointwise
 
@@ -47,6 +49,16 @@ def kfac_blocks(operator):
 
 
 LOSSES = [("mse", 1.0), ("gaussian_nll", [0.5, 2.0, 4.0])]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("module, shape", [(Pointwise(3, 2), (4, 3, 5, 6)), (nn.Linear(3, 2), (4, 5, 3))])
+def test_layer_moment_is_the_second_moment_of_the_layer_rows(module, shape, bias):
+    t = torch.randn(shape, **DOUBLE)
+    rows = augmented(layer_rows(t, module), bias)
+    moment, count = layer_moment(t, module, bias)
+    torch.testing.assert_close(moment, rows.T @ rows, rtol=1e-12, atol=1e-12)
+    assert count == rows.shape[0] == t.numel() // 3
 
 
 @pytest.mark.parametrize("loss, noise", LOSSES)
