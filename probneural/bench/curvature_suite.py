@@ -308,38 +308,47 @@ def _kfac_reference(
     return operator
 
 
-def _factor_differences(ours: KroneckerOperator, theirs: Any, layers: Sequence[str], prefix: str) -> dict[str, float]:
-    """Per-layer ``A`` and ``B`` differences (``B`` of curvlinops halved: its MSE is twice ours)."""
+def _curvlinops_factors(theirs: Any, layers: Sequence[str], prefix: str) -> list[tuple[Tensor, Tensor]]:
+    """curvlinops' ``(A, B)`` per layer, ``B`` halved (its MSE is twice ours)."""
     inputs, outputs = getattr(theirs, "_input_covariances", None), getattr(theirs, "_gradient_covariances", None)
     if inputs is None or outputs is None:
         raise RuntimeError(
             "curvlinops' KFACLinearOperator no longer exposes _input_covariances/_gradient_covariances; "
             "this suite was written against curvlinops 3.0.1"
         )
-    differences: dict[str, float] = {}
+    return [(inputs[prefix + layer], outputs[prefix + layer] / 2) for layer in layers]
+
+
+def _our_factors(ours: KroneckerOperator, layers: Sequence[str]) -> list[tuple[Tensor, Tensor]]:
+    """Our ``(A, B)`` per layer, checked to be in the twin's layer order."""
     for block, layer in zip(ours.blocks, layers):
         if block.names[0] != f"{layer}.weight":
             raise RuntimeError(f"layer order differs: ours {block.names[0]!r}, twin {layer!r}")
-        key = prefix + layer
-        differences[f"A_max_rel_diff.{layer}"] = _max_rel_diff(block.input_factor, inputs[key])
-        differences[f"B_max_rel_diff.{layer}"] = _max_rel_diff(block.output_factor, outputs[key] / 2)
+    return [(block.input_factor, block.output_factor) for block in ours.blocks]
+
+
+def _factor_differences(ours: KroneckerOperator, theirs: Any, layers: Sequence[str], prefix: str) -> dict[str, float]:
+    """Per-layer ``A`` and ``B`` differences, relative to curvlinops' largest entry."""
+    differences: dict[str, float] = {}
+    for layer, mine, reference in zip(layers, _our_factors(ours, layers), _curvlinops_factors(theirs, layers, prefix)):
+        for factor, a, b in zip("AB", mine, reference):
+            differences[f"{factor}_max_rel_diff.{layer}"] = _max_rel_diff(a, b)
     return differences
 
 
 def _factor_errors(ours: KroneckerOperator, theirs: Any, exact: KroneckerOperator, layers: Sequence[str],
                    prefix: str) -> dict[str, float]:
-    """Each side's ``A`` and ``B`` against the float64 factors ``exact`` (relative to the largest entry of ``exact``).
+    """Each side's ``A`` and ``B`` against the float64 factors ``exact``, relative to their largest entry.
 
     In float32 the two libraries' sums over the layer's rows round differently, so their mutual
     difference is bounded by the sum of their errors; these show whose error it is.
     """
-    theirs_errors = _factor_differences(exact, theirs, layers, prefix)
+    sides = {"ours": _our_factors(ours, layers), "theirs": _curvlinops_factors(theirs, layers, prefix)}
     errors: dict[str, float] = {}
-    for block, truth, layer in zip(ours.blocks, exact.blocks, layers):
-        for factor in ("A", "B"):
-            name = "input_factor" if factor == "A" else "output_factor"
-            errors[f"{factor}_error_ours.{layer}"] = _max_rel_diff(getattr(block, name), getattr(truth, name))
-            errors[f"{factor}_error_theirs.{layer}"] = theirs_errors[f"{factor}_max_rel_diff.{layer}"]
+    for index, (layer, truth) in enumerate(zip(layers, _our_factors(exact, layers))):
+        for side, factors in sides.items():
+            for factor, value, true in zip("AB", factors[index], truth):
+                errors[f"{factor}_error_{side}.{layer}"] = _max_rel_diff(value, true)
     return errors
 
 

@@ -117,10 +117,12 @@ def augmented(rows: Tensor, bias: bool) -> Tensor:
 def layer_moment(t: Tensor, module: nn.Module, bias: bool) -> tuple[Tensor, int]:
     """``Σ r rᵀ`` over the rows ``r`` of ``augmented(layer_rows(t, module), bias)``, and their number ``R``.
 
-    Without forming the rows: a :class:`Pointwise` layer's `(b, c, N)` field is contracted over the
-    grid by one batched matmul with its own transpose (a view), and the bias row and column are the
-    plain sums ``Σ r`` and ``R``. Transposing the field into `(R, c)` rows and appending a ones column
-    took two copies of it, a third of K-FAC's time on an FNO.
+    Without forming the rows where the grid is at least as long as the channels: a :class:`Pointwise`
+    layer's `(b, c, N)` field is then contracted over the grid by one batched matmul with its own
+    transpose (a view), and the bias row and column are the plain sums ``Σ r`` and ``R``. Transposing
+    the field into `(R, c)` rows and appending a ones column took two copies of it, a third of
+    K-FAC's time on an FNO. On short grids (``N < c``) the `(b, c, c)` products of the batched matmul
+    would outweigh the copies, and the rows are formed.
 
     Args:
         t: as for :func:`layer_rows`.
@@ -130,12 +132,12 @@ def layer_moment(t: Tensor, module: nn.Module, bias: bool) -> tuple[Tensor, int]
     Returns:
         `(f, f)` with ``f`` the features (plus one with ``bias``), and ``R``.
     """
-    if isinstance(module, Pointwise):
-        field = t.reshape(t.shape[0], t.shape[1], -1)  # (b, c, N)
+    field = t.reshape(t.shape[0], t.shape[1], -1) if isinstance(module, Pointwise) else None
+    if field is not None and field.shape[2] >= field.shape[1]:
         moment, count = torch.bmm(field, field.mT).sum(0), field.shape[0] * field.shape[2]
         sums = field.sum((0, 2)) if bias else None
     else:
-        rows = t.reshape(-1, t.shape[-1])
+        rows = layer_rows(t, module)
         moment, count = rows.mT @ rows, rows.shape[0]
         sums = rows.sum(0) if bias else None
     if sums is None:

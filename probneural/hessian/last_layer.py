@@ -25,9 +25,9 @@ from probneural.hessian.ggn import functional_model, loss_hessian_sqrt
 from probneural.hessian.kfac import (
     KroneckerBlock,
     KroneckerOperator,
-    augmented,
     batches,
     has_trainable_bias,
+    layer_moment,
     layer_rows,
     parameter_names,
     recording,
@@ -95,8 +95,8 @@ def last_layer_ggn(
         if not calls or not torch.equal(torch.cat([s for _, s in calls]), output):
             raise ValueError(f"layer: the model output is not the output of {layer!r}, so it is not a linear "
                              "read-out of that layer's input")
-        rows = augmented(layer_rows(torch.cat([a for a, _ in calls]), readout), bias)
-        gram = rows.T @ rows if gram is None else gram + rows.T @ rows
+        moment, _ = layer_moment(torch.cat([a for a, _ in calls]), readout, bias)
+        gram = moment if gram is None else gram + moment
         lam = layer_rows(loss_hessian_sqrt(loss, output, noise_variance).square().expand_as(output), readout)
         if not torch.equal(lam, lam[:1].expand_as(lam)):
             raise ValueError(f"noise_variance: Λ must be the same at every location of {layer!r} for a Kronecker "

@@ -28,7 +28,6 @@ def test_smoke_size_cases_agree_with_curvlinops(precision, agreement):
     (_, mc), (_, type2), (_, exact), (_, hutchinson) = results
     for kfac in (mc, type2):  # each side against the float64 factors
         assert kfac["max_rel_error_ours"] < agreement and kfac["max_rel_error_theirs"] < agreement
-        assert kfac["A_error_ours.lifting"] <= kfac["max_rel_error_ours"]
     # K-FAC covers the pointwise layers on both sides; curvlinops refuses the spectral weights
     assert mc["ours_parameters_covered"] == mc["theirs_parameters_covered"] == mc["pointwise_parameters"]
     assert mc["theirs_with_spectral_weights"].startswith("NotImplementedError")

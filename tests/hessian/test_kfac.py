@@ -52,13 +52,21 @@ LOSSES = [("mse", 1.0), ("gaussian_nll", [0.5, 2.0, 4.0])]
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("module, shape", [(Pointwise(3, 2), (4, 3, 5, 6)), (nn.Linear(3, 2), (4, 5, 3))])
+@pytest.mark.parametrize("module, shape", [
+    (Pointwise(3, 2), (4, 3, 5, 6)),  # a grid longer than the channels: one batched matmul
+    (Pointwise(8, 2), (4, 8, 3)),  # a grid shorter than the channels: the rows
+    (nn.Linear(3, 2), (4, 5, 3)),
+])
 def test_layer_moment_is_the_second_moment_of_the_layer_rows(module, shape, bias):
-    t = torch.randn(shape, **DOUBLE)
+    features = shape[-1] if isinstance(module, nn.Linear) else shape[1]
+    t = torch.randn(*shape[:-1], 2 * shape[-1], **DOUBLE)[..., ::2]  # not contiguous
     rows = augmented(layer_rows(t, module), bias)
     moment, count = layer_moment(t, module, bias)
     torch.testing.assert_close(moment, rows.T @ rows, rtol=1e-12, atol=1e-12)
-    assert count == rows.shape[0] == t.numel() // 3
+    assert count == rows.shape[0] == t.numel() // features
+    single, _ = layer_moment(t.float(), module, bias)
+    assert single.dtype == torch.float32
+    torch.testing.assert_close(single.double(), rows.T @ rows, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("loss, noise", LOSSES)
