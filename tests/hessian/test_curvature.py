@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.func import functional_call, jacrev
 
+import probneural.hessian.ggn as ggn_module
 from probneural import hessian
 from probneural.operators import FNO
 
@@ -44,6 +45,18 @@ def test_ggn_products_and_diagonal_match_explicit_jacobians(loss, noise):
     torch.testing.assert_close(operator.diagonal(), torch.diagonal(expected), rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(hessian.ggn_diagonal(model_fn, params, loss=loss, noise_variance=noise),
                                torch.diagonal(expected), rtol=1e-8, atol=1e-10)
+
+
+def test_ggn_diagonal_in_blocks_of_outputs_equals_it_in_one(monkeypatch):
+    # The Jacobian rows are formed in blocks of at most DIAGONAL_BLOCK_BYTES: a block of one output
+    # and blocks that do not divide the outputs give the same diagonal.
+    model_fn, params = small_fno()
+    options = {"loss": "gaussian_nll", "noise_variance": [0.5, 2.0]}
+    whole = hessian.ggn_diagonal(model_fn, params, **options)
+    row_bytes = max(whole.numel(), model_fn(params).numel()) * whole.element_size()
+    for rows in (1, 7):
+        monkeypatch.setattr(ggn_module, "DIAGONAL_BLOCK_BYTES", rows * row_bytes)
+        torch.testing.assert_close(hessian.ggn_diagonal(model_fn, params, **options), whole, rtol=1e-12, atol=1e-14)
 
 
 def test_ggn_equals_the_hessian_for_a_model_linear_in_its_parameters():
