@@ -46,7 +46,7 @@ def keep_freed_memory() -> bool:
         refused a value (:func:`allocator_setting` then names what did apply).
     """
     global _applied
-    if _applied == _SETTING:
+    if heap_kept():
         return True
     if platform.libc_ver()[0] != "glibc":
         return False
@@ -56,7 +56,7 @@ def keep_freed_memory() -> bool:
                                                              ("trim_threshold", _M_TRIM_THRESHOLD, TRIM_THRESHOLD))
                if mallopt(option, value)]
     _applied = "mallopt " + " ".join(applied) if applied else None
-    return _applied == _SETTING
+    return heap_kept()
 
 
 def heap_kept() -> bool:
