@@ -20,7 +20,8 @@ $(VENV)/.torch: | $(PY)
 	$(PIP) install -q $(TORCH)
 	touch $@
 
-$(VENV)/.base: pyproject.toml $(VENV)/.torch
+# setup.py builds the optional C library of fused solver passes (probneural/data/spectral_passes.c)
+$(VENV)/.base: pyproject.toml setup.py probneural/data/spectral_passes.c probneural/data/spectral_passes_body.h $(VENV)/.torch
 	$(PIP) install -q -e .
 	touch $@
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import probneural
-from probneural.data import navier_stokes
+from probneural.data import navier_stokes, spectral_passes
 from probneural.data.grf import grf_periodic
 
 TWO_PI = 2 * math.pi
@@ -192,6 +192,26 @@ def test_transforms_into_buffers_or_new_tensors_give_the_same_result(monkeypatch
         monkeypatch.setattr(navier_stokes, "heap_kept", lambda kept=kept: kept)
         results.append(navier_stokes.solve(w0, 1e-3, [0.25, 0.5], forcing=navier_stokes.fno_forcing))
     assert torch.equal(*results)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("s", [16, 17])
+def test_fused_passes_give_what_the_torch_operations_give(monkeypatch, dtype, s):
+    # The C library's passes (where built) and the torch operations they replace: bit for bit when
+    # the rows are a multiple of the vector width, to rounding otherwise (torch's remainder loops).
+    if not spectral_passes.available(torch.zeros(1, dtype=torch.complex128)):
+        pytest.skip("the C library of fused passes is not built here (no C compiler): nothing to compare")
+    w0 = _random_vorticity(2, s, amplitude=5.0, seed=6).to(dtype)
+    results = []
+    for native in (True, False):
+        monkeypatch.setattr(spectral_passes, "available", lambda *tensors, native=native: native)
+        results.append(navier_stokes.solve(w0, 1e-3, [0.25, 0.5], forcing=navier_stokes.fno_forcing))
+        monkeypatch.undo()
+    if s % 8 == 0:
+        assert torch.equal(*results)
+    else:
+        difference = (results[0] - results[1]).norm() / results[1].norm()
+        assert difference < (1e-6 if dtype == torch.float32 else 1e-14)
 
 
 def test_scalar_time_and_sequence_of_times():
