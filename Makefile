@@ -23,6 +23,9 @@ $(VENV)/.torch: | $(PY)
 # setup.py builds the optional C library of fused solver passes (probneural/data/spectral_passes.c)
 $(VENV)/.base: pyproject.toml setup.py probneural/data/spectral_passes.c probneural/data/spectral_passes_body.h $(VENV)/.torch
 	$(PIP) install -q -e .
+	@$(PY) -c 'import torch; from probneural.data.spectral_passes import available; \
+		print("fused Navier-Stokes passes (C library):", "built" if available(torch.zeros(1, dtype=torch.complex64)) \
+		else "not built (no C compiler?): the solver runs torch operations")'
 	touch $@
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.base

@@ -33,7 +33,7 @@ KERNEL void NAME(gathered_products)(int64_t batch, int64_t rows, int64_t n, cons
 /* dst[b, j, columns[i]] = src[b, i, j], conjugated for i >= conjugate_from (i < lines, j < n).
  * Writes run along the grid's rows, which are not padded (a column of them falls into a few cache
  * sets); the reads, one element from each line, come back to the same cache lines for the next j. */
-KERNEL void NAME(lines_to_columns)(int64_t batch, int64_t lines, int64_t n, const real *restrict src, int64_t src_batch,
+KERNEL void NAME(lines_to_grid)(int64_t batch, int64_t lines, int64_t n, const real *restrict src, int64_t src_batch,
                                    int64_t src_row, const int64_t *restrict columns, int64_t conjugate_from,
                                    real *restrict dst, int64_t dst_batch, int64_t dst_row) {
     for (int64_t b = 0; b < batch; ++b) {
@@ -51,7 +51,7 @@ KERNEL void NAME(lines_to_columns)(int64_t batch, int64_t lines, int64_t n, cons
 /* dst[b, i, j] = src[b, j, columns[i]], conjugated for i >= conjugate_from (i < lines, j < n).
  * Writes run along the lines; the reads, one element from each grid row, come back to the same cache
  * lines for the next line. */
-KERNEL void NAME(columns_to_lines)(int64_t batch, int64_t lines, int64_t n, const real *restrict src, int64_t src_batch,
+KERNEL void NAME(grid_to_lines)(int64_t batch, int64_t lines, int64_t n, const real *restrict src, int64_t src_batch,
                                    int64_t src_row, const int64_t *restrict columns, int64_t conjugate_from,
                                    real *restrict dst, int64_t dst_batch, int64_t dst_row) {
     for (int64_t b = 0; b < batch; ++b) {
@@ -67,53 +67,69 @@ KERNEL void NAME(columns_to_lines)(int64_t batch, int64_t lines, int64_t n, cons
 }
 
 /* z[b, :] = z[b, :]² for `n` contiguous elements per sample; speed[b] = max |Re z| + |Im z| before
- * squaring (speed may be NULL). */
-KERNEL void NAME(square_in_place)(int64_t batch, int64_t n, real *restrict z, real *restrict speed) {
+ * squaring, NaN if any term is NaN (speed may be NULL). Row by row of `row` elements, so that the
+ * speed's scan and the square read each row from cache once it is loaded. */
+KERNEL void NAME(square_in_place)(int64_t batch, int64_t n, int64_t row, real *restrict z, real *restrict speed) {
     for (int64_t b = 0; b < batch; ++b) {
-        real *x = z + 2 * b * n;
-        if (speed != NULL) {
-            real largest = 0;
-            for (int64_t j = 0; j < 2 * n; j += 2) {
-                real size = (x[j] < 0 ? -x[j] : x[j]) + (x[j + 1] < 0 ? -x[j + 1] : x[j + 1]);
-                largest = size > largest ? size : largest;
+        real largest = 0;
+        int nan = 0;
+        for (int64_t start = 0; start < n; start += row) {
+            real *x = z + 2 * (b * n + start);
+            int64_t end = 2 * (start + row < n ? row : n - start);
+            if (speed != NULL) {
+                for (int64_t j = 0; j < end; j += 2) {
+                    real size = (x[j] < 0 ? -x[j] : x[j]) + (x[j + 1] < 0 ? -x[j + 1] : x[j + 1]);
+                    nan |= size != size;
+                    largest = size > largest ? size : largest;
+                }
             }
-            speed[b] = largest;
+            for (int64_t j = 0; j < end; j += 2) {
+                real re = x[j], im = x[j + 1];
+                x[j] = re * re - im * im;
+                x[j + 1] = re * im + im * re;
+            }
         }
-        for (int64_t j = 0; j < 2 * n; j += 2) {
-            real re = x[j], im = x[j + 1];
-            x[j] = re * re - im * im;
-            x[j + 1] = re * im + im * re;
-        }
+        if (speed != NULL) speed[b] = nan ? (real)NAN : largest;
     }
 }
 
 /* One RK3–Crank–Nicolson stage in place on w (batch, rows, n), rows = all rows of the half
  * spectrum: w = damping w (+ forcing), and on the first `advected_rows` rows also
- * + factor (advection + ratio · previous). forcing and previous may be NULL. */
+ * + factor (advection + ratio · previous). forcing and previous may be NULL. Row by row: each row is
+ * read from memory once and its few loops run over it in cache. */
 KERNEL void NAME(rk3_stage)(int64_t batch, int64_t rows, int64_t advected_rows, int64_t n, real *restrict w,
                             const real *restrict damping, int64_t damping_batch, const real *restrict forcing,
                             int64_t forcing_batch, const real *restrict factor, int64_t factor_batch,
                             const real *restrict advection, int64_t advection_batch, const real *restrict previous,
                             int64_t previous_batch, real ratio) {
     for (int64_t b = 0; b < batch; ++b) {
-        real *x = w + 2 * b * rows * n;
-        const real *d = damping + 2 * b * damping_batch;
-        const real *f = forcing == NULL ? NULL : forcing + 2 * b * forcing_batch;
-        for (int64_t k = 0; k < 2 * rows * n; k += 2) {
-            real xr = x[k], xi = x[k + 1];
-            x[k] = d[k] * xr - d[k + 1] * xi;
-            x[k + 1] = d[k] * xi + d[k + 1] * xr;
-        }
-        if (f != NULL) {
-            for (int64_t k = 0; k < 2 * rows * n; ++k) x[k] = f[k] + x[k];
-        }
-        const real *c = factor + 2 * b * factor_batch, *a = advection + 2 * b * advection_batch;
-        const real *p = previous == NULL ? NULL : previous + 2 * b * previous_batch;
-        for (int64_t k = 0; k < 2 * advected_rows * n; k += 2) {
-            real sr = p == NULL ? a[k] : a[k] + ratio * p[k];
-            real si = p == NULL ? a[k + 1] : a[k + 1] + ratio * p[k + 1];
-            x[k] = x[k] + (c[k] * sr - c[k + 1] * si);
-            x[k + 1] = x[k + 1] + (c[k] * si + c[k + 1] * sr);
+        for (int64_t r = 0; r < rows; ++r) {
+            real *x = w + 2 * (b * rows + r) * n;
+            const real *d = damping + 2 * (b * damping_batch + r * n);
+            for (int64_t k = 0; k < 2 * n; k += 2) {
+                real xr = x[k], xi = x[k + 1];
+                x[k] = d[k] * xr - d[k + 1] * xi;
+                x[k + 1] = d[k] * xi + d[k + 1] * xr;
+            }
+            if (forcing != NULL) {
+                const real *f = forcing + 2 * (b * forcing_batch + r * n);
+                for (int64_t k = 0; k < 2 * n; ++k) x[k] = f[k] + x[k];
+            }
+            if (r >= advected_rows) continue;
+            const real *c = factor + 2 * (b * factor_batch + r * n), *a = advection + 2 * (b * advection_batch + r * n);
+            if (previous == NULL) {
+                for (int64_t k = 0; k < 2 * n; k += 2) {
+                    x[k] = x[k] + (c[k] * a[k] - c[k + 1] * a[k + 1]);
+                    x[k + 1] = x[k + 1] + (c[k] * a[k + 1] + c[k + 1] * a[k]);
+                }
+            } else {
+                const real *p = previous + 2 * (b * previous_batch + r * n);
+                for (int64_t k = 0; k < 2 * n; k += 2) {
+                    real sr = a[k] + ratio * p[k], si = a[k + 1] + ratio * p[k + 1];
+                    x[k] = x[k] + (c[k] * sr - c[k + 1] * si);
+                    x[k + 1] = x[k + 1] + (c[k] * si + c[k + 1] * sr);
+                }
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 """Navier–Stokes solver and data: exact solutions, invariants, temporal order, batching, input checks, generation."""
 
 import math
+import platform
 
 import pytest
 import torch
@@ -197,8 +198,8 @@ def test_transforms_into_buffers_or_new_tensors_give_the_same_result(monkeypatch
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("s", [16, 17])
 def test_fused_passes_give_what_the_torch_operations_give(monkeypatch, dtype, s):
-    # The C library's passes (where built) and the torch operations they replace: bit for bit when
-    # the rows are a multiple of the vector width, to rounding otherwise (torch's remainder loops).
+    # The C library's passes (where built) and the torch operations they replace: on x86-64 bit for bit
+    # when the rows are a multiple of the vector width, to rounding otherwise (torch's remainder loops).
     if not spectral_passes.available(torch.zeros(1, dtype=torch.complex128)):
         pytest.skip("the C library of fused passes is not built here (no C compiler): nothing to compare")
     w0 = _random_vorticity(2, s, amplitude=5.0, seed=6).to(dtype)
@@ -207,7 +208,7 @@ def test_fused_passes_give_what_the_torch_operations_give(monkeypatch, dtype, s)
         monkeypatch.setattr(spectral_passes, "available", lambda *tensors, native=native: native)
         results.append(navier_stokes.solve(w0, 1e-3, [0.25, 0.5], forcing=navier_stokes.fno_forcing))
         monkeypatch.undo()
-    if s % 8 == 0:
+    if s % 8 == 0 and platform.machine() in ("x86_64", "AMD64"):  # torch's x86 kernels round products alike
         assert torch.equal(*results)
     else:
         difference = (results[0] - results[1]).norm() / results[1].norm()

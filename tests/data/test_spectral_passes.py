@@ -1,6 +1,6 @@
 """The C library of fused solver passes against the torch operations it replaces, its checks and its fallback."""
 
-import importlib
+import os
 import shutil
 import sysconfig
 
@@ -11,6 +11,9 @@ from probneural.data import spectral_passes
 from probneural.data.spectral_passes import RowProducts, Transpose, rk3_stage, square_in_place
 
 COMPLEX = [torch.complex64, torch.complex128]
+BUILT = spectral_passes.available(torch.zeros(1, dtype=torch.complex64))
+# the tests of what the library computes need it (test_library_is_built_where_a_c_compiler_is says when it must be)
+needs_library = pytest.mark.skipif(not BUILT, reason="the C library is not built or is disabled here")
 
 
 def _random(*shape: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
@@ -24,18 +27,21 @@ def _padded(*shape: int, dtype: torch.dtype, seed: int, padding: int = 3) -> tor
 
 
 def test_library_is_built_where_a_c_compiler_is():
-    # `pip install -e .` builds it when the compiler Python was built with is on PATH; without one
-    # the install goes on and every solver runs its torch operations.
-    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    assert spectral_passes.available(torch.zeros(1, dtype=torch.complex64)) == (shutil.which(compiler) is not None)
+    # `pip install -e .` builds it with the compiler setuptools uses ($CC, else the one Python was built with);
+    # without one the install goes on and every solver runs its torch operations. PROBNEURAL_NATIVE=0 turns it off.
+    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    expected = shutil.which(compiler) is not None and os.environ.get("PROBNEURAL_NATIVE", "1") != "0"
+    assert BUILT == expected
 
 
+@needs_library
 def test_available_only_for_complex_cpu_tensors_of_one_dtype():
     assert spectral_passes.available(torch.zeros(2, dtype=torch.complex128), torch.zeros(3, dtype=torch.complex128))
     assert not spectral_passes.available(torch.zeros(2, dtype=torch.complex64), torch.zeros(2, dtype=torch.complex128))
     assert not spectral_passes.available(torch.zeros(2, dtype=torch.float64))
 
 
+@needs_library
 @pytest.mark.parametrize("dtype", COMPLEX)
 def test_row_products_match_gather_multiply_add(dtype):
     batch, rows, sources, n = 3, 5, 7, 12
@@ -49,6 +55,7 @@ def test_row_products_match_gather_multiply_add(dtype):
     torch.testing.assert_close(out, first * src[:, first_rows] + second * src[:, second_rows])
 
 
+@needs_library
 @pytest.mark.parametrize("dtype", COMPLEX)
 def test_transposes_move_and_conjugate_lines(dtype):
     batch, n, grid_columns = 2, 9, 11
@@ -63,6 +70,7 @@ def test_transposes_move_and_conjugate_lines(dtype):
                                rtol=0, atol=0)
 
     distinct = torch.tensor([0, 1, 2, 8, 9, 10])
+    grid = grid.contiguous()  # the side written must be
     before = grid.clone()
     Transpose(distinct, 3, grid_columns).to_grid(grid, lines)
     torch.testing.assert_close(grid[..., distinct], expected.mT, rtol=0, atol=0)
@@ -70,6 +78,7 @@ def test_transposes_move_and_conjugate_lines(dtype):
     torch.testing.assert_close(grid[..., untouched], before[..., untouched], rtol=0, atol=0)
 
 
+@needs_library
 @pytest.mark.parametrize("dtype", COMPLEX)
 def test_square_in_place_and_speed(dtype):
     z = _random(3, 17, 4, dtype=dtype, seed=5)
@@ -78,8 +87,12 @@ def test_square_in_place_and_speed(dtype):
     torch.testing.assert_close(z, expected, rtol=0, atol=0)
     z = _random(3, 17, 4, dtype=dtype, seed=5)
     torch.testing.assert_close(square_in_place(z, True), speed, rtol=0, atol=0)
+    z = _random(3, 17, 4, dtype=dtype, seed=5)
+    z[1, 3, 2], z[2, 0, 0] = complex("nan"), complex(float("nan"), 0.0)  # NaN propagates, as with amax
+    assert square_in_place(z, True).isnan().tolist() == [False, True, True]
 
 
+@needs_library
 @pytest.mark.parametrize("dtype", COMPLEX)
 @pytest.mark.parametrize("with_forcing", [False, True])
 @pytest.mark.parametrize("shared_tables", [False, True])
@@ -98,6 +111,7 @@ def test_rk3_stage_matches_its_torch_operations(dtype, with_forcing, shared_tabl
         torch.testing.assert_close(result, expected)  # rounding: torch's kernels may contract or reorder
 
 
+@needs_library
 def test_bad_arguments_are_named():
     table = torch.ones(2, 4, dtype=torch.complex128)
     with pytest.raises(ValueError, match="first_rows: entries must lie in"):
@@ -105,14 +119,18 @@ def test_bad_arguments_are_named():
     products = RowProducts(table, torch.tensor([0, 2]), 3)
     with pytest.raises(ValueError, match="src: expected a CPU torch.complex128 tensor of shape"):
         products(torch.empty(1, 2, 4, dtype=torch.complex128), torch.empty(1, 3, 4, dtype=torch.complex64))
-    with pytest.raises(ValueError, match="out, src: expected contiguous rows"):
+    with pytest.raises(ValueError, match="out: expected a CPU torch.complex128 tensor of shape .* contiguous layout"):
         products(torch.empty(1, 2, 6, dtype=torch.complex128)[..., :4], torch.empty(1, 3, 4, dtype=torch.complex128))
+    with pytest.raises(ValueError, match="src: expected contiguous rows"):
+        products(torch.empty(1, 2, 4, dtype=torch.complex128), torch.empty(1, 3, 6, dtype=torch.complex128)[..., :4])
+    with pytest.raises(ValueError, match="second, second_rows: expected both or neither"):
+        RowProducts(table, torch.tensor([0, 2]), 3, second_rows=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="columns: entries must lie in"):
         Transpose(torch.tensor([0, 5]), 1, 5)
     with pytest.raises(ValueError, match="grid: expected"):
         Transpose(torch.tensor([0, 4]), 1, 5).to_grid(torch.empty(1, 3, 4, dtype=torch.complex64),
                                                      torch.empty(1, 2, 3, dtype=torch.complex64))
-    with pytest.raises(ValueError, match="z: expected a contiguous complex CPU tensor"):
+    with pytest.raises(ValueError, match=r"z: expected a CPU torch.complex64 tensor of shape \(3, 2\) with a contiguous"):
         square_in_place(torch.empty(2, 3, dtype=torch.complex64).mT, False)
     w = torch.zeros(2, 3, 4, dtype=torch.complex128)
     with pytest.raises(ValueError, match="damping: expected"):
@@ -121,19 +139,60 @@ def test_bad_arguments_are_named():
         rk3_stage(w, w.clone(), None, w[:, :2].clone(), w[:, :2], w[:1, :2], 0.0)
 
 
-def test_disabled_by_the_environment_or_a_stale_build(monkeypatch):
+@needs_library
+def test_calls_that_would_reach_memory_they_should_not_are_refused():
+    c64 = torch.complex64
+    products = RowProducts(torch.ones(2, 4, dtype=c64), torch.tensor([0, 2]), 3)
+    memory = torch.randn(40, dtype=c64)
+    src = memory[:24].view(2, 3, 4)
+    with pytest.raises(ValueError, match="out: expected memory of its own"):
+        products(memory[16:32].view(2, 2, 4), src)  # writes what it reads
+    with pytest.raises(ValueError, match="out: expected a CPU"):
+        products(torch.empty(1, 2, 4, dtype=c64).expand(2, 2, 4), src)  # one sample's memory for two
+    with pytest.raises(ValueError, match="conjugated"):
+        products(torch.empty(2, 2, 4, dtype=c64), src.conj())
+    with pytest.raises(ValueError, match="src: its elements lie outside its storage"):
+        products(torch.empty(2, 2, 4, dtype=c64), torch._efficientzerotensor((2, 3, 4), dtype=c64))
+    shrunk = torch.zeros(2, 4, 3, dtype=c64)
+    shrunk.untyped_storage().resize_(8)
+    with pytest.raises(ValueError, match="grid: its elements lie outside its storage"):
+        Transpose(torch.tensor([0, 1, 2]), 2, 3).to_grid(shrunk, torch.zeros(2, 3, 4, dtype=c64))
+    w = torch.zeros(2, 3, 4, dtype=torch.complex128)
+    with pytest.raises(ValueError, match="w: expected memory of its own"):
+        rk3_stage(w, w, None, w[:1, :2].clone(), w[:, :2].clone(), None, 0.0)
+
+
+def test_without_the_library_calls_say_so_and_solvers_use_torch(monkeypatch):
     monkeypatch.setenv("PROBNEURAL_NATIVE", "0")
     spectral_passes._library.cache_clear()
     try:
         assert not spectral_passes.available(torch.zeros(1, dtype=torch.complex64))
+        with pytest.raises(RuntimeError, match="not loaded"):
+            square_in_place(torch.zeros(1, 3, dtype=torch.complex64), False)
+    finally:
         monkeypatch.delenv("PROBNEURAL_NATIVE")
         spectral_passes._library.cache_clear()
-        if spectral_passes.available(torch.zeros(1, dtype=torch.complex64)):
-            monkeypatch.setattr(spectral_passes, "ABI_VERSION", spectral_passes.ABI_VERSION + 1)
-            spectral_passes._library.cache_clear()
-            with pytest.warns(RuntimeWarning, match="built from other sources"):
-                assert not spectral_passes.available(torch.zeros(1, dtype=torch.complex64))
+
+
+@needs_library
+def test_a_library_built_from_other_sources_or_not_loadable_is_not_used(monkeypatch):
+    # An editable install not rebuilt since its C sources changed: the digest compiled into the library differs.
+    monkeypatch.setattr(spectral_passes, "source_digest", lambda: "0" * 64)
+    spectral_passes._library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="built from other sources"):
+            assert not spectral_passes.available(torch.zeros(1, dtype=torch.complex64))
+        monkeypatch.undo()
+
+        def unloadable(path):
+            raise OSError(f"{path}: wrong ELF class")
+
+        monkeypatch.setattr(spectral_passes.ctypes, "CDLL", unloadable)
+        spectral_passes._library.cache_clear()
+        with pytest.warns(RuntimeWarning, match="cannot be used"):
+            assert not spectral_passes.available(torch.zeros(1, dtype=torch.complex64))
     finally:
         monkeypatch.undo()
         spectral_passes._library.cache_clear()
-    assert importlib.import_module("probneural.data.spectral_passes") is spectral_passes
+    assert spectral_passes.available(torch.zeros(1, dtype=torch.complex64))
+    assert spectral_passes._library().spectral_passes_source().decode() == spectral_passes.source_digest()
