@@ -34,8 +34,8 @@ KERNEL void NAME(gathered_products)(int64_t batch, int64_t rows, int64_t n, cons
  * Writes run along the grid's rows, which are not padded (a column of them falls into a few cache
  * sets); the reads, one element from each line, come back to the same cache lines for the next j. */
 KERNEL void NAME(lines_to_grid)(int64_t batch, int64_t lines, int64_t n, const real *restrict src, int64_t src_batch,
-                                   int64_t src_row, const int64_t *restrict columns, int64_t conjugate_from,
-                                   real *restrict dst, int64_t dst_batch, int64_t dst_row) {
+                                int64_t src_row, const int64_t *restrict columns, int64_t conjugate_from,
+                                real *restrict dst, int64_t dst_batch, int64_t dst_row) {
     for (int64_t b = 0; b < batch; ++b) {
         for (int64_t j = 0; j < n; ++j) {
             const real *x = src + 2 * (b * src_batch + j);
@@ -52,8 +52,8 @@ KERNEL void NAME(lines_to_grid)(int64_t batch, int64_t lines, int64_t n, const r
  * Writes run along the lines; the reads, one element from each grid row, come back to the same cache
  * lines for the next line. */
 KERNEL void NAME(grid_to_lines)(int64_t batch, int64_t lines, int64_t n, const real *restrict src, int64_t src_batch,
-                                   int64_t src_row, const int64_t *restrict columns, int64_t conjugate_from,
-                                   real *restrict dst, int64_t dst_batch, int64_t dst_row) {
+                                int64_t src_row, const int64_t *restrict columns, int64_t conjugate_from,
+                                real *restrict dst, int64_t dst_batch, int64_t dst_row) {
     for (int64_t b = 0; b < batch; ++b) {
         for (int64_t i = 0; i < lines; ++i) {
             const real *x = src + 2 * (b * src_batch + columns[i]);
