@@ -166,11 +166,11 @@ def _index_table(name: str, table: Tensor, limit: int) -> Tensor:
 
 
 def _factor_table(name: str, factor: Tensor, rows: int) -> Tensor:
-    """A contiguous CPU copy of a complex `(rows, n)` factor."""
+    """A contiguous CPU copy of a complex `(rows, n)` factor (conjugated views resolved)."""
     if factor.ndim != 2 or factor.shape[0] != rows or factor.dtype not in _SUFFIX:
         raise ValueError(f"{name}: expected a complex64 or complex128 tensor of shape ({rows}, n), got "
                          f"{factor.dtype} of shape {tuple(factor.shape)}")
-    return factor.to("cpu").contiguous().clone()
+    return factor.to("cpu").resolve_conj().resolve_neg().contiguous().clone()
 
 
 class RowProducts:

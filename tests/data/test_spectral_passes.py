@@ -53,6 +53,8 @@ def test_row_products_match_gather_multiply_add(dtype):
     torch.testing.assert_close(out, first * src[:, first_rows])
     RowProducts(first, first_rows, sources, second, second_rows)(out, src)
     torch.testing.assert_close(out, first * src[:, first_rows] + second * src[:, second_rows])
+    RowProducts(first.conj(), first_rows, sources)(out, src)  # a conjugated view of a factor is resolved when copied
+    torch.testing.assert_close(out, first.conj() * src[:, first_rows])
 
 
 @needs_library
