@@ -145,10 +145,11 @@ class _Spectral:
     On a CPU where the package's C library is built (:mod:`probneural.data.spectral_passes`), each
     group of two to four of the elementwise operations and transposes above runs as one pass: the
     velocity lines, each pair of transposes, the square with the CFL speed, the combination of the
-    forward lines and each RK3 stage (0.85× the time of a 256² solve at two threads, same-process
-    A/B). They are called without their argument checks: the arrays are this class's own buffers,
-    the state it made and the results of its FFTs. On x86-64 the results are bitwise those of the torch operations when ``s`` is a multiple
-    of 8, within rounding otherwise. Elsewhere (other devices, no library) the torch operations run.
+    forward lines and each RK3 stage (0.86–0.94× the time of a 256² solve at two threads,
+    same-process A/B). They are called without their argument checks: the arrays are this class's
+    own buffers, the state it made and the results of its FFTs. On x86-64 the results are bitwise
+    those of the torch operations when ``s`` is a multiple of 8, within rounding otherwise.
+    Elsewhere (other devices, no library) the torch operations run.
 
     The time step applies each RK3 stage as three fused complex operations with per-stage
     factors (``(1 − αhD) / (1 + αhD)``, the forcing term, ``−γh / (1 + αhD)``) that depend only
