@@ -190,20 +190,12 @@ class _Spectral:
                                             (torch.complex(-kx, ky) * scale)[1:].flip(0)])
         self._velocity_rows = torch.cat([torch.arange(self.rows, device=device),
                                          torch.arange(cutoff, 0, -1, device=device)])
-        # After the first pass, line i goes to column i of the grid's rows (i <= K), line K + m to
-        # column s − K − 1 + m conjugated: (2K + 1,).
-        self._line_columns = torch.cat([torch.arange(self.rows, device=device),
-                                        torch.arange(s - cutoff, s, device=device)])
         # u·∇w = c Q + conj(c) Q̃ with Q the spectrum of z², Q̃(k) = conj(Q(−k)) and
         # c = (2π)² (k_x k_y / 2 + i (k_x² − k_y²) / 4) on the 2/3 modes.
         c = torch.complex(kx * ky / 2, (kx**2 - ky**2) / 4) * (2 * math.pi) ** 2 * keep
         self._from_square, self._from_square_mirrored = c, c.conj().resolve_conj()
-        # The forward lines hold Q for k_x = 0..K (columns 0..K of the rows' spectra), then Q̃ for
-        # k_x = 0, K, K − 1, ..., 1 (columns 0, s − K, ..., s − 1, conjugated): Q(k) pairs with line
-        # k_x of Q and line mirrored_lines[k_x] of Q̃. Columns (2K + 2,), rows and mirrored lines (K + 1,).
-        self._square_columns = torch.cat([self._line_columns[: self.rows], self._line_columns[:1],
-                                          self._line_columns[self.rows :]])
-        self._square_rows = torch.arange(self.rows, device=device)
+        # The forward lines hold Q̃ for k_x = 0, K, K − 1, ..., 1 after those of Q for k_x = 0..K:
+        # Q(k) pairs with line k_x of Q and line mirrored_lines[k_x] of Q̃, (K + 1,).
         self._mirrored_lines = torch.tensor([self.rows, *range(2 * self.rows - 1, self.rows, -1)], device=device)
         complex_dtype = _COMPLEX[dtype]
         lines, rows = 2 * cutoff + 1, self.rows
@@ -221,11 +213,16 @@ class _Spectral:
         self._factors: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
         self._native = spectral_passes.available(self._lines)
         if self._native:  # the C library's fused passes
+            # After the first inverse pass, line i goes to column i of the grid's rows (i <= K), line K + m
+            # to column s − K − 1 + m, conjugated. The forward lines read columns 0..K, then 0, s − K, ...,
+            # s − 1 conjugated (Q̃ for k_x = 0, K, ..., 1).
+            line_columns = torch.cat([torch.arange(rows), torch.arange(s - cutoff, s)])  # (2K + 1,)
+            square_columns = torch.cat([line_columns[:rows], line_columns[:1], line_columns[rows:]])  # (2K + 2,)
             self._velocity_lines = spectral_passes.RowProducts(self._velocity_factors, self._velocity_rows, s // 2 + 1)
-            self._lines_to_grid = spectral_passes.Transpose(self._line_columns, self.rows, s)
-            self._grid_to_square_lines = spectral_passes.Transpose(self._square_columns, self.rows, s)
+            self._lines_to_grid = spectral_passes.Transpose(line_columns, rows, s)
+            self._grid_to_square_lines = spectral_passes.Transpose(square_columns, rows, s)
             self._advection_rows = spectral_passes.RowProducts(
-                self._from_square, self._square_rows, 2 * self.rows, self._from_square_mirrored, self._mirrored_lines
+                self._from_square, torch.arange(rows), 2 * rows, self._from_square_mirrored, self._mirrored_lines
             )
         else:  # the buffers of the torch operations
             self._mirrored = torch.empty((batch, cutoff, s), dtype=complex_dtype, device=device)
