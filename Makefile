@@ -29,7 +29,7 @@ $(VENV)/.base: pyproject.toml setup.py probneural/data/spectral_passes.c probneu
 	touch $@
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.base
-	$(PIP) install -q -e ".[dev,compare]"
+	$(PIP) install -q -e ".[dev,compare,fftw]"
 	$(PIP) install -q --no-deps $(CURVATURE_COMPARE)
 	touch $@
 

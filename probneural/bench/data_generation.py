@@ -19,7 +19,7 @@ from probneural.bench.baselines import darcy as darcy_reference
 from probneural.bench.baselines import navier_stokes as navier_stokes_reference
 from probneural.bench.suites import SUITES, Case
 from probneural.bench.timing import interleaved_times
-from probneural.data import burgers, darcy, navier_stokes, spectral_passes
+from probneural.data import burgers, darcy, fftw, navier_stokes, spectral_passes
 from probneural.data.grf import grf_neumann, grf_periodic
 from probneural.train.precision import resolve_device
 from probneural.validation import check_int
@@ -108,8 +108,9 @@ def data_generation(
       ETDRK4 scheme and step in NumPy, one sample at a time.
     * ``navier_stokes``: ``navier_stokes_steps`` time steps of the FNO-paper forced flow at
       ``navier_stokes_resolution``², ν = 1e-3, a fixed step; reference: the same scheme in
-      NumPy, one sample at a time. Rates are sample-steps per second; ``fused_passes`` records
-      whether ours ran the C library's passes (:mod:`probneural.data.spectral_passes`).
+      NumPy, one sample at a time. Rates are sample-steps per second; ``fused_passes`` and ``fftw``
+      record whether ours ran the C library's passes (:mod:`probneural.data.spectral_passes`) and
+      FFTW's line transforms (:mod:`probneural.data.fftw`).
 
     Args:
         problems: which of ``darcy``, ``burgers``, ``navier_stokes`` to run.
@@ -191,9 +192,9 @@ def data_generation(
             )
             for key in ("samples_per_s", "reference_samples_per_s"):
                 metrics[key.replace("samples", "sample_steps")] = metrics.pop(key) * navier_stokes_steps
+            state = torch.zeros((), dtype=torch.promote_types(dtype, torch.complex64), device=target)
             case = {"problem": problem, "resolution": s, "steps": navier_stokes_steps, "dt": dt,
-                    "fused_passes": spectral_passes.available(
-                        torch.zeros((), dtype=torch.promote_types(dtype, torch.complex64), device=target))}
+                    "fused_passes": spectral_passes.available(state), "fftw": fftw.available(state)}
         case |= {"n_samples": n_samples, "n_reference": n_reference}
         results.append((case, metrics))
     return results

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import probneural
-from probneural.data import navier_stokes, spectral_passes
+from probneural.data import fftw, navier_stokes, spectral_passes
 from probneural.data.grf import grf_periodic
 
 TWO_PI = 2 * math.pi
@@ -213,6 +213,27 @@ def test_fused_passes_give_what_the_torch_operations_give(monkeypatch, dtype, s)
     else:
         difference = (results[0] - results[1]).norm() / results[1].norm()
         assert difference < (1e-6 if dtype == torch.float32 else 1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("s", [16, 17])
+@pytest.mark.parametrize("fused_passes", [True, False])
+def test_fftw_line_transforms_give_what_torch_fft_gives(monkeypatch, dtype, s, fused_passes):
+    # FFTW's plans (where pyfftw is installed) against torch.fft, with and without the C library's passes
+    if not fftw.available(torch.zeros(1, dtype=torch.complex128)):
+        pytest.skip("pyfftw is not installed here: nothing to compare")
+    if fused_passes and not spectral_passes.available(torch.zeros(1, dtype=torch.complex128)):
+        pytest.skip("the C library of fused passes is not built here (no C compiler)")
+    w0 = _random_vorticity(2, s, amplitude=5.0, seed=7).to(dtype)
+    results = []
+    for on in (True, False):
+        monkeypatch.setattr(fftw, "available", lambda *tensors, on=on: on)
+        if not fused_passes:
+            monkeypatch.setattr(spectral_passes, "available", lambda *tensors: False)
+        results.append(navier_stokes.solve(w0, 1e-3, [0.25, 0.5], forcing=navier_stokes.fno_forcing))
+        monkeypatch.undo()
+    difference = (results[0] - results[1]).norm() / results[1].norm()
+    assert difference < (1e-6 if dtype == torch.float32 else 1e-14)
 
 
 def test_scalar_time_and_sequence_of_times():
