@@ -21,6 +21,7 @@ import torch
 
 import probneural
 from probneural.allocator import allocator_setting
+from probneural.data import fftw
 from probneural.train.checkpoint import git_commit
 from probneural.train.precision import PrecisionPolicy, resolve_device
 
@@ -101,7 +102,8 @@ def capture_environment(
     Returns:
         ``hostname``, ``platform``, ``cpu`` (model, logical and usable cores), ``device``
         (type and name; on CUDA also memory, capability, CUDA, cuDNN and driver versions),
-        ``versions`` (python, torch, probneural, numpy), ``torch_num_threads``,
+        ``versions`` (python, torch, probneural, numpy; pyfftw where the solvers use it, else ``None``),
+        ``torch_num_threads``,
         ``precision`` (:meth:`PrecisionPolicy.as_dict`), ``git_commit``, ``overrides``,
         ``allocator`` (:func:`probneural.allocator.allocator_setting`: ``GLIBC_TUNABLES``, the
         in-process ``mallopt`` setting of the entry points, or ``"default"``) and
@@ -128,6 +130,7 @@ def capture_environment(
             "torch": torch.__version__,
             "probneural": probneural.__version__,
             "numpy": numpy.__version__,
+            "pyfftw": fftw.version(),
         },
         "torch_num_threads": torch.get_num_threads(),
         "precision": policy.as_dict(),

@@ -4,7 +4,7 @@ A 256² Navier–Stokes evaluation spends about two thirds of its time in batche
 FFTs along the last axis, one sample per call. torch's CPU FFT prepares an MKL descriptor at every
 call; an FFTW plan is made once per buffer. On this project's CPU (AMD EPYC, one thread) 256 such
 lines in complex128 took 160–260 µs through ``torch.fft`` and 110–160 µs through a plan; whole
-256² solves took 0.72–0.81× the time (same-process A/Bs at two threads, ADR 0019). :class:`LineFFT`
+256² solves took 0.67–0.85× the time (same-process A/Bs at one and two threads, ADR 0019). :class:`LineFFT`
 plans one transform between two tensors the solver allocates once and executes it with the GIL
 released, so the solver's worker threads transform in parallel.
 
@@ -14,15 +14,16 @@ reuses wisdom the process already holds for the same transform, e.g. from pyFFTW
 plan with ``FFTW_MEASURE``.) ``FFTW_MEASURE`` picks by timing, which may differ between runs, and
 was only 3–7 % faster here. Results agree with torch's FFTs to rounding, not bit for bit.
 
-pyFFTW (BSD) loads FFTW, which is GPL-2.0-or-later: it is an optional extra, never a requirement.
-Without it, on other devices, or with ``PROBNEURAL_NATIVE=0`` in the environment (which also turns
-off the C library of :mod:`probneural.data.spectral_passes`), :func:`available` is false and the
-solvers use ``torch.fft``. The transforms write behind autograd's back: they are for solvers that
+pyFFTW (BSD) loads FFTW, which is GPL-2.0-or-later: it is an optional extra, never a requirement,
+and used wherever it is installed. Without it, on other devices, with ``PROBNEURAL_FFTW=0`` in the
+environment, or with ``PROBNEURAL_NATIVE=0`` (which also turns off the C library of
+:mod:`probneural.data.spectral_passes`), :func:`available` is false and the solvers use ``torch.fft``. The transforms write behind autograd's back: they are for solvers that
 are not differentiated.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from functools import cache
@@ -31,40 +32,50 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-__all__ = ["LineFFT", "available"]
+__all__ = ["LineFFT", "available", "version"]
 
 _COMPLEX = (torch.complex64, torch.complex128)
 
 
 @cache
 def _pyfftw() -> ModuleType | None:
-    """The pyfftw module, or ``None``: not installed, not loadable (warns) or ``PROBNEURAL_NATIVE=0``."""
-    if os.environ.get("PROBNEURAL_NATIVE", "1") == "0":
+    """The pyfftw module, or ``None``: not installed, not loadable (warns), or turned off by
+    ``PROBNEURAL_FFTW=0`` or ``PROBNEURAL_NATIVE=0``."""
+    if os.environ.get("PROBNEURAL_FFTW", "1") == "0" or os.environ.get("PROBNEURAL_NATIVE", "1") == "0":
         return None
     try:
         import pyfftw
-    except ImportError:
-        return None
-    except OSError as error:  # its bundled FFTW libraries fail to load
-        warnings.warn(f"pyfftw cannot be used ({error}); the solvers use torch.fft", RuntimeWarning, stacklevel=3)
+    except ImportError as error:
+        if importlib.util.find_spec("pyfftw") is not None:  # installed, but its extension or FFTW fails to load
+            warnings.warn(f"pyfftw cannot be used ({error}); the solvers use torch.fft", RuntimeWarning, stacklevel=3)
         return None
     return pyfftw
 
 
 def available(*tensors: Tensor) -> bool:
-    """Whether FFTW is loaded and can transform these tensors: on the CPU, complex64 or complex128."""
-    return _pyfftw() is not None and all(t.device.type == "cpu" and t.dtype in _COMPLEX for t in tensors)
+    """Whether FFTW is loaded and can transform these tensors: strided CPU tensors, complex64 or complex128."""
+    return _pyfftw() is not None and all(
+        t.device.type == "cpu" and t.layout == torch.strided and t.dtype in _COMPLEX for t in tensors
+    )
+
+
+def version() -> str | None:
+    """pyFFTW's version where it is loaded (:func:`available`), else ``None``."""
+    pyfftw = _pyfftw()
+    return None if pyfftw is None else pyfftw.__version__
 
 
 def _byte_range(tensor: Tensor) -> tuple[int, int]:
-    """``[start, end)`` of the bytes the elements of a non-empty ``tensor`` occupy."""
+    """``[start, end)``: the bytes from the first to the last element of a non-empty ``tensor``."""
     size = tensor.element_size()
     last = sum((n - 1) * stride for n, stride in zip(tensor.shape, tensor.stride()))
     return tensor.data_ptr(), tensor.data_ptr() + (last + 1) * size
 
 
 def _overlaps_itself(tensor: Tensor) -> bool:
-    """Whether two elements of ``tensor`` may share memory (stride 0, or axes interleaved by their strides)."""
+    """Whether two elements of ``tensor`` may share memory: a stride 0, or an axis whose stride is smaller
+    than the span of the axes of smaller stride (conservative: some layouts of distinct elements, with
+    interleaved axes, are refused too)."""
     extent = 1  # elements spanned by the axes of smaller stride
     for stride, size in sorted((abs(st), n) for n, st in zip(tensor.shape, tensor.stride()) if n > 1):
         if stride < extent:
@@ -78,14 +89,16 @@ class LineFFT:
 
     Forward: ``torch.fft.fft(source, dim=-1)``. Inverse: ``torch.fft.ifft(source, dim=-1,
     norm="forward")`` (no ``1/n``). Every line of ``source`` is transformed at each call, whatever
-    the strides (padded rows included). The plan holds both tensors: ``source`` is read and
-    ``destination`` written in place at every call, so neither may be resized or freed while the
-    plan is used.
+    its strides (rows padded in memory, say; elements outside the two views are never touched).
+    ``source`` is not modified. The plan holds both tensors: ``source`` is read and ``destination``
+    written in place at every call, so neither may be resized or freed while the plan is used.
+    Planning does not touch either (``FFTW_ESTIMATE``), so a plan may be made after ``source`` is
+    filled.
 
     Args:
-        source: `(..., n)` complex64 or complex128 CPU tensor, ``n >= 1``, not a conjugated view.
-        destination: tensor of ``source``'s shape and dtype, not overlapping it, with distinct memory
-            for every element.
+        source: `(..., n)` complex64 or complex128 strided CPU tensor, ``n >= 1``, not a conjugated view.
+        destination: tensor of ``source``'s shape and dtype whose byte range does not overlap
+            ``source``'s, with distinct memory for every element (see :func:`_overlaps_itself`).
         inverse: the inverse (``e^{+2πi jk/n}``) transform instead of the forward one.
 
     Raises:
@@ -99,10 +112,10 @@ class LineFFT:
             raise RuntimeError("FFTW is not loaded (pyfftw not installed, or PROBNEURAL_NATIVE=0): "
                                "check fftw.available() before planning")
         for name, tensor in (("source", source), ("destination", destination)):
-            if not isinstance(tensor, Tensor) or tensor.device.type != "cpu" or tensor.dtype not in _COMPLEX:
-                raise ValueError(f"{name}: expected a complex64 or complex128 CPU tensor, got "
-                                 f"{getattr(tensor, 'dtype', type(tensor).__name__)} on "
-                                 f"{getattr(tensor, 'device', 'no device')}")
+            if not isinstance(tensor, Tensor) or not available(tensor):
+                got = (f"{tensor.dtype} on {tensor.device} ({tensor.layout})" if isinstance(tensor, Tensor)
+                       else type(tensor).__name__)
+                raise ValueError(f"{name}: expected a strided complex64 or complex128 CPU tensor, got {got}")
             if tensor.ndim == 0 or tensor.numel() == 0:
                 raise ValueError(f"{name}: expected a non-empty tensor of shape (..., n), got {tuple(tensor.shape)}")
             if tensor.is_conj() or tensor.is_neg():
@@ -112,10 +125,11 @@ class LineFFT:
                              f"{destination.dtype} of shape {tuple(destination.shape)}")
         (start, end), (out_start, out_end) = _byte_range(source), _byte_range(destination)
         if out_start < end and start < out_end:
-            raise ValueError("destination: expected memory of its own, got a tensor overlapping source")
+            raise ValueError("destination: expected memory of its own, got a tensor whose byte range overlaps "
+                             "source's")
         if _overlaps_itself(destination):
             raise ValueError("destination: expected distinct memory for every element, got a view whose elements "
-                             f"overlap (strides {destination.stride()})")
+                             f"may overlap (shape {tuple(destination.shape)}, strides {destination.stride()})")
         self.source, self.destination = source, destination
         direction = "FFTW_BACKWARD" if inverse else "FFTW_FORWARD"
         self._plan = pyfftw.FFTW(source.detach().numpy(), destination.detach().numpy(), axes=(-1,),

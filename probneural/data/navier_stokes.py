@@ -152,9 +152,10 @@ class _Spectral:
     Elsewhere (other devices, no library) the torch operations run.
 
     Where pyFFTW is installed (the ``fftw`` extra, :mod:`probneural.data.fftw`), the four line
-    transforms run through FFTW plans made once per buffer (torch's CPU FFT prepares each call
-    anew): 0.72–0.81× the time of a 256² solve at two threads, same-process A/B, results equal to
-    those of ``torch.fft`` to rounding. The plans always write into the buffers.
+    transforms of a call with the buffers' whole batch (every CPU solve: one sample per worker) run
+    through FFTW plans made with the buffers (torch's CPU FFT prepares each call anew): 0.67–0.85×
+    the time of a 256² solve, same-process A/Bs, results equal to those of ``torch.fft`` to
+    rounding. The plans always write into the buffers.
 
     The time step applies each RK3 stage as three fused complex operations with per-stage
     factors (``(1 − αhD) / (1 + αhD)``, the forcing term, ``−γh / (1 + αhD)``) that depend only
@@ -216,8 +217,14 @@ class _Spectral:
         self._advection_calls = 0
         self._factors_key: tuple[list[float], torch.Tensor | None] | None = None
         self._factors: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
-        self._fftw = fftw.available(self._lines)
-        self._plans: dict[int, tuple[fftw.LineFFT, ...]] = {}
+        # FFTW's plans of the four line transforms of `batch` samples (first and second inverse pass, first and
+        # second forward pass), or () where the solver uses torch.fft; planning leaves the buffers untouched
+        self._plans = () if not fftw.available(self._lines) else (
+            fftw.LineFFT(self._lines, self._line_values, inverse=True),
+            fftw.LineFFT(self._spectrum_rows, self._velocity, inverse=True),
+            fftw.LineFFT(self._velocity, self._square),
+            fftw.LineFFT(self._square_lines, self._square_spectra),
+        )
         self._native = spectral_passes.available(self._lines)
         if self._native:  # the C library's fused passes
             # After the first inverse pass, line i goes to column i of the grid's rows (i <= K), line K + m
@@ -237,20 +244,8 @@ class _Spectral:
             self._explicit = torch.empty((batch, rows, s), dtype=complex_dtype, device=device)
 
     def _fftw_plans(self, batch: int) -> tuple[fftw.LineFFT, ...]:
-        """FFTW's plans of the four line transforms of an evaluation of ``batch`` samples (planned at
-        first use), or ``()`` where the solver uses ``torch.fft``: the first inverse pass, the second
-        inverse pass, the first forward pass, the second forward pass."""
-        if not self._fftw:
-            return ()
-        plans = self._plans.get(batch)
-        if plans is None:
-            plans = self._plans[batch] = (
-                fftw.LineFFT(self._lines[:batch], self._line_values[:batch], inverse=True),
-                fftw.LineFFT(self._spectrum_rows[:batch], self._velocity[:batch], inverse=True),
-                fftw.LineFFT(self._velocity[:batch], self._square[:batch]),
-                fftw.LineFFT(self._square_lines[:batch], self._square_spectra[:batch]),
-            )
-        return plans
+        """FFTW's plans where they cover ``batch`` samples (the buffers' whole batch), else ``()``."""
+        return self._plans if batch == self._lines.shape[0] else ()
 
     def velocity(self, w_hat: torch.Tensor) -> torch.Tensor:
         """``z = u + i v`` on the grid from the 2/3 modes of ``ŵ``.
@@ -613,6 +608,13 @@ def _integrate(
     return torch.stack(snapshots, dim=1)
 
 
+def _cpu_paths(dtype: torch.dtype, device: torch.device | str) -> dict[str, object]:
+    """Which implementation of the solver's passes runs for ``dtype`` on ``device``: results differ between
+    them at the rounding level, which chaotic flows amplify, so data sets record it (and cache by it)."""
+    state = torch.empty(0, dtype=_COMPLEX[dtype], device=device)
+    return {"fft": "fftw" if fftw.available(state) else "torch.fft", "fused_passes": spectral_passes.available(state)}
+
+
 def fno_forcing(x: torch.Tensor, y: torch.Tensor, amplitude: float = 0.1) -> torch.Tensor:
     """The FNO paper's forcing ``f(x, y) = amplitude · (sin 2π(x + y) + cos 2π(x + y))`` (zero mean).
 
@@ -787,6 +789,7 @@ def generate(
             "dealiasing": "2/3 rule, |k_x|, |k_y| <= (s - 1) // 3 (Galerkin-exact advection)",
             "dtype": str(solve_dtype).removeprefix("torch."),
             "estimated_time_error": _ESTIMATED_TIME_ERROR,
+            **_cpu_paths(solve_dtype, device),
         },
         "generator_version": GENERATOR_VERSION,
         "probneural_version": probneural.__version__,

@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import sys
 
 import pytest
 import torch
@@ -21,8 +22,10 @@ def _random(*shape: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
 
 def test_fftw_is_used_where_pyfftw_is_installed():
     # `make test` installs the fftw extra; a plain `pip install probneural` has no pyfftw, and the solvers use torch.fft
-    expected = importlib.util.find_spec("pyfftw") is not None and os.environ.get("PROBNEURAL_NATIVE", "1") != "0"
+    expected = (importlib.util.find_spec("pyfftw") is not None
+                and os.environ.get("PROBNEURAL_NATIVE", "1") != "0" and os.environ.get("PROBNEURAL_FFTW", "1") != "0")
     assert LOADED == expected
+    assert (fftw.version() is not None) == LOADED
 
 
 @needs_fftw
@@ -30,6 +33,7 @@ def test_available_only_for_complex_cpu_tensors():
     assert fftw.available(torch.zeros(2, dtype=torch.complex128), torch.zeros(3, dtype=torch.complex64))
     assert not fftw.available(torch.zeros(2, dtype=torch.float64))
     assert not fftw.available(torch.zeros(2, dtype=torch.complex64, device="meta"))
+    assert not fftw.available(torch.zeros(2, 2, dtype=torch.complex64).to_sparse())
 
 
 @needs_fftw
@@ -50,22 +54,29 @@ def test_forward_and_inverse_match_torch_fft_on_padded_rows(dtype, n):
 
 
 @needs_fftw
-def test_a_plan_gives_the_same_bits_every_time():
+def test_a_plan_leaves_its_source_and_gives_the_same_bits_every_call():
     source = _random(4, 64, dtype=torch.complex128, seed=3)
-    first, second = torch.empty_like(source), torch.empty_like(source)
-    LineFFT(source, first)()
-    LineFFT(source, second)()
-    assert torch.equal(first, second)
+    kept, destination = source.clone(), torch.empty_like(source)
+    plan = LineFFT(source, destination)
+    assert torch.equal(source, kept)  # planning does not touch the tensors (FFTW_ESTIMATE)
+    first = plan().clone()
+    assert torch.equal(source, kept)  # nor does the transform touch its source
+    assert torch.equal(plan(), first)
+    other = torch.empty_like(source)
+    LineFFT(source, other)()
+    assert torch.equal(other, first)  # a second plan of the same transform: the same algorithm
 
 
 @needs_fftw
 def test_bad_arguments_are_named():
     c64, c128 = torch.complex64, torch.complex128
     lines = torch.zeros(2, 8, dtype=c128)
-    with pytest.raises(ValueError, match="source: expected a complex64 or complex128 CPU tensor, got torch.float64"):
+    with pytest.raises(ValueError, match="source: expected a strided complex64 or complex128 CPU tensor, got torch.float64"):
         LineFFT(lines.real, lines.clone())
-    with pytest.raises(ValueError, match="destination: expected a complex64 or complex128 CPU tensor, got int"):
+    with pytest.raises(ValueError, match="destination: expected a strided complex64 or complex128 CPU tensor, got int"):
         LineFFT(lines, 3)
+    with pytest.raises(ValueError, match=r"source: expected a strided .*\(torch.sparse_coo\)"):
+        LineFFT(lines.to_sparse(), lines.clone())
     with pytest.raises(ValueError, match="source: expected a non-empty tensor"):
         LineFFT(torch.zeros(0, 8, dtype=c128), torch.zeros(0, 8, dtype=c128))
     with pytest.raises(ValueError, match="source: expected a tensor without a conjugate"):
@@ -83,13 +94,18 @@ def test_bad_arguments_are_named():
         LineFFT(lines, torch.zeros(1, 8, dtype=c128).expand(2, 8))
 
 
-def test_without_pyfftw_planning_says_so(monkeypatch):
-    monkeypatch.setenv("PROBNEURAL_NATIVE", "0")
+@pytest.mark.parametrize("off", ["PROBNEURAL_FFTW", "PROBNEURAL_NATIVE", "no pyfftw"])
+def test_without_pyfftw_planning_says_so(monkeypatch, off):
+    if off == "no pyfftw":
+        monkeypatch.setitem(sys.modules, "pyfftw", None)  # `import pyfftw` raises ImportError
+    else:
+        monkeypatch.setenv(off, "0")
     fftw._pyfftw.cache_clear()
     try:
         assert not fftw.available(torch.zeros(1, dtype=torch.complex64))
+        assert fftw.version() is None
         with pytest.raises(RuntimeError, match="FFTW is not loaded"):
             LineFFT(torch.zeros(1, 4, dtype=torch.complex64), torch.zeros(1, 4, dtype=torch.complex64))
     finally:
-        monkeypatch.delenv("PROBNEURAL_NATIVE")
+        monkeypatch.undo()
         fftw._pyfftw.cache_clear()

@@ -225,13 +225,25 @@ def test_fftw_line_transforms_give_what_torch_fft_gives(monkeypatch, dtype, s, f
     if fused_passes and not spectral_passes.available(torch.zeros(1, dtype=torch.complex128)):
         pytest.skip("the C library of fused passes is not built here (no C compiler)")
     w0 = _random_vorticity(2, s, amplitude=5.0, seed=7).to(dtype)
-    results = []
+    results, calls = [], []
+    transform = fftw.LineFFT.__call__
     for on in (True, False):
+        count = [0]
+
+        def counted(plan, count=count):
+            count[0] += 1
+            return transform(plan)
+
+        monkeypatch.setattr(fftw.LineFFT, "__call__", counted)
         monkeypatch.setattr(fftw, "available", lambda *tensors, on=on: on)
         if not fused_passes:
             monkeypatch.setattr(spectral_passes, "available", lambda *tensors: False)
-        results.append(navier_stokes.solve(w0, 1e-3, [0.25, 0.5], forcing=navier_stokes.fno_forcing))
+        # a fixed step: a broken transform cannot shrink CFL steps forever
+        results.append(navier_stokes.solve(w0, 1e-3, [0.25, 0.5], forcing=navier_stokes.fno_forcing, dt=0.05))
         monkeypatch.undo()
+        calls.append(count[0])
+    # ten steps of three evaluations, four transforms each, per sample
+    assert calls == [2 * 10 * 3 * 4, 0]
     difference = (results[0] - results[1]).norm() / results[1].norm()
     assert difference < (1e-6 if dtype == torch.float32 else 1e-14)
 
@@ -336,6 +348,10 @@ def test_metadata_records_every_generation_parameter(small):
     solver = meta["solver"]
     assert solver["cfl"] == navier_stokes.DEFAULT_CFL and solver["dtype"] == "float64"
     assert {"name", "scheme", "dt_rule", "dealiasing", "estimated_time_error"} <= set(solver)
+    # which CPU paths ran: their results differ at the rounding level, so data sets record (and cache by) them
+    state = torch.zeros(1, dtype=torch.complex128)
+    assert solver["fft"] == ("fftw" if fftw.available(state) else "torch.fft")
+    assert solver["fused_passes"] == spectral_passes.available(state)
     assert meta["generator_version"] == navier_stokes.GENERATOR_VERSION == 2
     assert meta["probneural_version"] == probneural.__version__
 
