@@ -105,6 +105,7 @@ def build(
     progress: bool = True,
     description: str = "generating",
     device: torch.device | str | None = None,
+    implementation: dict[str, Any] | None = None,
 ) -> OperatorDataset:
     """The data set of ``n`` samples described by ``params``, generated batch by batch or read from the cache.
 
@@ -125,18 +126,24 @@ def build(
         progress: show a tqdm progress bar.
         description: label of the progress bar.
         device: device of the returned data set (``None``: as generated, or CPU from the cache).
+        implementation: how this process computes the samples where that changes them only at the
+            rounding level (e.g. which FFT library runs), JSON-serialisable: recorded in the metadata
+            as ``"implementation"`` but not part of the cache key, so an entry made elsewhere is
+            reused and its metadata says how it was made.
 
     Returns:
-        :class:`OperatorDataset` with metadata ``params``.
+        :class:`OperatorDataset` with metadata ``params`` (and ``implementation``, if given, as it was
+        when the samples were computed).
     """
     check_int("n", n, 1)
     check_int("batch_size", batch_size, 1)
     if _CHECKING.get():
         raise _ArgumentsChecked(params)
     batches = _batches(n, batch_size, sample_batch, progress, description)
+    metadata = params if implementation is None else {**params, "implementation": implementation}
     if cache_dir is None:
         x, y = _collect(n, batches)
-        return OperatorDataset(x, y, grid, params).to(device=device)
+        return OperatorDataset(x, y, grid, metadata).to(device=device)
     path = cache.cache_path(cache_dir, params)
     dataset = cache.read_if_valid(path, params)
     if dataset is None:
@@ -145,6 +152,6 @@ def build(
                 warnings.simplefilter("ignore", cache.CacheWarning)
                 dataset = cache.read_if_valid(path, params)
             if dataset is None:
-                cache.write_batches(path, params, params, n, grid, batches)
+                cache.write_batches(path, params, metadata, n, grid, batches)
                 dataset = cache.read(path, params)
     return dataset.to(device=device)

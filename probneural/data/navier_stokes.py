@@ -608,11 +608,12 @@ def _integrate(
     return torch.stack(snapshots, dim=1)
 
 
-def _cpu_paths(dtype: torch.dtype, device: torch.device | str) -> dict[str, object]:
+def _implementation(dtype: torch.dtype, device: torch.device | str | None) -> dict[str, object]:
     """Which implementation of the solver's passes runs for ``dtype`` on ``device``: results differ between
-    them at the rounding level, which chaotic flows amplify, so data sets record it (and cache by it)."""
+    them at the rounding level (which chaotic flows amplify), so data sets record it."""
     state = torch.empty(0, dtype=_COMPLEX[dtype], device=device)
-    return {"fft": "fftw" if fftw.available(state) else "torch.fft", "fused_passes": spectral_passes.available(state)}
+    return {"device": state.device.type, "fft": "fftw" if fftw.available(state) else "torch.fft",
+            "fused_passes": spectral_passes.available(state)}
 
 
 def fno_forcing(x: torch.Tensor, y: torch.Tensor, amplitude: float = 0.1) -> torch.Tensor:
@@ -789,7 +790,6 @@ def generate(
             "dealiasing": "2/3 rule, |k_x|, |k_y| <= (s - 1) // 3 (Galerkin-exact advection)",
             "dtype": str(solve_dtype).removeprefix("torch."),
             "estimated_time_error": _ESTIMATED_TIME_ERROR,
-            **_cpu_paths(solve_dtype, device),
         },
         "generator_version": GENERATOR_VERSION,
         "probneural_version": probneural.__version__,
@@ -817,4 +817,5 @@ def generate(
     return generation.build(
         params, n, sample_batch, (grid, grid), batch_size=batch_size, cache_dir=cache_dir, progress=progress,
         description=f"navier_stokes {resolution}² from {solve_resolution}²", device=device,
+        implementation=_implementation(solve_dtype, device),
     )

@@ -348,12 +348,24 @@ def test_metadata_records_every_generation_parameter(small):
     solver = meta["solver"]
     assert solver["cfl"] == navier_stokes.DEFAULT_CFL and solver["dtype"] == "float64"
     assert {"name", "scheme", "dt_rule", "dealiasing", "estimated_time_error"} <= set(solver)
-    # which CPU paths ran: their results differ at the rounding level, so data sets record (and cache by) them
-    state = torch.zeros(1, dtype=torch.complex128)
-    assert solver["fft"] == ("fftw" if fftw.available(state) else "torch.fft")
-    assert solver["fused_passes"] == spectral_passes.available(state)
     assert meta["generator_version"] == navier_stokes.GENERATOR_VERSION == 2
     assert meta["probneural_version"] == probneural.__version__
+
+
+def test_metadata_records_the_implementation_but_the_cache_is_shared_by_all(monkeypatch, tmp_path):
+    # which paths computed the samples (their results differ at the rounding level) is recorded, not keyed:
+    # an entry made with FFTW is the one found without it, and says how it was made
+    state = torch.zeros(1, dtype=torch.complex128)
+    made = navier_stokes.generate(**SMALL, cache_dir=tmp_path)
+    assert made.metadata["implementation"] == {"device": "cpu", "fft": "fftw" if fftw.available(state) else "torch.fft",
+                                               "fused_passes": spectral_passes.available(state)}
+    monkeypatch.setattr(fftw, "available", lambda *tensors: False)
+    monkeypatch.setattr(spectral_passes, "available", lambda *tensors: False)
+    in_memory = navier_stokes.generate(**SMALL)
+    assert in_memory.metadata["implementation"] == {"device": "cpu", "fft": "torch.fft", "fused_passes": False}
+    found = navier_stokes.generate(**SMALL, cache_dir=tmp_path)
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 1
+    assert found.metadata == made.metadata and torch.equal(found.y, made.y)
 
 
 def test_independent_of_batch_size(small, device):
