@@ -4,9 +4,9 @@ A 256² Navier–Stokes evaluation spends about two thirds of its time in batche
 FFTs along the last axis, one sample per call. torch's CPU FFT prepares an MKL descriptor at every
 call; an FFTW plan is made once per buffer. On this project's CPU (AMD EPYC, one thread) 256 such
 lines in complex128 took 160–260 µs through ``torch.fft`` and 110–160 µs through a plan; whole
-256² solves took 0.67–0.85× the time (same-process A/Bs at one and two threads, ADR 0019). :class:`LineFFT`
-plans one transform between two tensors the solver allocates once and executes it with the GIL
-released, so the solver's worker threads transform in parallel.
+256² solves took 0.67–0.85× the time (same-process A/Bs at one and two threads, ADR 0019).
+:class:`LineFFT` plans one transform between two tensors the solver allocates once and executes it
+with the GIL released, so the solver's worker threads transform in parallel.
 
 Plans use ``FFTW_ESTIMATE``: the algorithm then depends only on the problem and the CPU's vector
 instructions, never on timings, so a solve gives the same bits in every run on a machine. (FFTW
@@ -17,8 +17,9 @@ was only 3–7 % faster here. Results agree with torch's FFTs to rounding, not b
 pyFFTW (BSD) loads FFTW, which is GPL-2.0-or-later: it is an optional extra, never a requirement,
 and used wherever it is installed. Without it, on other devices, with ``PROBNEURAL_FFTW=0`` in the
 environment, or with ``PROBNEURAL_NATIVE=0`` (which also turns off the C library of
-:mod:`probneural.data.spectral_passes`), :func:`available` is false and the solvers use ``torch.fft``. The transforms write behind autograd's back: they are for solvers that
-are not differentiated.
+:mod:`probneural.data.spectral_passes`), :func:`available` is false and the solvers use
+``torch.fft``. The transforms write behind autograd's back: they are for solvers that are not
+differentiated.
 """
 
 from __future__ import annotations
@@ -109,8 +110,8 @@ class LineFFT:
     def __init__(self, source: Tensor, destination: Tensor, *, inverse: bool = False) -> None:
         pyfftw = _pyfftw()
         if pyfftw is None:
-            raise RuntimeError("FFTW is not loaded (pyfftw not installed, or PROBNEURAL_NATIVE=0): "
-                               "check fftw.available() before planning")
+            raise RuntimeError("FFTW is not loaded (pyfftw not installed, or PROBNEURAL_FFTW=0 or "
+                               "PROBNEURAL_NATIVE=0): check fftw.available() before planning")
         for name, tensor in (("source", source), ("destination", destination)):
             if not isinstance(tensor, Tensor) or not available(tensor):
                 got = (f"{tensor.dtype} on {tensor.device} ({tensor.layout})" if isinstance(tensor, Tensor)

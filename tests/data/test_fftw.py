@@ -71,9 +71,10 @@ def test_a_plan_leaves_its_source_and_gives_the_same_bits_every_call():
 def test_bad_arguments_are_named():
     c64, c128 = torch.complex64, torch.complex128
     lines = torch.zeros(2, 8, dtype=c128)
-    with pytest.raises(ValueError, match="source: expected a strided complex64 or complex128 CPU tensor, got torch.float64"):
+    expected = "expected a strided complex64 or complex128 CPU tensor, got"
+    with pytest.raises(ValueError, match=f"source: {expected} torch.float64"):
         LineFFT(lines.real, lines.clone())
-    with pytest.raises(ValueError, match="destination: expected a strided complex64 or complex128 CPU tensor, got int"):
+    with pytest.raises(ValueError, match=f"destination: {expected} int"):
         LineFFT(lines, 3)
     with pytest.raises(ValueError, match=r"source: expected a strided .*\(torch.sparse_coo\)"):
         LineFFT(lines.to_sparse(), lines.clone())
