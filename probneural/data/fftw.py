@@ -8,8 +8,9 @@ lines in complex128 took 160–260 µs through ``torch.fft`` and 110–160 µs t
 :class:`LineFFT` plans one transform between two tensors the solver allocates once and executes it
 with the GIL released, so the solver's worker threads transform in parallel.
 
-Plans use ``FFTW_ESTIMATE``: the algorithm then depends only on the problem and the CPU's vector
-instructions, never on timings, so a solve gives the same bits in every run on a machine. (FFTW
+Plans use ``FFTW_ESTIMATE``: the algorithm then depends only on the problem, the CPU's vector
+instructions and the arrays' alignment (the solver's buffers are fresh, aligned allocations), never
+on timings, so a solve gives the same bits in every run on a machine. (FFTW
 reuses wisdom the process already holds for the same transform, e.g. from pyFFTW's builders, which
 plan with ``FFTW_MEASURE``.) ``FFTW_MEASURE`` picks by timing, which may differ between runs, and
 was only 3–7 % faster here. Results agree with torch's FFTs to rounding, not bit for bit.
@@ -44,11 +45,13 @@ def _pyfftw() -> ModuleType | None:
     ``PROBNEURAL_FFTW=0`` or ``PROBNEURAL_NATIVE=0``."""
     if os.environ.get("PROBNEURAL_FFTW", "1") == "0" or os.environ.get("PROBNEURAL_NATIVE", "1") == "0":
         return None
+    if importlib.util.find_spec("pyfftw") is None:
+        return None
     try:
         import pyfftw
-    except ImportError as error:
-        if importlib.util.find_spec("pyfftw") is not None:  # installed, but its extension or FFTW fails to load
-            warnings.warn(f"pyfftw cannot be used ({error}); the solvers use torch.fft", RuntimeWarning, stacklevel=3)
+    except Exception as error:  # installed, but its extension, FFTW or its numpy build fails to load
+        warnings.warn(f"pyfftw cannot be used ({type(error).__name__}: {error}); the solvers use torch.fft",
+                      RuntimeWarning, stacklevel=3)
         return None
     return pyfftw
 

@@ -50,7 +50,8 @@ def checked_params(generate: Callable[..., OperatorDataset], **kwargs: Any) -> d
         **kwargs: its arguments.
 
     Returns:
-        The generation parameters ``params`` (the metadata the data set would carry).
+        The generation parameters ``params``: the data set's metadata, without the ``"implementation"``
+        a generator may add (:func:`build`).
 
     Raises:
         ValueError: an argument the generator refuses.
@@ -132,8 +133,9 @@ def build(
             reused and its metadata says how it was made.
 
     Returns:
-        :class:`OperatorDataset` with metadata ``params`` (and ``implementation``, if given, as it was
-        when the samples were computed).
+        :class:`OperatorDataset` with metadata ``params`` and ``"implementation"`` as it was when the
+        samples were computed, if given then (cache entries written before this key existed lack it:
+        read it with ``metadata.get("implementation")``).
     """
     check_int("n", n, 1)
     check_int("batch_size", batch_size, 1)

@@ -47,7 +47,8 @@ def check_arguments(problem: str, **kwargs: Any) -> dict[str, Any]:
     """Check the arguments :func:`generate` would be given, generating and reading nothing.
 
     Returns:
-        The generation parameters (the metadata of the data set the arguments describe).
+        The generation parameters: the metadata of the data set the arguments describe, without the
+        ``"implementation"`` a generator may add.
 
     Raises:
         ValueError: an argument the generator refuses (its message names the argument).

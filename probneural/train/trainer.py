@@ -159,7 +159,8 @@ def evaluate(
     return {k: v / len(dataset) for k, v in totals.items()}
 
 
-_NOT_DATA = ("probneural_version", "source_mtime")  # metadata that a copy or an upgrade changes, not the data
+# metadata that a copy, an upgrade or another machine changes, not the data (the values' checksum tells)
+_NOT_DATA = ("probneural_version", "source_mtime", "implementation")
 
 
 def _data_identity(dataset: OperatorDataset) -> dict[str, Any]:

@@ -95,6 +95,21 @@ def test_bad_arguments_are_named():
         LineFFT(lines, torch.zeros(1, 8, dtype=c128).expand(2, 8))
 
 
+def test_an_installed_pyfftw_that_fails_to_load_is_reported_and_not_used(monkeypatch, tmp_path):
+    # e.g. FFTW's libraries missing, or a pyfftw built against another numpy (ValueError, OSError, ...)
+    (tmp_path / "pyfftw").mkdir()
+    (tmp_path / "pyfftw" / "__init__.py").write_text('raise OSError("libfftw3.so: cannot open shared object file")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "pyfftw", raising=False)
+    fftw._pyfftw.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="pyfftw cannot be used .OSError: libfftw3.so"):
+            assert not fftw.available(torch.zeros(1, dtype=torch.complex64))
+    finally:
+        monkeypatch.undo()
+        fftw._pyfftw.cache_clear()
+
+
 @pytest.mark.parametrize("off", ["PROBNEURAL_FFTW", "PROBNEURAL_NATIVE", "no pyfftw"])
 def test_without_pyfftw_planning_says_so(monkeypatch, off):
     if off == "no pyfftw":

@@ -352,20 +352,29 @@ def test_metadata_records_every_generation_parameter(small):
     assert meta["probneural_version"] == probneural.__version__
 
 
-def test_metadata_records_the_implementation_but_the_cache_is_shared_by_all(monkeypatch, tmp_path):
-    # which paths computed the samples (their results differ at the rounding level) is recorded, not keyed:
-    # an entry made with FFTW is the one found without it, and says how it was made
+def test_metadata_records_the_implementation(monkeypatch):
     state = torch.zeros(1, dtype=torch.complex128)
-    made = navier_stokes.generate(**SMALL, cache_dir=tmp_path)
-    assert made.metadata["implementation"] == {"device": "cpu", "fft": "fftw" if fftw.available(state) else "torch.fft",
-                                               "fused_passes": spectral_passes.available(state)}
+    expected = {"device": "cpu", "machine": platform.machine(), "torch": torch.__version__,
+                "fft": "fftw" if fftw.available(state) else "torch.fft",
+                "pyfftw": fftw.version() if fftw.available(state) else None,
+                "fused_passes": spectral_passes.available(state)}
+    assert navier_stokes.generate(**SMALL).metadata["implementation"] == expected
     monkeypatch.setattr(fftw, "available", lambda *tensors: False)
     monkeypatch.setattr(spectral_passes, "available", lambda *tensors: False)
-    in_memory = navier_stokes.generate(**SMALL)
-    assert in_memory.metadata["implementation"] == {"device": "cpu", "fft": "torch.fft", "fused_passes": False}
+    implementation = navier_stokes.generate(**SMALL).metadata["implementation"]
+    assert implementation["fft"] == "torch.fft" and implementation["pyfftw"] is None
+    assert implementation["fused_passes"] is False
+
+
+def test_the_cache_is_shared_by_every_implementation(monkeypatch, tmp_path):
+    # the implementation (its results differ at the rounding level) is recorded, not keyed: an entry made by
+    # one is the one found by another, and says how it was made
+    monkeypatch.setattr(navier_stokes, "_implementation", lambda dtype, device: {"made by": "A"})
+    made = navier_stokes.generate(**SMALL, cache_dir=tmp_path)
+    monkeypatch.setattr(navier_stokes, "_implementation", lambda dtype, device: {"made by": "B"})
     found = navier_stokes.generate(**SMALL, cache_dir=tmp_path)
     assert len(list(tmp_path.rglob("*.safetensors"))) == 1
-    assert found.metadata == made.metadata and torch.equal(found.y, made.y)
+    assert found.metadata["implementation"] == {"made by": "A"} and torch.equal(found.y, made.y)
 
 
 def test_independent_of_batch_size(small, device):

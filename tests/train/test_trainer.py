@@ -360,6 +360,15 @@ def test_resume_refuses_other_values_behind_the_same_metadata_and_accepts_older_
     assert trainer(tmp_path / "c", 2).check_resume(make_model(train), train) == 0  # nothing to resume yet
 
 
+def test_resume_accepts_the_same_values_computed_by_another_implementation(darcy_small, tmp_path):
+    # metadata["implementation"] (which FFT library, which machine) is not the data: the values' checksum is
+    train, _ = darcy_small
+    here = OperatorDataset(train.x, train.y, train.grid, metadata={**train.metadata, "implementation": {"fft": "a"}})
+    elsewhere = OperatorDataset(train.x, train.y, train.grid, metadata={**train.metadata, "implementation": {"fft": "b"}})
+    trainer(tmp_path, 1).fit(make_model(train), here)
+    assert trainer(tmp_path, 2).check_resume(make_model(train), elsewhere) == 1
+
+
 def test_load_model_takes_auto_and_evaluate_names_a_precision_the_model_is_not_in(darcy_small, tmp_path):
     train, test = darcy_small
     trainer(tmp_path, 1).fit(make_model(train), train)
