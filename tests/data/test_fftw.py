@@ -13,7 +13,7 @@ from probneural.data.fftw import LineFFT
 COMPLEX = [torch.complex64, torch.complex128]
 LOADED = fftw.available(torch.zeros(1, dtype=torch.complex64))
 # the tests of what the plans compute need pyfftw (test_fftw_is_used_where_pyfftw_is_installed says when it must be)
-needs_fftw = pytest.mark.skipif(not LOADED, reason="pyfftw is not installed or PROBNEURAL_NATIVE=0 here")
+needs_fftw = pytest.mark.skipif(not LOADED, reason="pyfftw is not installed, or PROBNEURAL_FFTW=0 or PROBNEURAL_NATIVE=0, here")
 
 
 def _random(*shape: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
@@ -101,6 +101,8 @@ def test_an_installed_pyfftw_that_fails_to_load_is_reported_and_not_used(monkeyp
     (tmp_path / "pyfftw" / "__init__.py").write_text('raise OSError("libfftw3.so: cannot open shared object file")\n')
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "pyfftw", raising=False)
+    for switch in ("PROBNEURAL_FFTW", "PROBNEURAL_NATIVE"):  # the import is attempted whatever this run's switches
+        monkeypatch.delenv(switch, raising=False)
     fftw._pyfftw.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="pyfftw cannot be used .OSError: libfftw3.so"):

@@ -221,7 +221,7 @@ def test_fused_passes_give_what_the_torch_operations_give(monkeypatch, dtype, s)
 def test_fftw_line_transforms_give_what_torch_fft_gives(monkeypatch, dtype, s, fused_passes):
     # FFTW's plans (where pyfftw is installed) against torch.fft, with and without the C library's passes
     if not fftw.available(torch.zeros(1, dtype=torch.complex128)):
-        pytest.skip("pyfftw is not installed here: nothing to compare")
+        pytest.skip("pyfftw is not installed or is turned off here: nothing to compare")
     if fused_passes and not spectral_passes.available(torch.zeros(1, dtype=torch.complex128)):
         pytest.skip("the C library of fused passes is not built here (no C compiler)")
     w0 = _random_vorticity(2, s, amplitude=5.0, seed=7).to(dtype)
