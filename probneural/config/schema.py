@@ -327,9 +327,10 @@ class DataGenerationBenchmark:
     darcy_solve_resolution: int = 421
     burgers_resolution: int = 1024
     burgers_solve_resolution: int = 8192
+    burgers_viscosity: float = 0.1
     navier_stokes_resolution: int = 256
     navier_stokes_steps: int = 20
-    repeats: int = 3
+    repeats: int = 6
 
 
 @dataclass

@@ -43,7 +43,7 @@ __all__ = [
 
 # Bump whenever a change to this module, the GRF or the seeding changes the generated numbers:
 # it is part of every cache key, so stale cache files are never reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 DEFAULT_EPSILON = 0.02
 """Default interface parameter ``ε``: interfaces of width ``√2 ε ≈ 0.03``, 7 points at ``s = 256``."""
@@ -95,14 +95,13 @@ def solve(
     times, scalar = etdrk4.check_times(t)
     resolution = u0.shape[-1]
     k = etdrk4.wavenumbers(resolution, device=u0.device)
-    band = etdrk4.band_size(resolution, 3)
-
-    def nonlinear(v: torch.Tensor) -> torch.Tensor:
-        w = torch.fft.irfft(v[:, :band], n=resolution)  # the band of a longer spectrum too
-        return torch.fft.rfft(w * w * w)[:, :band].neg_()
-
-    out = etdrk4.integrate(u0, 1 - epsilon**2 * k**2, etdrk4.Nonlinearity(nonlinear, band), times, dt)
+    out = etdrk4.integrate(u0, 1 - epsilon**2 * k**2, etdrk4.Nonlinearity(_minus_cube, 3), times, dt)
     return etdrk4.select(out, unbatched, scalar)
+
+
+def _minus_cube(w: torch.Tensor) -> torch.Tensor:
+    """``−w³``, overwriting ``w``: Allen–Cahn's nonlinear term on the grid values."""
+    return w.pow_(3).neg_()
 
 
 def energy(u: torch.Tensor, epsilon: float = DEFAULT_EPSILON) -> torch.Tensor:

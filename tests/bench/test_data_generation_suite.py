@@ -18,6 +18,11 @@ def test_smoke_size_cases_agree_with_the_references(precision, agreement):
         assert metrics["max_relative_difference"] < agreement, (case, metrics)
         assert metrics["speedup"] > 0 and metrics["speedup_min"] <= metrics["speedup_max"]
     assert {"sample_steps_per_s", "reference_sample_steps_per_s"} <= set(results[2][1])
+    burgers_case, burgers = results[1]  # ours on the whole grid too, timed in the same rounds
+    assert burgers_case["viscosity"] == 0.1
+    assert burgers["whole_grid_max_relative_difference"] < agreement and burgers["whole_grid_samples_per_s"] > 0
+    # trimmed against whole grid over the whole batch: the same numbers to rounding
+    assert burgers["whole_grid_max_relative_difference_to_ours"] < (1e-14 if precision == "fp64" else 1e-6)
     assert SUITES.get("data_generation") is data_generation
 
 
@@ -34,6 +39,8 @@ def test_bad_arguments_are_named():
         data_generation(darcy_resolution=64, progress=False)
     with pytest.raises(ValueError, match="burgers_resolution: expected a divisor of burgers_solve_resolution = 8192"):
         data_generation(burgers_resolution=1000, progress=False)
+    with pytest.raises(ValueError, match="burgers_viscosity must be"):
+        data_generation(burgers_viscosity=0.0, progress=False)
     with pytest.raises(ValueError, match="darcy_resolution must be an int"):
         data_generation(darcy_resolution=85.0, progress=False)
     with pytest.raises(ValueError, match="repeats must be"):  # a bad Darcy grid does not matter without Darcy

@@ -134,7 +134,7 @@ def test_generate_metadata(small):
     solver = meta["solver"]
     assert solver["name"] == "etdrk4" and solver["dt"] == allen_cahn.DEFAULT_DT and solver["steps"] == 50
     assert "1/2 rule" in solver["dealiasing"] and solver["estimated_relative_error"] == 1e-6
-    assert meta["generator_version"] == 1 and meta["probneural_version"] == probneural.__version__
+    assert meta["generator_version"] == 2 and meta["probneural_version"] == probneural.__version__
 
 
 def test_generate_independent_of_batch_size(small, device):

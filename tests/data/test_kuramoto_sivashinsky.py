@@ -125,7 +125,7 @@ def test_generate_metadata(small):
     solver = meta["solver"]
     assert solver["name"] == "etdrk4" and solver["dt"] == ks.DEFAULT_DT and solver["steps"] == 100
     assert solver["estimated_relative_error"] == 1e-6 and "2/3" in solver["dealiasing"]
-    assert meta["generator_version"] == 1 and meta["probneural_version"] == probneural.__version__
+    assert meta["generator_version"] == 2 and meta["probneural_version"] == probneural.__version__
     beyond = ks.generate(**{**SMALL, "n": 1, "t": 12.0}).metadata["solver"]
     assert beyond["estimated_relative_error"] is None
 

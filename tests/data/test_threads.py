@@ -1,11 +1,11 @@
-"""map_on_threads: results in order, one worker function per worker thread, one intra-op thread each."""
+"""map_on_threads and ThreadTeam: results in order, one intra-op thread per worker, errors, gradient mode."""
 
 import threading
 
 import pytest
 import torch
 
-from probneural.data.threads import map_on_threads
+from probneural.data.threads import ThreadTeam, map_on_threads
 
 
 @pytest.mark.parametrize("threads, parts", [(1, 5), (2, 5), (3, 2), (2, 1)])
@@ -82,3 +82,62 @@ def test_workers_run_under_the_callers_gradient_mode_and_nest_inline(grad, set_t
     assert [mode for mode, _, _ in seen] == [grad] * 3 and all(threads == 1 for _, threads, _ in seen)
     # a call from a worker (one intra-op thread) runs inline, in that worker's own thread
     assert all(len(set(inner)) == 1 and inner[0].name.startswith("probneural-") for _, _, inner in seen)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_team_maps_in_order_on_its_threads_and_restores_the_thread_count(threads, set_threads):
+    set_threads(threads)
+    with ThreadTeam("team") as team:
+        assert team.size == threads and torch.get_num_threads() == 1  # the calling thread does not fork either
+        results = [team.map(lambda part: (part * part, threading.current_thread(), torch.get_num_threads()), range(5))
+                   for _ in range(3)]
+    assert torch.get_num_threads() == threads
+    for mapped in results:
+        assert [value for value, _, _ in mapped] == [i * i for i in range(5)]
+        assert mapped[0][1] is threading.current_thread() and all(count == 1 for _, _, count in mapped)
+    workers = {thread for mapped in results for _, thread, _ in mapped[1:]}
+    if threads > 1:  # the same workers for every map, not new threads per map
+        assert len(workers) <= threads - 1 and all(thread.name.startswith("team") for thread in workers)
+    else:
+        assert workers == {threading.current_thread()}
+
+
+def test_a_team_maps_inline_from_a_part_and_is_entered_once(set_threads):
+    set_threads(2)
+    team = ThreadTeam("team")
+    with team:
+        nested = team.map(lambda part: team.map(lambda inner: threading.current_thread(), [0, 1]), [0, 1])
+        assert all(len(set(threads)) == 1 for threads in nested)  # a map from a part runs in that part's thread
+        assert nested[1][0].name.startswith("team")
+        with pytest.raises(RuntimeError, match="already entered"):
+            team.__enter__()
+    assert torch.get_num_threads() == 2
+    with team:  # reusable once exited
+        assert team.map(lambda part: part, [3, 4]) == [3, 4]
+
+
+@pytest.mark.parametrize("failing", [0, 2])
+def test_a_team_raises_the_first_error_after_every_part_ended(failing, set_threads):
+    ended = []
+
+    def work(part):
+        if part == failing:
+            raise ValueError(f"part {part} failed")
+        threading.Event().wait(0.05)
+        ended.append(part)
+        return part
+
+    set_threads(2)
+    with ThreadTeam() as team:
+        with pytest.raises(ValueError, match=f"part {failing} failed"):
+            team.map(work, [0, 1, 2, 3])
+        assert sorted(ended) == sorted({0, 1, 2, 3} - {failing})  # no worker outlived the call
+        assert team.map(work, [1, 3]) == [1, 3]  # the team still works
+    assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_a_team_runs_its_parts_under_the_callers_gradient_mode(grad, set_threads):
+    set_threads(2)
+    with ThreadTeam() as team, torch.set_grad_enabled(grad):
+        assert team.map(lambda part: torch.is_grad_enabled(), [0, 1, 2]) == [grad] * 3
