@@ -10,9 +10,28 @@ The stages run on the coarsest grid ``s / 2^j`` that carries every mode above ro
 (``trim``, ADR 0020). The FNO data are drawn at 8192 points, but at ``ν = 0.1`` three steps
 leave ~130 modes above ``1e-15`` of the largest and five steps ~35: most steps run on 64 or
 128 points, and the result agrees with the whole grid's to rounding (16 FNO inputs, one
-thread: 2.4e-17 relative in float64, 1.1e-8 in float32; 10× less time). At ``ν = 0.01`` most
-steps run on 1024 points (5.5×, 5e-16). At ``ν = 1e-3`` the fronts keep thousands of modes,
-the grid stays at 8192 or 4096 points, and the time is the whole grid's (7e-16).
+thread, 8192-point fields: 2.4e-17 relative in float64, 1.1e-8 in float32; 10× less time). At
+``ν = 0.01`` most steps run on 1024 points (5.5×, 5e-16). At ``ν = 1e-3`` the fronts keep
+thousands of modes, the grid stays at 8192 or 4096 points, and the time is the whole grid's
+(7e-16).
+
+Default step (:func:`default_dt`): ``dt = 2.5e-3 · min(1, 0.1 / ν, ν / 1e-3)``, for data of
+the FNO inputs' amplitude (rms ≈ 0.6, max ≈ 1.5). Measured against runs with ``dt / 10``
+on FNO inputs (:func:`generate`'s defaults, 8 samples, float64), the relative L² error of
+``u(T)`` stays below 1e-6 over ``ν ∈ [3e-4, 3]``, ``T ∈ [0.01, 1]`` and ``s ∈ [256, 8192]``
+(the error does not depend on ``s``): worst 3.0e-7 at ``ν = 0.01, T = 0.1``; 2.5e-7 at
+``ν = 0.1, T = 1`` (1.0e-6 at twice the step), 1.4e-7 at ``ν = 1e-3``, 7.7e-8 at
+``ν = 0.3``, 2.3e-8 at ``ν = 1``. ETDRK4 loses some of its fourth order on such rough data
+(``α = 2``; 2.5 to 4 measured): the error comes from the first steps, where the modes with
+``ν (2πk)² dt ≈ 1`` decay. For ``u0 = sin 2πx, ν = 0.1`` the default step is within 6e-10
+(``t = 0.1``) and 4e-11 (``t = 1``) of the Cole–Hopf solution. The ``0.1 / ν`` branch
+covers the fast decay of strongly diffusive data, the ``ν / 1e-3`` branch the thin shocks
+(width ``~ν / |u|``) of weakly diffusive data: at ``ν = 3e-4`` the step 2.5e-3 is unstable.
+With the amplitude scale ``λ`` (:func:`default_dt`) the inputs with ``sigma = 50, 100``
+(``λ = 2, 4``) stay below 4e-8 at ``ν ∈ {0.01, 0.1}``.
+
+:func:`solve_mol` integrates the same semi-discretisation with adaptive Dormand–Prince
+(torchdiffeq) as an independent check of the time stepping.
 """
 
 from __future__ import annotations

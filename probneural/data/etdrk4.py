@@ -364,33 +364,38 @@ def integrate(
     ``e^{hL}`` each step, which is what ETDRK4 does where ``N`` is zero. Every sample of the
     batch takes the same steps.
 
-    **Trimming.** With ``trim_below = τ``, a mode is negligible when its modulus is at most
-    ``τ`` times the largest of its sample's. The stages run on the coarsest grid ``n`` of the
-    ladder ``s, s/2, s/4, ...`` (halving while even and at least 8) on which every mode
-    ``k >= band(n) / d`` is negligible in every sample (``d`` the degree of ``N``); the modes
-    above its band are dropped. Products of ``d`` fields reach beyond the band only through a
-    factor above ``band(n) / d``, so what the coarse grid leaves out of ``N`` is of the order
-    of ``τ`` per evaluation. The rule is applied to the result of every step: a step whose
-    result needs a finer grid than the one it ran on (the spectrum widened during the step) is
-    redone on that grid. It assumes that ``pointwise`` is a polynomial of degree ``degree``
-    (not checked) and that no mode above the coarsest band grows faster than a lower one
-    (checked: ``Re L`` must not exceed its minimum over the lower modes there), so that dropped
-    modes stay negligible. Measured with ``τ`` at the dtype's epsilon (ADR 0020), trimmed
-    Burgers solves agree with the whole grid's to 2.4e-17 (ν = 0.1) to 1.5e-15 (ν = 1e-3)
-    relative in float64; smooth, strongly damped data (ν = 0.1) need a few dozen modes after a
-    few steps instead of thousands. The grid is chosen for the whole batch, so a sample's result
-    depends on the rest of the batch only up to rounding (as batched FFTs of different sizes do).
-    An odd ``s`` has no coarser grid: trimming then does nothing.
+    **Trimming.** With ``trim_below = τ``, a mode is negligible when ``max(|Re z|, |Im z|)``
+    is at most ``τ / √2`` times the largest such value of its sample's, which implies that its
+    modulus is at most ``τ`` times the largest. The stages run on the coarsest grid ``n`` of
+    the ladder ``s, s/2, s/4, ...`` (halving while the size is even and at least 8) on which
+    every mode ``k >= band(n) / d`` is negligible in every sample (``d`` the degree of ``N``);
+    the modes above its band are dropped. Products of ``d`` fields reach beyond the band only
+    through a factor above ``band(n) / d``, so what the coarse grid leaves out of ``N`` is of
+    the order of ``τ`` per evaluation. The rule is applied to the result of every step on a
+    coarse grid: a step whose result needs a finer grid than the one it ran on (the spectrum
+    widened during the step) is redone on that grid. On the finest grid, where a step can only
+    show that a coarser grid would do, it is applied after 1, 2, 4, ... up to 16 steps while it
+    keeps the finest grid. Trimming assumes that ``pointwise`` is a polynomial of degree
+    ``degree`` (not checked) and that no mode above the coarsest band grows faster than a lower
+    one (checked: ``Re L`` must not exceed its minimum over the lower modes there), so that
+    dropped modes stay negligible. Measured with ``τ`` at the dtype's epsilon (ADR 0020),
+    trimmed Burgers solves agree with the whole grid's to 2.4e-17 (ν = 0.1) to 7e-16
+    (ν = 1e-3) relative in float64; smooth, strongly damped data (ν = 0.1) need a few dozen
+    modes after a few steps instead of thousands. The grid is chosen for the whole batch, so a
+    sample's result depends on the rest of the batch only up to rounding (as batched FFTs of
+    different sizes do). A grid with no coarser one on the ladder (odd ``s``, 4 or 6 points)
+    is never trimmed.
 
     **Threads.** On a CPU, for a batch of two or more, a step of at least ``2^15`` batch × grid
-    points is cut into ``min(B, torch.get_num_threads())`` contiguous parts of the batch, stepped
-    on the threads of a :class:`probneural.data.threads.ThreadTeam` with one intra-op thread
-    each; smaller steps run on the whole batch in the calling thread, with one intra-op thread
-    too. A step is a few
-    dozen small operations: split between torch's threads each of them pays a fork and a join,
-    and on small grids parts on several threads only contend for the GIL (Kuramoto–Sivashinsky
-    at 192 points ran 2.2–3× slower in two parts on two threads than as one batch on one).
-    A single sample, and other devices, step in the calling thread with its threads.
+    points is cut into ``min(B, torch.get_num_threads())`` contiguous parts of the batch,
+    stepped on the threads of a :class:`probneural.data.threads.ThreadTeam` with one intra-op
+    thread each (on the finest grid several steps per hand-over, as above; a whole output
+    interval without trimming); smaller steps run on the whole batch in the calling thread,
+    with one intra-op thread too. A step is a few dozen small operations: split between
+    torch's threads each of them pays a fork and a join, and on small grids parts on several
+    threads only contend for the GIL (Kuramoto–Sivashinsky at 192 points ran 2.2–3.3× slower in
+    two parts on two threads than as one batch on one). A single sample, and other devices,
+    step in the calling thread with its threads.
 
     Args:
         u0: `(B, s)` float32/float64 initial field on ``x_j = j / s``.
@@ -484,7 +489,7 @@ class _State(NamedTuple):
 
 def _ladder(resolution: int) -> list[int]:
     """The grids trimming may use, coarsest first: ``s, s/2, s/4, ...``, halving while the size is even
-    and at least 8 (so the coarsest has 4 to 7 points, or is ``s`` itself for odd ``s``)."""
+    and at least 8 (so the coarsest is odd or has fewer than 8 points)."""
     grids = [resolution]
     while grids[-1] % 2 == 0 and grids[-1] >= 8:
         grids.append(grids[-1] // 2)
@@ -545,19 +550,16 @@ def _modulus_bound(z: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(z).abs().amax(dim=-1)
 
 
-def _step(
-    v: torch.Tensor, grid: int, c: Coefficients, nonlinear: Nonlinearity, out: torch.Tensor | None = None
-) -> torch.Tensor:
+def _step(v: torch.Tensor, grid: int, c: Coefficients, nonlinear: Nonlinearity) -> torch.Tensor:
     """One ETDRK4 step of the band ``v`` `(B, K)` on a grid of ``grid`` points (``c`` on the band, ``c.f2``
-    doubled), into ``out`` `(B, K)` if given."""
+    doubled)."""
     nv = nonlinear.on_grid(v, grid)
     ev = c.exp_half * v
     a = torch.addcmul(ev, c.q, nv)
     na = nonlinear.on_grid(a, grid)
     nb = nonlinear.on_grid(torch.addcmul(ev, c.q, na), grid)
     nc = nonlinear.on_grid(torch.addcmul(c.exp_half * a, c.q, 2 * nb - nv), grid)
-    new = torch.mul(c.exp, v, out=out)
-    return new.addcmul_(c.f1, nv).addcmul_(c.f2, na.add_(nb)).addcmul_(c.f3, nc)
+    return (c.exp * v).addcmul_(c.f1, nv).addcmul_(c.f2, na.add_(nb)).addcmul_(c.f3, nc)
 
 
 def _march(
@@ -600,31 +602,27 @@ def _march(
         c, grid, exp_above = banded[h, state.grid], state.grid, coefficients_by_step[h].exp[finest_band:]
         floor = shrink_floor if grid == resolution else None
 
-        def advance(rows: slice, band: torch.Tensor | None = None, above: torch.Tensor | None = None) -> int:
-            """Step the samples ``rows`` ``count`` times, the last step into ``band`` and ``above`` (new tensors
-            when ``None``); return the highest non-negligible mode of the result."""
-            v, high = state.band[rows], None if state.above is None else state.above[rows]
-            for step in range(count):
-                last = step == count - 1
-                if high is not None:
-                    high = torch.mul(high, exp_above, out=above[rows] if last and above is not None else None)
-                v = _step(v, grid, c, nonlinear, out=band[rows] if last and band is not None else None)
-            results[rows.start] = _State(grid, v, high)
-            return _highest_mode(results[rows.start], trim_below, floor)
+        def advance(part: _State) -> tuple[_State, int]:
+            """``count`` steps of ``part``, and the highest non-negligible mode of the result."""
+            v, high = part.band, part.above
+            for _ in range(count):
+                high = None if high is None else high * exp_above
+                v = _step(v, grid, c, nonlinear)
+            new = _State(grid, v, high)
+            return new, _highest_mode(new, trim_below, floor)
 
-        results: dict[int, _State] = {}
         batch = state.band.shape[0]
         parts = 1 if team is None or batch * grid < _THREADED_POINTS else min(batch, team.size)
         if parts == 1:
-            highest = advance(slice(0, batch))
-            return results[0], highest
-        # each part writes its rows of the new state: no copies of the parts in the calling thread
-        band = torch.empty_like(state.band)
-        above = None if state.above is None else torch.empty_like(state.above)
+            return advance(state)
         bounds = [batch * i // parts for i in range(parts + 1)]
         rows = [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
-        highest = max(team.map(lambda part: advance(part, band, above), rows))
-        return _State(grid, band, above), highest
+        results = team.map(advance, [
+            _State(grid, state.band[part], None if state.above is None else state.above[part]) for part in rows
+        ])
+        band = torch.cat([new.band for new, _ in results])
+        above = None if state.above is None else torch.cat([new.above for new, _ in results])
+        return _State(grid, band, above), max(highest for _, highest in results)
 
     u = u0
     now = 0.0

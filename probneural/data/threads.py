@@ -92,8 +92,9 @@ def map_on_threads(
 class ThreadTeam:
     """Worker threads kept for many short parallel maps, one intra-op thread each.
 
-    ``with ThreadTeam() as team:`` starts ``team.size - 1`` worker threads (``size`` is
-    ``torch.get_num_threads()`` on entry) and sets the calling thread to one intra-op thread
+    ``with ThreadTeam() as team:`` makes a pool of ``team.size - 1`` worker threads (``size`` is
+    ``torch.get_num_threads()`` on entry; they start with the first maps and live until the
+    block ends) and sets the calling thread to one intra-op thread
     until the block ends, so that work it runs alone does not fork either. :meth:`map` then
     costs a hand-over to running threads (~140 µs for two parts here) where
     :func:`map_on_threads` starts new ones (~360 µs). On exit the workers stop and the thread
@@ -137,13 +138,13 @@ class ThreadTeam:
 
     def map(self, function: Callable[[Part], Result], parts: Sequence[Part]) -> list[Result]:
         """``[function(part) for part in parts]``: part 0 in the calling thread, the others on the
-        workers, under the caller's gradient mode (not its inference mode or autocast state).
+        workers, under the caller's gradient and inference modes (not its autocast state).
 
         Every part has ended when this returns or raises. Part 0's error is raised if it failed,
         otherwise the first failing part's.
 
         Args:
-            function: applied to each part; must not modify state shared between parts.
+            function: applied to each part; it must not write what another part reads.
             parts: the independent pieces of work, in order.
 
         Returns:
@@ -152,10 +153,10 @@ class ThreadTeam:
         nested = self._mapping or threading.current_thread() is not self._owner
         if self._executor is None or len(parts) <= 1 or nested:
             return [function(part) for part in parts]
-        grad_enabled = torch.is_grad_enabled()
+        grad_enabled, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
         def run(part: Part) -> Result:
-            with torch.set_grad_enabled(grad_enabled):
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad_enabled):
                 return function(part)
 
         futures = [self._executor.submit(run, part) for part in parts[1:]]

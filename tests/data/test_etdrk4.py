@@ -148,10 +148,10 @@ def _grids_used(monkeypatch) -> list[int]:
     step = etdrk4._step
     caller = threading.current_thread()
 
-    def spy(v, grid, *rest, **options):
+    def spy(v, grid, c, nonlinear):
         if threading.current_thread() is caller:
             grids.append(grid)
-        return step(v, grid, *rest, **options)
+        return step(v, grid, c, nonlinear)
 
     monkeypatch.setattr(etdrk4, "_step", spy)
     return grids
@@ -163,6 +163,7 @@ def _grids_used(monkeypatch) -> list[int]:
         # rough data, then a few dozen modes: the grid shrinks from 1024 to 128 or less
         (0.1, "grf", 128, False, torch.float64, 1),
         (0.1, "grf", 128, False, torch.float32, 1),
+        (0.1, "grf", 128, False, torch.float64, 2),  # several steps per run on the finest grid, in parts
         # one mode, then a steepening front: the grid grows back, steps are redone (also in parts on threads)
         (1e-3, "sine", 16, True, torch.float64, 1),
         (1e-3, "sine", 16, True, torch.float64, 2),
@@ -219,7 +220,8 @@ def test_trimming_keeps_zero_samples_zero_and_tiny_float32_fields():
     s = 256
     k = etdrk4.wavenumbers(s)
     linear = -0.1 * k**2
-    u0 = torch.cat([torch.zeros(1, s, dtype=torch.float64), grf_periodic(1, s, alpha=2.0, tau=5.0, sigma=25.0, seed=2).double()])
+    rough = grf_periodic(1, s, alpha=2.0, tau=5.0, sigma=25.0, seed=2).double()
+    u0 = torch.cat([torch.zeros(1, s, dtype=torch.float64), rough])
     for dtype, scale in ((torch.float64, 1.0), (torch.float32, 1e-20)):
         x = (u0 * scale).to(dtype)
         nonlinear = etdrk4.quadratic_advection(k, dtype)
@@ -230,7 +232,7 @@ def test_trimming_keeps_zero_samples_zero_and_tiny_float32_fields():
 
 
 def test_the_first_look_on_the_finest_grid_never_picks_a_coarser_grid_than_the_full_pass():
-    # _highest_mode with the floor may only answer "stay on the finest grid"; otherwise it must agree with the full pass.
+    # _highest_mode with the floor may only answer "stay on the finest grid"; otherwise it agrees with the full pass.
     s, degree = 512, 2
     ladder = etdrk4._ladder(s)
     floor = -(-etdrk4.band_size(ladder[-2], degree) // degree)
@@ -357,6 +359,27 @@ def test_large_steps_in_parts_on_threads_equal_the_whole_batch(threads, trim, se
     # need 8192 points, then 4096 points are below the threshold
     assert len(parts) == 2 or threads == 1
     torch.testing.assert_close(out, whole, rtol=0, atol=1e-14)
+
+
+def test_steps_in_parts_run_under_inference_mode_and_autograd(monkeypatch, set_threads):
+    s = 64
+    k = etdrk4.wavenumbers(s)
+    linear, nonlinear = -0.1 * k**2, etdrk4.quadratic_advection(k, torch.float64)
+    u0 = torch.randn(3, s, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+
+    def solve(x):
+        return etdrk4.integrate(x, linear, nonlinear, [0.02, 0.05], 5e-3, trim_below=1e-15)
+
+    expected = solve(u0)
+    leaf = u0.clone().requires_grad_()
+    solve(leaf).square().sum().backward()
+    set_threads(2)
+    monkeypatch.setattr(etdrk4, "_THREADED_POINTS", 1)  # every step in parts
+    with torch.inference_mode():
+        torch.testing.assert_close(solve(u0), expected, rtol=0, atol=1e-14)
+    threaded = u0.clone().requires_grad_()
+    solve(threaded).square().sum().backward()
+    torch.testing.assert_close(threaded.grad, leaf.grad, rtol=0, atol=1e-12)
 
 
 def test_step_count_hits_output_times():

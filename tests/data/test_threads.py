@@ -137,7 +137,10 @@ def test_a_team_raises_the_first_error_after_every_part_ended(failing, set_threa
 
 
 @pytest.mark.parametrize("grad", [False, True])
-def test_a_team_runs_its_parts_under_the_callers_gradient_mode(grad, set_threads):
+def test_a_team_runs_its_parts_under_the_callers_gradient_and_inference_modes(grad, set_threads):
     set_threads(2)
-    with ThreadTeam() as team, torch.set_grad_enabled(grad):
-        assert team.map(lambda part: torch.is_grad_enabled(), [0, 1, 2]) == [grad] * 3
+    with ThreadTeam() as team:
+        with torch.set_grad_enabled(grad):
+            assert team.map(lambda part: torch.is_grad_enabled(), [0, 1, 2]) == [grad] * 3
+        with torch.inference_mode(not grad):
+            assert team.map(lambda part: torch.is_inference_mode_enabled(), [0, 1, 2]) == [not grad] * 3
