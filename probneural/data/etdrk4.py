@@ -68,8 +68,8 @@ class Nonlinearity(NamedTuple):
         pointwise: ``p``, maps grid values `(B, n)` to `(B, n)` (it may overwrite its input).
         degree: polynomial degree ``d >= 2`` of ``p``: products of ``d`` band-limited fields
             alias only onto modes outside the band.
-        multiplier: `(m,)` complex Fourier multiplier ``m`` on the rfft modes of the finest
-            grid (``m = s // 2 + 1``; e.g. ``−i q / 2`` for ``−(u²/2)_x``), or ``None`` for 1.
+        multiplier: `(s // 2 + 1,)` complex Fourier multiplier ``m`` on the rfft modes of the
+            finest grid (e.g. ``−i q / 2`` for ``−(u²/2)_x``), or ``None`` for 1.
     """
 
     pointwise: Callable[[torch.Tensor], torch.Tensor]
