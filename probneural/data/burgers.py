@@ -136,7 +136,8 @@ def solve(
     times, scalar = etdrk4.check_times(t)
     dt = default_dt(viscosity) if dt is None else check_float("dt", dt, positive=True)
     linear, nonlinear = _semi_discretisation(u0.shape[-1], viscosity, u0.dtype, u0.device)
-    out = etdrk4.integrate(u0, linear, nonlinear, times, dt, trim_below=etdrk4.trim_threshold(u0.dtype, trim))
+    trim_below = torch.finfo(u0.dtype).eps if trim else None
+    out = etdrk4.integrate(u0, linear, nonlinear, times, dt, trim_below=trim_below)
     return etdrk4.select(out, unbatched, scalar)
 
 

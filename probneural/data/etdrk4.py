@@ -232,11 +232,6 @@ def coefficients(linear: torch.Tensor, step: float, dtype: torch.dtype) -> Coeff
     return Coefficients(*(torch.where(v.abs() < negligible, 0, v).to(_REAL_TO_COMPLEX[dtype]) for v in values))
 
 
-def trim_threshold(dtype: torch.dtype, trim: bool) -> float | None:
-    """The solvers' ``trim_below`` for :func:`integrate`: ``dtype``'s epsilon, or ``None`` without trimming."""
-    return torch.finfo(dtype).eps if trim else None
-
-
 def check_field(u0: torch.Tensor | object) -> tuple[torch.Tensor, bool]:
     """Validate the initial field ``u0`` of a solver and return it batched.
 
@@ -527,10 +522,10 @@ def _highest_mode(state: _State, trim_below: float | None, floor: int | None = N
     return int(significant[-1]) if len(significant) else -1
 
 
-def _coarsest_grid(highest: int, resolution: int, degree: int) -> int:
-    """The coarsest grid of :func:`_ladder` on whose band the modes ``k >= band / degree`` are above
-    ``highest`` (see :func:`integrate`)."""
-    return next(n for n in _ladder(resolution) if n == resolution or highest < -(-band_size(n, degree) // degree))
+def _coarsest_grid(highest: int, ladder: list[int], degree: int) -> int:
+    """The coarsest grid of ``ladder`` (:func:`_ladder`, coarsest first) on whose band the modes
+    ``k >= band / degree`` are above ``highest`` (see :func:`integrate`); the finest if none is."""
+    return next((n for n in ladder[:-1] if highest < -(-band_size(n, degree) // degree)), ladder[-1])
 
 
 def _on_grid(state: _State, grid: int, resolution: int, degree: int) -> _State:
@@ -584,12 +579,11 @@ def _march(
     out = torch.empty((u0.shape[0], len(times), resolution), dtype=u0.dtype, device=u0.device)
     spectrum = torch.fft.rfft(u0, norm="forward")
     state = _State(resolution, spectrum[:, :finest_band], spectrum[:, finest_band:])
+    ladder = _ladder(resolution)
     if trim_below is not None:
-        grid = _coarsest_grid(_highest_mode(state, trim_below), resolution, degree)
-        state = _on_grid(state, grid, resolution, degree)
+        state = _on_grid(state, _coarsest_grid(_highest_mode(state, trim_below), ladder, degree), resolution, degree)
     coefficients_by_step: dict[float, Coefficients] = {}
     banded: dict[tuple[float, int], Coefficients] = {}  # the coefficients on each grid's band
-    ladder = _ladder(resolution)
     # the lowest mode that keeps the finest grid: a coarser grid needs every mode from here up negligible
     shrink_floor = -(-band_size(ladder[-2], degree) // degree) if len(ladder) > 1 else None
 
@@ -641,11 +635,11 @@ def _march(
                     count = min(unchecked, steps - done) if state.grid == resolution else 1
                 new, highest = run(state, h, count)
                 if trim_below is not None:
-                    grid = _coarsest_grid(highest, resolution, degree)
+                    grid = _coarsest_grid(highest, ladder, degree)
                     while grid > state.grid:  # the spectrum outgrew the grid during the step: redo it on the finer one
                         state = _on_grid(state, grid, resolution, degree)
                         new, highest = run(state, h, 1)
-                        grid = max(grid, _coarsest_grid(highest, resolution, degree))
+                        grid = max(grid, _coarsest_grid(highest, ladder, degree))
                     unchecked = min(2 * unchecked, _MOST_UNCHECKED) if grid == resolution else 1
                     new = _on_grid(new, grid, resolution, degree)
                 state = new

@@ -94,8 +94,8 @@ class ThreadTeam:
 
     ``with ThreadTeam() as team:`` makes a pool of ``team.size - 1`` worker threads (``size`` is
     ``torch.get_num_threads()`` on entry; they start with the first maps and live until the
-    block ends) and sets the calling thread to one intra-op thread
-    until the block ends, so that work it runs alone does not fork either. :meth:`map` then
+    block ends) and sets the calling thread to one intra-op thread until the block ends, so
+    that work it runs alone does not fork either. :meth:`map` then
     costs a hand-over to running threads (~140 µs for two parts here) where
     :func:`map_on_threads` starts new ones (~360 µs). On exit the workers stop and the thread
     count is restored. A team is entered once; :meth:`map` called from a part of a map runs

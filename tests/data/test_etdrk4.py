@@ -242,8 +242,8 @@ def test_the_first_look_on_the_finest_grid_never_picks_a_coarser_grid_than_the_f
         spectrum = torch.randn(3, s // 2 + 1, generator=generator, dtype=torch.complex128) * torch.exp(-rate * modes)
         band = etdrk4.band_size(s, degree)
         state = etdrk4._State(s, spectrum[:, :band], spectrum[:, band:])
-        full = etdrk4._coarsest_grid(etdrk4._highest_mode(state, 1e-15), s, degree)
-        glanced = etdrk4._coarsest_grid(etdrk4._highest_mode(state, 1e-15, floor), s, degree)
+        full = etdrk4._coarsest_grid(etdrk4._highest_mode(state, 1e-15), ladder, degree)
+        glanced = etdrk4._coarsest_grid(etdrk4._highest_mode(state, 1e-15, floor), ladder, degree)
         assert glanced == full or glanced == s
     # a sample whose spectrum overflowed or holds NaN keeps the finest grid (its blow-up is reported there)
     for bad in (math.inf, math.nan):
@@ -251,7 +251,7 @@ def test_the_first_look_on_the_finest_grid_never_picks_a_coarser_grid_than_the_f
         spectrum[:, 1] = 1.0
         spectrum[1, 3] = bad
         state = etdrk4._State(s, spectrum[:, :band], spectrum[:, band:])
-        assert etdrk4._coarsest_grid(etdrk4._highest_mode(state, 1e-15), s, degree) == s
+        assert etdrk4._coarsest_grid(etdrk4._highest_mode(state, 1e-15), ladder, degree) == s
 
 
 def test_trimming_refuses_a_linear_part_that_grows_above_the_coarsest_band():
