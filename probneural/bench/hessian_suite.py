@@ -6,7 +6,8 @@ with :func:`probneural.bench.measure`:
 
 * ``grad``: one gradient, ``torch.autograd.grad``;
 * ``hvp``: the exact Hessian-vector product :func:`probneural.hessian.hvp`
-  (forward-over-reverse, through the spectral layers' custom autograd Functions);
+  (forward-over-reverse, through the whole-layer Functions of
+  :mod:`probneural.operators.second_order`);
 * ``double_backward``: the naive Hessian-vector product, a gradient with ``create_graph=True``
   and the gradient of its dot product with ``v``;
 * ``ggn_vp``: the Gauss–Newton product :func:`probneural.hessian.ggn_vp` of ``½‖f_θ(x) − y‖²``.

@@ -12,7 +12,7 @@ from torch.func import grad, hessian, jvp
 from probneural.hessian.structure import (
     Params, as_tuple, check_direction, flatten, from_real, real_function, to_real, unflatten,
 )
-from probneural.operators.spectral_autograd import tangent_only_gradients
+from probneural.operators.spectral_autograd import one_reverse_pass, tangent_only_gradients
 
 __all__ = ["dense", "hvp"]
 
@@ -65,10 +65,13 @@ def _forward_over_reverse(
     switch to them when their inputs carry tangents). The values of the parameter gradients
     are dropped, so the backward pass is run under
     :func:`~probneural.operators.spectral_autograd.tangent_only_gradients`: Functions that take
-    a parameter directly as a weight compute only the tangent of its gradient.
+    a parameter directly as a weight compute only the tangent of its gradient. Both passes run
+    under :func:`~probneural.operators.spectral_autograd.one_reverse_pass` (the gradients are the
+    last derivatives taken), where the FNO's Fourier layers and projection run as whole-layer
+    Functions that compute each gradient with its tangent (ADR 0021).
     """
     leaves = tuple(r.detach().requires_grad_() for r in reals)
-    with torch.enable_grad(), fwAD.dual_level():
+    with torch.enable_grad(), fwAD.dual_level(), one_reverse_pass():
         duals = tuple(fwAD.make_dual(r, d) for r, d in zip(leaves, directions))
         loss = _check_scalar(g(duals))
         if not loss.requires_grad:  # f does not depend on the parameters

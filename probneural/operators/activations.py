@@ -32,13 +32,13 @@ from torch import Tensor
 
 from probneural.operators.spectral_autograd import apply, has_tangent
 
-__all__ = ["ACTIVATIONS", "Gelu", "GeluGrad", "gelu", "gelu_second", "silu"]
+__all__ = ["ACTIVATIONS", "Gelu", "GeluGrad", "add_gelu_curvature", "gelu", "gelu_curvature", "gelu_derivative", "gelu_second", "silu"]
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _LOG2_E = 1.0 / math.log(2.0)
 # gelu''(x) = _CURVATURE_SCALE · q 2^q with q = log₂(e) (1 − x²/2)
 _CURVATURE_SCALE = 2.0 * _INV_SQRT_2PI / math.e * math.log(2.0)
-_BLOCK = 2**17  # elements per block of _curvature_term (512 KB in float32)
+_BLOCK = 2**17  # elements per block of add_gelu_curvature (512 KB in float32)
 _gelu_backward = torch.ops.aten.gelu_backward.default
 _gelu_backward_out = torch.ops.aten.gelu_backward.grad_input
 
@@ -55,7 +55,14 @@ def gelu_second(x: Tensor) -> Tensor:
     return torch.exp(square * -0.5) * (2.0 - square) * _INV_SQRT_2PI
 
 
-def _curvature_term(grad: Tensor, x: Tensor, x_tangent: Tensor, into: Tensor) -> Tensor:
+def gelu_derivative(x: Tensor) -> Tensor:
+    """``gelu'(x) = Φ(x) + x φ(x)``, contiguous: the fused ``gelu_backward`` kernel written over a
+    buffer of ones (an expanded scalar one is 3× slower). Not differentiable (a value only)."""
+    derivative = torch.ones_like(x, memory_format=torch.contiguous_format)
+    return _gelu_backward_out(derivative, x, grad_input=derivative)
+
+
+def add_gelu_curvature(grad: Tensor, x: Tensor, x_tangent: Tensor, into: Tensor) -> Tensor:
     """``into += grad · x_tangent · gelu''(x)`` in place; for tangents that are not differentiated
     further (no gradient mode).
 
@@ -69,7 +76,6 @@ def _curvature_term(grad: Tensor, x: Tensor, x_tangent: Tensor, into: Tensor) ->
     wait a scheduler time slice for a thread (8 blocks took 7× and 32 blocks 15× longer than
     one pass on the shared 2-core VM), so the term is then computed in one pass.
     """
-    log2_e = torch.full((), _LOG2_E, dtype=x.dtype, device=x.device)
     tensors = (into, grad, x, x_tangent)
     if (x.device.type != "cpu" or torch.get_num_threads() > 1
             or any(t.shape != x.shape or not t.is_contiguous() for t in tensors)):
@@ -78,10 +84,21 @@ def _curvature_term(grad: Tensor, x: Tensor, x_tangent: Tensor, into: Tensor) ->
         flat = [t.view(-1) for t in tensors]
         blocks = [[t[start:start + _BLOCK] for t in flat] for start in range(0, x.numel(), _BLOCK)]
     for out, g, z, dz in blocks:
-        q = torch.addcmul(log2_e, z, z, value=-0.5 * _LOG2_E)
-        curvature = torch.exp2(q).mul_(q).mul_(g)
-        out.addcmul_(curvature, dz, value=_CURVATURE_SCALE)
+        out.addcmul_(_unscaled_curvature(z, g), dz, value=_CURVATURE_SCALE)
     return into
+
+
+def _unscaled_curvature(x: Tensor, factor: Tensor) -> Tensor:
+    """``q 2^q · factor`` with ``q = log₂(e) (1 − x²/2)``: ``gelu''(x) · factor`` up to ``_CURVATURE_SCALE``."""
+    log2_e = torch.full((), _LOG2_E, dtype=x.dtype, device=x.device)
+    q = torch.addcmul(log2_e, x, x, value=-0.5 * _LOG2_E)
+    return torch.exp2(q).mul_(q).mul_(factor)
+
+
+def gelu_curvature(x: Tensor, factor: Tensor) -> Tensor:
+    """``gelu''(x) · factor`` (the ``exp2`` form of :func:`add_gelu_curvature`), for values that are not
+    differentiated further."""
+    return _unscaled_curvature(x, factor).mul_(_CURVATURE_SCALE)
 
 
 class GeluGrad(torch.autograd.Function):
@@ -133,7 +150,7 @@ class GeluGrad(torch.autograd.Function):
                 term = grad * x_tangent * gelu_second(x)
                 result = term if result is None else result + term
             else:
-                result = _curvature_term(grad, x, x_tangent, torch.zeros_like(x) if result is None else result)
+                result = add_gelu_curvature(grad, x, x_tangent, torch.zeros_like(x) if result is None else result)
         return result
 
 
@@ -178,11 +195,9 @@ class Gelu(torch.autograd.Function):
             return None
         if not x.requires_grad:  # no backward pass can follow
             return _gelu_backward(x_tangent, x)
-        # forward-over-reverse: gelu'(x) once, for this tangent and for the backward pass; the
-        # fused kernel written over a buffer of ones (an expanded scalar one is 3× slower)
+        # forward-over-reverse: gelu'(x) once, for this tangent and for the backward pass
         with torch.no_grad():
-            derivative = torch.ones_like(x, memory_format=torch.contiguous_format)
-            _gelu_backward_out(derivative, x, grad_input=derivative)
+            derivative = gelu_derivative(x)
         ctx.derivative = derivative
         if torch.is_grad_enabled():  # the tangent stays differentiable in x (reverse-over-forward)
             return apply(GeluGrad, x_tangent, x, derivative)

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from probneural.operators.activations import ACTIVATIONS
+from probneural.operators.activations import ACTIVATIONS, gelu
 from probneural.operators.dropout import ChannelDropout
 from probneural.operators.pointwise import Pointwise
+from probneural.operators.second_order import fourier_layer_product, fuses, projection_fuses, projection_product
 from probneural.operators.spectral import SpectralConv
 from probneural.validation import check_int, check_positive_ints
 
@@ -233,9 +234,19 @@ class FNO(nn.Module):
         return h
 
     def fourier_layer(self, i: int, h: Tensor) -> Tensor:
-        """Fourier layer ``i`` on `(b, width, *padded)`: ``K_i(h) + W_i h``, then activation and dropout unless last."""
-        h = self.spectral[i](h) + self.skips[i](h)
-        return h if i == len(self.spectral) - 1 else self.hidden_dropout(self.act(h))
+        """Fourier layer ``i`` on `(b, width, *padded)`: ``K_i(h) + W_i h``, then activation and dropout unless last.
+
+        Inside a forward-over-reverse Hessian-vector product with GELU the layer runs as one
+        :class:`~probneural.operators.second_order.FourierLayerProduct` (see :func:`~probneural.operators.second_order.fuses`).
+        """
+        last = i == len(self.spectral) - 1
+        conv, skip = self.spectral[i], self.skips[i]
+        if (last or self.act is gelu) and fuses(h, conv, skip):
+            h = fourier_layer_product(h, conv, skip, activate=not last)
+        else:
+            h = conv(h) + skip(h)
+            h = h if last else self.act(h)
+        return h if last else self.hidden_dropout(h)
 
     def unpad(self, h: Tensor, spatial: Sequence[int]) -> Tensor:
         """Crop `(b, c, *padded)` to the unpadded grid `(b, c, *spatial)` (a no-op without padding)."""
@@ -245,7 +256,14 @@ class FNO(nn.Module):
         return h[(..., *(slice(0, n) for n in spatial))]
 
     def project(self, h: Tensor) -> Tensor:
-        """Pointwise projection of features `(b, width, *spatial)` to `(b, out_channels, *spatial)`."""
+        """Pointwise projection of features `(b, width, *spatial)` to `(b, out_channels, *spatial)`.
+
+        Inside a forward-over-reverse Hessian-vector product with GELU and no active dropout it runs
+        as one :class:`~probneural.operators.second_order.ProjectionProduct`.
+        """
+        dropping = isinstance(self.dropout, ChannelDropout) and self.dropout.training
+        if self.act is gelu and not dropping and projection_fuses(h, self.projection_hidden, self.projection_out):
+            return projection_product(h, self.projection_hidden, self.projection_out)
         return self.projection_out(self.dropout(self.readout_input(h)))
 
     def readout_input(self, h: Tensor) -> Tensor:

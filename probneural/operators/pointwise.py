@@ -21,7 +21,7 @@ from probneural.operators.spectral_autograd import TANGENT as _TANGENT
 from probneural.operators.spectral_autograd import apply, has_tangent, tangent_only
 from probneural.validation import check_int
 
-__all__ = ["AffineGrad", "Pointwise", "PointwiseAffine", "pointwise_affine"]
+__all__ = ["AffineGrad", "Pointwise", "PointwiseAffine", "pointwise_affine", "weight_products"]
 
 
 def _affine(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -37,8 +37,9 @@ def _affine(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.baddbmm(bias[:, None].expand(b, -1, n), expanded, x)
 
 
-def _products(pairs: list[tuple[Tensor, Tensor]], bias: Tensor | None) -> Tensor:
-    """``sum_k A_k X_k (+ b)`` for `(o, i_k)` weights and `(b, i_k, N)` inputs: `(b, o, N)`.
+def _products(pairs: list[tuple[Tensor, Tensor]], bias: Tensor | None, into: Tensor | None = None) -> Tensor:
+    """``sum_k A_k X_k (+ b)`` for `(o, i_k)` weights and `(b, i_k, N)` inputs: `(b, o, N)`,
+    added to ``into`` in place if given (a contiguous `(b, o, N)` tensor), else in a new buffer.
 
     One ``bmm`` with the weight expanded over the batch, then ``baddbmm_`` and ``add_`` into
     the same buffer. On CPU this beats both ``baddbmm`` with the bias expanded as its input
@@ -51,17 +52,30 @@ def _products(pairs: list[tuple[Tensor, Tensor]], bias: Tensor | None) -> Tensor
     with an inner dimension of 1 took twice as long (`(128, 1)` by `(8, 1, 4096)`, CPU), and a
     `(128, 1)` transposed view 5× longer still.
     """
-    (a, x), *rest = pairs
-    if a.shape[1] == 1:  # contiguous, as bmm gives, whatever the layout of x (a no-op copy otherwise)
-        out = torch.mul(a, x).contiguous()
+    if into is None:
+        (a, x), *pairs = pairs
+        if a.shape[1] == 1:  # contiguous, as bmm gives, whatever the layout of x (a no-op copy otherwise)
+            out = torch.mul(a, x).contiguous()
+        else:
+            out = torch.bmm(a.expand(x.shape[0], -1, -1).contiguous(), x)
     else:
-        out = torch.bmm(a.expand(x.shape[0], -1, -1).contiguous(), x)
-    for w, z in rest:
+        out = into
+    for w, z in pairs:
         if w.shape[1] == 1:
             out.addcmul_(w, z)
         else:
             out.baddbmm_(w.expand(z.shape[0], -1, -1).contiguous(), z)
     return out if bias is None else out.add_(bias[:, None])
+
+
+def weight_products(pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """``Σ_k Σ_batch g_k z_kᵀ`` for `(b, o, N)` gradients ``g_k`` and `(b, i, N)` fields ``z_k``: `(o, i)`,
+    the weight gradient of a pointwise layer (and its tangent, with two pairs)."""
+    (g, z), *rest = pairs
+    products = torch.bmm(g, z.transpose(1, 2))
+    for g, z in rest:
+        products.baddbmm_(g, z.transpose(1, 2))
+    return products.sum(0)
 
 
 class PointwiseAffine(torch.autograd.Function):
@@ -118,7 +132,7 @@ def _affine_grads(grad: Tensor, x: Tensor, weight: Tensor, needs: tuple[int, int
     if needs[0]:
         grad_x = _products([(weight.T, grad)], None)
     if needs[1] == _FULL:
-        grad_weight = torch.bmm(grad, x.transpose(1, 2)).sum(0)
+        grad_weight = weight_products([(grad, x)])
     elif needs[1] == _TANGENT:
         grad_weight = grad.new_zeros(weight.shape)
     if needs[2] == _FULL:
@@ -167,7 +181,7 @@ class AffineGrad(torch.autograd.Function):
         if ctx.needs_input_grad[1] and a_weight is not None:
             d_x = _products([(a_weight.T, grad)], None)
         if ctx.needs_input_grad[2] and a_x is not None:
-            d_weight = torch.bmm(grad, a_x.transpose(1, 2)).sum(0)
+            d_weight = weight_products([(grad, a_x)])
         return d_grad, d_x, d_weight, None
 
     @staticmethod
@@ -184,11 +198,7 @@ class AffineGrad(torch.autograd.Function):
         if needs[1]:
             terms = [(g, z) for g, z in ((grad_tangent, x), (grad, x_tangent)) if g is not None and z is not None]
             if terms:
-                (g, z), *rest = terms
-                products = torch.bmm(g, z.transpose(1, 2))
-                for g, z in rest:
-                    products.baddbmm_(g, z.transpose(1, 2))
-                tangent_weight = products.sum(0)
+                tangent_weight = weight_products(terms)
         if needs[2] and grad_tangent is not None:
             tangent_bias = grad_tangent.sum((0, 2))
         # an output with a zero tangent gets explicit zeros (None trips an internal assert)

@@ -37,10 +37,12 @@ import torch
 from torch import Tensor, nn
 from torch._C._functorch import is_functorch_wrapped_tensor
 
-from probneural.operators.spectral_autograd import constant_matmul, spectral_contract
+from probneural.operators.spectral_autograd import (
+    constant_matmul, contract_rows, pair_layout, spectral_contract, spectral_rows,
+)
 from probneural.validation import check_int, check_positive_ints
 
-__all__ = ["SpectralConv", "kept_frequencies", "kept_shape", "kept_shares", "spectral_contract"]
+__all__ = ["SpectralConv", "analysis", "kept_frequencies", "kept_shape", "kept_shares", "spectral_contract", "synthesis"]
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -157,6 +159,43 @@ def _complex_matmul_along(z: Tensor, matrix: Tensor, axis: int) -> Tensor:
     return product.reshape(*lead, matrix.shape[1] // 2, two_p).movedim(-2, axis)
 
 
+def analysis(x: Tensor, last: Tensor, axes: Sequence[Tensor]) -> tuple[Tensor, tuple]:
+    """The kept Fourier coefficients of ``x`` in the contraction's frequency-major layout.
+
+    Args:
+        x: `(b, c, *spatial)` real field.
+        last: `(n_last, 2p)` forward matrix of the last axis (:func:`_last_axis_matrices`), or
+            any real matrix acting there (the transposed inverse, for an adjoint).
+        axes: `(2 n_a, 2 q_a)` pair matrices of the other axes (:func:`_axis_matrices`).
+
+    Returns:
+        ``(rows, layout)``: `(F, 2, b, c)` coefficients (:func:`spectral_rows`) and the layout
+        :func:`synthesis` needs to undo the rearrangement.
+    """
+    z = constant_matmul(x, last)
+    for axis, matrix in enumerate(axes):
+        z = _complex_matmul_along(z, matrix, 2 + axis)
+    return spectral_rows(z)
+
+
+def synthesis(rows: Tensor, layout: tuple, last: Tensor, axes: Sequence[Tensor]) -> Tensor:
+    """The real field of frequency-major coefficients: the inverse of :func:`analysis`'s steps.
+
+    Args:
+        rows: `(F, 2, b, o)` coefficients.
+        layout: as returned by :func:`analysis`.
+        last: `(2p, n_last)` inverse matrix of the last axis (or the transposed forward one).
+        axes: `(2 q_a, 2 n_a)` pair matrices of the other axes.
+
+    Returns:
+        `(b, o, *spatial)`.
+    """
+    z = pair_layout(rows, layout)
+    for axis, matrix in enumerate(axes):
+        z = _complex_matmul_along(z, matrix, 2 + axis)
+    return constant_matmul(z, last)
+
+
 class SpectralConv(nn.Module):
     """Fourier integral operator ``K(v) = IDFT(R · DFT(v))`` truncated to the lowest modes.
 
@@ -214,20 +253,27 @@ class SpectralConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
         with torch.autocast(x.device.type, enabled=False):
-            return self._transform(x.to(self.weight.dtype) if x.dtype in _HALF_DTYPES else x)
+            return self.convolve(x.to(self.weight.dtype) if x.dtype in _HALF_DTYPES else x, self.weight)
 
-    def _transform(self, x: Tensor) -> Tensor:
+    def convolve(self, x: Tensor, weight: Tensor) -> Tensor:
+        """The convolution of ``x`` `(b, in, *spatial)` with ``weight`` `(*kept, in, out, 2)` (cast to
+        ``x``'s dtype) in place of the layer's own: :func:`analysis`, contraction, :func:`synthesis`."""
+        forward, inverse = self.dft_matrices(x)
+        rows, layout = analysis(x, *forward)
+        return synthesis(contract_rows(rows, weight.to(x.dtype)), layout, *inverse)
+
+    def dft_matrices(self, x: Tensor) -> tuple[tuple[Tensor, list[Tensor]], tuple[Tensor, list[Tensor]]]:
+        """The truncated DFT matrices for fields shaped like ``x``, in ``x``'s dtype and device (memoised).
+
+        Returns:
+            ``(forward, inverse)``, each ``(last-axis matrix, [matrix per other axis])``: the
+            arguments of :func:`analysis` and :func:`synthesis` after the field.
+        """
         spatial = x.shape[2:]
         dtype, device = x.dtype, x.device
         last_forward, last_inverse = _cached(_last_axis_matrices, spatial[-1], self.modes[-1], dtype, device)
         axes = [_cached(_axis_matrices, spatial[a], self.modes[a], dtype, device) for a in range(self.dim - 1)]
-        z = constant_matmul(x, last_forward)
-        for axis, (forward, _) in enumerate(axes):
-            z = _complex_matmul_along(z, forward, 2 + axis)
-        z = spectral_contract(z, self.weight.to(dtype))
-        for axis, (_, inverse) in enumerate(axes):
-            z = _complex_matmul_along(z, inverse, 2 + axis)
-        return constant_matmul(z, last_inverse)
+        return (last_forward, [f for f, _ in axes]), (last_inverse, [i for _, i in axes])
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, modes={self.modes}"

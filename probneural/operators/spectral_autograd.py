@@ -50,11 +50,12 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 __all__ = [
-    "ConstantMatmul", "ContractGrad", "SpectralContract", "apply", "constant_matmul", "has_tangent", "spectral_contract",
-    "tangent_only", "tangent_only_gradients",
+    "ConstantMatmul", "ContractGrad", "SpectralContract", "apply", "constant_matmul", "contract_grad_tangents", "contract_rows", "has_tangent",
+    "in_one_reverse_pass", "one_reverse_pass", "pair_layout", "spectral_contract", "spectral_rows", "tangent_only", "tangent_only_gradients",
 ]
 
 _TANGENT_ONLY: ContextVar[frozenset[int]] = ContextVar("probneural_tangent_only", default=frozenset())
+_ONE_REVERSE_PASS: ContextVar[bool] = ContextVar("probneural_one_reverse_pass", default=False)
 
 # what a backward Function computes of each gradient: nothing, only its tangent (its value is
 # zeros: see tangent_only_gradients), or all of it
@@ -99,6 +100,29 @@ def tangent_only_gradients(tensors: Iterable[Tensor]) -> Iterator[None]:
         yield
     finally:
         _TANGENT_ONLY.reset(token)
+
+
+@contextmanager
+def one_reverse_pass() -> Iterator[None]:
+    """Declare that, within, forward-mode tangents are differentiated by one reverse pass without a graph.
+
+    A forward-over-reverse Hessian-vector product (:func:`probneural.hessian.hvp`) runs one
+    forward pass with tangents and one ``torch.autograd.grad`` without ``create_graph``: the
+    gradients and their tangents are its last derivatives. Functions applied within may then
+    compute a gradient and its tangent together in their ``backward`` and return them as dual
+    tensors, instead of applying a further differentiable Function there
+    (:class:`probneural.operators.second_order.FourierLayerProduct`). Seen only on this thread.
+    """
+    token = _ONE_REVERSE_PASS.set(True)
+    try:
+        yield
+    finally:
+        _ONE_REVERSE_PASS.reset(token)
+
+
+def in_one_reverse_pass() -> bool:
+    """Whether :func:`one_reverse_pass` is declared here."""
+    return _ONE_REVERSE_PASS.get()
 
 
 def tangent_only(tensor_id: int | None) -> bool:
@@ -269,17 +293,29 @@ class ContractGrad(torch.autograd.Function):
     def jvp(ctx: Any, g_tangent: Tensor | None, x_tangent: Tensor | None,
             weight_tangent: Tensor | None, _: Any) -> tuple:
         g, x, weight = ctx.saved_tensors
-        f, rows, columns = g.shape
-        tangent_x = tangent_w = None
-        if ctx.needs[0]:
-            terms = [(a, w.reshape(f, -1, columns).transpose(1, 2))
-                     for a, w in ((g_tangent, weight), (g, weight_tangent)) if a is not None and w is not None]
-            tangent_x = _products(*terms).reshape(x.shape) if terms else torch.zeros_like(x)
-        if ctx.needs[1]:
-            terms = [(a.reshape(f, rows, -1).transpose(1, 2), h)
-                     for a, h in ((x_tangent, g), (x, g_tangent)) if a is not None and h is not None]
-            tangent_w = _products(*terms).reshape(weight.shape) if terms else torch.zeros_like(weight)
-        return tangent_x, tangent_w
+        return contract_grad_tangents((g, x, weight), (g_tangent, x_tangent, weight_tangent), ctx.needs)
+
+
+def contract_grad_tangents(values: tuple, tangents: tuple, needs: tuple[int, int]) -> tuple:
+    """The tangents of :class:`ContractGrad`'s outputs ``(G Wᵀ, Xᵀ G)``: ``(dG Wᵀ + G dWᵀ, dXᵀ G + Xᵀ dG)``.
+
+    Args:
+        values: ``(G, x, W)``: `(F, 2b, 2o)` (:func:`_adjoint_rows`), `(F, 2, b, i)`, `(*kept, i, o, 2)`.
+        tangents: their tangents, each possibly ``None`` (zero).
+        needs: per output, ``SKIP`` (``None`` returned) or not.
+    """
+    (g, x, weight), (g_tangent, x_tangent, weight_tangent) = values, tangents
+    f, rows, columns = g.shape
+    tangent_x = tangent_w = None
+    if needs[0]:
+        terms = [(a, w.reshape(f, -1, columns).transpose(1, 2))
+                 for a, w in ((g_tangent, weight), (g, weight_tangent)) if a is not None and w is not None]
+        tangent_x = _products(*terms).reshape(x.shape) if terms else torch.zeros_like(x)
+    if needs[1]:
+        terms = [(a.reshape(f, rows, -1).transpose(1, 2), h)
+                 for a, h in ((x_tangent, g), (x, g_tangent)) if a is not None and h is not None]
+        tangent_w = _products(*terms).reshape(weight.shape) if terms else torch.zeros_like(weight)
+    return tangent_x, tangent_w
 
 
 def spectral_contract(x_ft: Tensor, weight: Tensor) -> Tensor:
@@ -313,14 +349,35 @@ def spectral_contract(x_ft: Tensor, weight: Tensor) -> Tensor:
             "x_ft, weight: expected shapes (b, i, *k, 2p) and (*k, p, i, o, 2); "
             f"got {tuple(x_ft.shape)} and {tuple(weight.shape)}"
         )
-    b, i, *k, two_p = x_ft.shape
+    rows, layout = spectral_rows(x_ft)
+    return pair_layout(contract_rows(rows, weight), layout)
+
+
+def spectral_rows(z: Tensor) -> tuple[Tensor, tuple]:
+    """Coefficients in pair layout `(b, i, *k, 2p)` rearranged frequency-major, `(F, 2, b, i)` (one copy).
+
+    ``F = prod(k) * p``; axis 1 holds (real part, imaginary part). Returns the rows and the layout
+    ``(k, p)`` that :func:`pair_layout` needs to undo it.
+    """
+    b, i, *k, two_p = z.shape
     p = two_p // 2
-    rows = x_ft.reshape(b, i, -1, 2, p).permute(2, 4, 3, 0, 1).reshape(-1, 2, b, i)  # (F, 2, b, i)
-    if _derivatives_possible(x_ft, weight):
-        y = apply(SpectralContract, rows, weight)  # (F, 2, b, o)
-    else:
-        y = SpectralContract.forward(rows, weight)
-    return y.reshape(-1, p, 2, b, y.shape[-1]).permute(3, 4, 0, 2, 1).reshape(b, -1, *k, two_p)
+    return z.reshape(b, i, -1, 2, p).permute(2, 4, 3, 0, 1).reshape(-1, 2, b, i), (k, p)
+
+
+def pair_layout(rows: Tensor, layout: tuple) -> Tensor:
+    """Frequency-major coefficients `(F, 2, b, o)` back in pair layout `(b, o, *k, 2p)` (one copy);
+    ``layout`` as returned by :func:`spectral_rows`."""
+    k, p = layout
+    _, _, b, o = rows.shape
+    return rows.reshape(-1, p, 2, b, o).permute(3, 4, 0, 2, 1).reshape(b, o, *k, 2 * p)
+
+
+def contract_rows(rows: Tensor, weight: Tensor) -> Tensor:
+    """The contraction of frequency-major rows `(F, 2, b, i)` with the weight `(*k, p, i, o, 2)`:
+    `(F, 2, b, o)`, through :class:`SpectralContract` where derivatives may be asked for."""
+    if _derivatives_possible(rows, weight):
+        return apply(SpectralContract, rows, weight)
+    return SpectralContract.forward(rows, weight)
 
 
 class ConstantMatmul(torch.autograd.Function):
