@@ -194,3 +194,16 @@ def test_the_products_are_not_used_outside_a_hessian_vector_product(calls):
         duals = tuple(torch.autograd.forward_ad.make_dual(p, p) for p in params)
         f(duals)
     assert calls == {"layer": 0, "projection": 0}
+
+
+def test_other_activations_fuse_only_the_last_layer(calls):
+    torch.manual_seed(7)
+    model = FNO(1, 1, (2, 2), width=3, n_layers=2, projection_channels=4, activation="tanh").to(DTYPE)
+    x, y = torch.randn(2, 1, 6, 5, dtype=DTYPE), torch.randn(2, 1, 6, 5, dtype=DTYPE)
+    names = [name for name, _ in model.named_parameters()]
+
+    def f(params):
+        return (functional_call(model, dict(zip(names, params)), (x,)) - y).square().mean()
+
+    assert_hvp_matches(f, tuple(p.detach() for p in model.parameters()))
+    assert calls == {"layer": 1, "projection": 0}  # the last Fourier layer has no activation
