@@ -236,8 +236,9 @@ class FNO(nn.Module):
     def fourier_layer(self, i: int, h: Tensor) -> Tensor:
         """Fourier layer ``i`` on `(b, width, *padded)`: ``K_i(h) + W_i h``, then activation and dropout unless last.
 
-        Inside a forward-over-reverse Hessian-vector product with GELU the layer runs as one
-        :class:`~probneural.operators.second_order.FourierLayerProduct` (see :func:`~probneural.operators.second_order.fuses`).
+        Inside a forward-over-reverse Hessian-vector product the layer runs as one
+        :class:`~probneural.operators.second_order.FourierLayerProduct` when its activation is GELU or
+        it has none (the last layer; see :func:`~probneural.operators.second_order.fuses`).
         """
         last = i == len(self.spectral) - 1
         conv, skip = self.spectral[i], self.skips[i]
