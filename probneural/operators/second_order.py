@@ -178,6 +178,7 @@ class FourierLayerProduct(_WholeLayerProduct):
         if torch.is_grad_enabled():  # create_graph=True: the plain layer's derivatives, by autograd
             plain = partial(_plain_fourier_layer, conv=ctx.conv, activate=ctx.activate)
             return (*_differentiable_backward(plain, ctx.saved_tensors, grad, ctx.needs_input_grad[:4]), None, None, None)
+        ctx.saved_tensors  # raises if an input was modified in place since the forward pass
         g, dg = _primal(grad), _tangent(grad, grad)
         h, dh, x_rows, dx_rows, u, du = ctx.fields
         spectral_weight, skip_weight, dk, dw = ctx.weights
@@ -299,6 +300,7 @@ class ProjectionProduct(_WholeLayerProduct):
             return (None,) * 6
         if torch.is_grad_enabled():  # create_graph=True: the plain projection's derivatives, by autograd
             return (*_differentiable_backward(_plain_projection, ctx.saved_tensors, grad, ctx.needs_input_grad[:5]), None)
+        ctx.saved_tensors  # raises if an input was modified in place since the forward pass
         g, dg = _primal(grad).contiguous(), _tangent(grad, grad).contiguous()
         h, dh, derivative, curvature, a, da = ctx.fields
         w1, w2, dw1, dw2 = ctx.weights

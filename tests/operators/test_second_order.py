@@ -207,3 +207,21 @@ def test_other_activations_fuse_only_the_last_layer(calls):
 
     assert_hvp_matches(f, tuple(p.detach() for p in model.parameters()))
     assert calls == {"layer": 1, "projection": 0}  # the last Fourier layer has no activation
+
+
+def test_an_input_modified_in_place_is_an_error_not_a_wrong_product():
+    torch.manual_seed(8)
+    model = FNO(1, 1, (2, 2), width=3, n_layers=2, projection_channels=4).to(DTYPE)
+    call = MethodCall(model, "fourier_layer")
+    names = ["model.spectral.0.weight", "model.skips.0.weight", "model.skips.0.bias"]
+    h = torch.randn(2, 3, 6, 5, dtype=DTYPE)
+
+    def f(params):
+        field = params[0] * 1.0
+        out = functional_call(call, dict(zip(names, params[1:])), (0, field), strict=False)
+        field.mul_(3.0)  # after the layer has used it
+        return out.square().mean()
+
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        hessian.hvp(f, (h, *[call.get_parameter(n).detach() for n in names]),
+                    (h, *[torch.ones_like(call.get_parameter(n)) for n in names]))
