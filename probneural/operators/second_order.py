@@ -63,12 +63,18 @@ def fuses(h: Tensor, conv: SpectralConv, skip: Pointwise) -> bool:
     """Whether :func:`fourier_layer_product` applies to ``h`` `(b, c, *spatial)` in this layer: inside
     :func:`~probneural.operators.spectral_autograd.one_reverse_pass`, with an eager tangent on the
     field or a weight, in the weights' dtype, without autocast and outside ``torch.func`` transforms."""
+    return _fusable(h, conv.weight, skip.weight, skip.bias)
+
+
+def _fusable(h: Tensor, *weights: Tensor | None) -> bool:
+    """Inside :func:`~probneural.operators.spectral_autograd.one_reverse_pass`, outside ``torch.func``
+    transforms and autocast, ``h`` in the dtype of every weight, and a tangent on ``h`` or a weight."""
     return (
         in_one_reverse_pass()
         and not torch._C._are_functorch_transforms_active()
-        and h.dtype == conv.weight.dtype == skip.weight.dtype
+        and all(w is None or w.dtype == h.dtype for w in weights)
         and not torch.is_autocast_enabled(h.device.type)
-        and has_tangent(h, conv.weight, skip.weight, skip.bias)
+        and has_tangent(h, *weights)
     )
 
 
@@ -159,15 +165,16 @@ class FourierLayerProduct(_WholeLayerProduct):
         _products([(skip_weight, flat_h)], skip_bias, into=u.view(b, o, -1))
         _products([(skip_weight, flat_dh), (dw, flat_h)], db, into=du.view(b, o, -1))
         # intermediates as attributes (an output held by ctx would be a reference cycle)
-        ctx.fields = (h, dh, x_rows, dx_rows, u if activate else None, du)
+        ctx.fields = (h, dh, x_rows, dx_rows)
         ctx.weights = (spectral_weight, skip_weight, dk, dw)
         ctx.layout, ctx.conv, ctx.activate = layout, conv, activate
         ctx.set_materialize_grads(False)
         if not activate:
+            ctx.activation = None
             ctx.output_tangent = du
             return u
         derivative = gelu_derivative(u)
-        ctx.derivative = derivative
+        ctx.activation = (u, du, derivative)  # for g_u and its curvature term
         ctx.output_tangent = derivative * du
         return F.gelu(u)
 
@@ -180,10 +187,10 @@ class FourierLayerProduct(_WholeLayerProduct):
             return (*_differentiable_backward(plain, ctx.saved_tensors, grad, ctx.needs_input_grad[:4]), None, None, None)
         ctx.saved_tensors  # raises if an input was modified in place since the forward pass
         g, dg = _primal(grad), _tangent(grad, grad)
-        h, dh, x_rows, dx_rows, u, du = ctx.fields
+        h, dh, x_rows, dx_rows = ctx.fields
         spectral_weight, skip_weight, dk, dw = ctx.weights
-        if ctx.activate:
-            derivative = ctx.derivative
+        if ctx.activation is not None:
+            u, du, derivative = ctx.activation
             g_u = g * derivative
             dg_u = add_gelu_curvature(g, u, du, dg * derivative)
         else:
@@ -238,13 +245,7 @@ def fourier_layer_product(h: Tensor, conv: SpectralConv, skip: Pointwise, activa
 def projection_fuses(h: Tensor, hidden: Pointwise, out: Pointwise) -> bool:
     """Whether :func:`projection_product` applies to features ``h`` `(b, c, *spatial)`: as :func:`fuses`,
     for the projection's two pointwise layers."""
-    return (
-        in_one_reverse_pass()
-        and not torch._C._are_functorch_transforms_active()
-        and h.dtype == hidden.weight.dtype == out.weight.dtype
-        and not torch.is_autocast_enabled(h.device.type)
-        and has_tangent(h, hidden.weight, hidden.bias, out.weight, out.bias)
-    )
+    return _fusable(h, hidden.weight, hidden.bias, out.weight, out.bias)
 
 
 def _per_output(g: Tensor, fields: Tensor) -> Tensor:
@@ -271,8 +272,9 @@ class ProjectionProduct(_WholeLayerProduct):
     * ``∂W₂ = Σ g aᵀ`` with tangent ``Σ ġ aᵀ + g ȧᵀ`` (``a = gelu(z)``, ``ȧ = d ż``).
 
     The backward reads four saved `(m, N)` fields and writes none (the layer-by-layer rules write
-    about ten). Inputs as :class:`FourierLayerProduct`: the tensors (possibly dual), then their
-    tangents (zeros where none; ``None`` for a missing bias).
+    about ten). Inputs: ``h`` `(b, c, N)`, ``W₁`` `(m, c)`, ``b₁`` `(m,)` or ``None``, ``W₂`` `(o, m)`,
+    ``b₂`` `(o,)` or ``None`` (each possibly dual), then their tangents (zeros where none; ``None``
+    for a missing bias). Output `(b, o, N)`.
     """
 
     @staticmethod
